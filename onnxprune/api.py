@@ -1,0 +1,322 @@
+"""The pipeline: load → find layers → data → train (reweighted, prune, fine-tune) → export → report.
+`prune()` is the Python API; the CLI is a thin shell over it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from . import data as D
+from .errors import OnnxPruneError
+from .export import check_output_path, nonzeros, save_atomic, verify, with_weights
+from .groups import STRUCTURES, LayerGroups
+from .layers import find_prunable, trainable_parameters, weight_arrays
+from .loading import prepare, read_model
+from .masking import hard_prune
+from .report import format_table, layer_rows, totals
+from .schedule import Phase, Schedule, current_weights, finetune, reweighted
+from .training import LossTerm, Trainer, build_training_graph, coef_name, logits_of, mask_name, session_options
+
+METHODS = ("reweighted", "magnitude")
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    report: dict
+    masks: dict[str, np.ndarray]
+
+    def summary(self) -> str:
+        return format_table(self.report)
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_atomic(self.model, Path(path))
+
+
+def prune(model, rate: float = 0.9, *, data=None, eval_data=None, out=None, output_name: str | None = None,
+          method: str = "reweighted", finetune_baseline: bool = False, scope: str = "global", layer_floor: float = 0.1,
+          structure: str = "unstructured", exclude=(), schedule: Schedule | None = None,
+          val_fraction: float = 0.1, input_shapes=(), synth_samples: int = 2048, seed: int = 0,
+          simplify: bool = True, workdir=None, threads: int | None = None, progress: bool = False,
+          log=None) -> PruneResult:
+    """Prune `model` (a path or an onnx.ModelProto) to `rate` and recover accuracy by training.
+
+    data / eval_data: a .npz path or a dict of arrays named like the model's inputs (+ optional
+    'labels'). With labels: cross-entropy; without: distillation from the dense model; with no
+    data: synthesized inputs. `out`: where to write the pruned model (atomically). Mirrors the CLI.
+    """
+    started = time.perf_counter()
+    say = log or (lambda msg: None)
+    sched = schedule or Schedule()
+    _check_options(rate, method, scope, structure, val_fraction, layer_floor, sched)
+    rng = np.random.default_rng(seed)
+    source = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    if out is not None:
+        check_output_path(Path(out), source)
+    original = read_model(source) if source else _checked_proto(model)
+    prepared = prepare(original, simplify=simplify)
+    base = prepared.export_base
+
+    layers, skipped = find_prunable(base, tuple(exclude))
+    if not layers:
+        why = "; ".join(sorted({s.reason for s in skipped})) or "no Conv, ConvTranspose, Gemm or MatMul with a constant weight"
+        raise OnnxPruneError(f"no prunable weights in the model ({why})")
+
+    dense = _session(base)
+    specs = D.input_specs(base)
+    warnings: list[str] = []
+    train, val, split_name, has_labels = _datasets(data, eval_data, specs, dense, val_fraction, input_shapes,
+                                                  synth_samples, rng, warnings, say)
+    output_names = [o.name for o in dense.get_outputs()]
+    dense_train = dict(zip(output_names, D.run_model(dense, train, [s.name for s in specs])))
+    dense_val = dict(zip(output_names, D.run_model(dense, val, [s.name for s in specs])))
+    selected = _select_outputs(output_name, output_names, dense_train, has_labels, train)
+
+    fixed = next((s.fixed_batch for s in specs if s.fixed_batch), None)
+    if fixed and fixed != sched.batch_size:
+        warnings.append(f"the model's inputs fix the batch size at {fixed}; training uses batches of {fixed}")
+        sched = Schedule(**{**sched.__dict__, "batch_size": fixed})
+
+    structure_ = STRUCTURES[structure]
+    groups = {layer.weight: LayerGroups(layer, structure_) for layer in layers}
+    dense_weights = weight_arrays(base, layers)
+    trains = method == "reweighted" or finetune_baseline
+    phases: list[Phase] = []
+    terms: list[LossTerm] = []
+    if trains:
+        terms, targets, target_infos = _loss_terms(prepared.train_base, selected, has_labels, train, dense_train)
+        arrays = {**{s.name: train[s.name] for s in specs}, **targets}
+        trainable = trainable_parameters(prepared.train_base, layers)
+        graph = build_training_graph(prepared.train_base, layers, terms, target_infos)
+        frozen = [n for layer in layers for n in (mask_name(layer.weight), coef_name(layer.weight))]
+        bars = _progress_bars if progress else _no_progress
+        with _workdir(workdir) as wd:
+            say(f"building ORT training artifacts in {wd}")
+            trainer = Trainer(graph, trainable, frozen, wd, sched.lr, threads)
+            if method == "reweighted":
+                masks, phases = reweighted(trainer, arrays, groups, rate, scope, layer_floor, sched, rng, bars)
+            else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
+                masks = hard_prune(dense_weights, groups, rate, scope, layer_floor)
+                phases = [finetune(trainer, arrays, masks, Phase("fine-tune", sched.epochs + sched.finetune_epochs),
+                                   sched, rng, bars)]
+            new_weights = {n: trainer.get(n) for n in trainable}
+            new_weights.update(current_weights(trainer, groups))  # fold W·M: pruned weights exactly zero
+    else:
+        masks = hard_prune(dense_weights, groups, rate, scope, layer_floor)
+        new_weights = {w: dense_weights[w] * masks[w] for w in dense_weights}
+
+    pruned_model = with_weights(base, new_weights)
+    pruned_out = dict(zip(output_names, D.run_model(_session(pruned_model), val, [s.name for s in specs])))
+    metric = _metric(selected, has_labels, val, dense_val, pruned_out, split_name)
+
+    written = None
+    if out is not None:
+        save_atomic(pruned_model, Path(out))
+        written = verify(Path(out), original)
+    kept = nonzeros(written if written is not None else pruned_model, [layer.weight for layer in layers])
+    rows = layer_rows(layers, kept)
+    all_params = sum(int(np.prod(t.dims)) for t in base.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    report = {
+        "input": str(source) if source else None, "output": str(out) if out is not None else None,
+        "method": method + (" + fine-tune" if finetune_baseline and method == "magnitude" else ""),
+        "structure": structure, "rate": rate, "scope": scope, "seed": seed,
+        "layers": rows, "totals": totals(rows, all_params),
+        "skipped": [s.__dict__ for s in skipped], "metric": metric,
+        "loss": "; ".join(t.describe() for t in terms) if terms else "none (no training)",
+        "file_size": {"input": source.stat().st_size if source else original.ByteSize(),
+                      "output": Path(out).stat().st_size if out is not None else pruned_model.ByteSize()},
+        "phases": [{"name": p.name, "epochs": p.epochs, "steps": p.steps, "seconds": p.seconds,
+                    "final_task_loss": p.final_task_loss} for p in phases],
+        "schedule": sched.__dict__, "preparation": prepared.changes, "warnings": warnings,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    return PruneResult(pruned_model, report, masks)
+
+
+def _check_options(rate, method, scope, structure, val_fraction, layer_floor, sched: Schedule) -> None:
+    if not 0 < rate < 1:
+        raise OnnxPruneError(f"rate must be between 0 and 1 (exclusive), not {rate}")
+    if method not in METHODS:
+        raise OnnxPruneError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if scope not in ("global", "layer"):
+        raise OnnxPruneError(f"scope must be 'global' or 'layer', not {scope!r}")
+    if structure not in STRUCTURES:
+        raise OnnxPruneError(f"structure must be one of {', '.join(STRUCTURES)}, not {structure!r}")
+    if not 0 <= val_fraction < 1:
+        raise OnnxPruneError(f"val fraction must be in [0, 1), not {val_fraction}")
+    if not 0 <= layer_floor <= 1:
+        raise OnnxPruneError(f"layer floor must be in [0, 1], not {layer_floor}")
+    if sched.batch_size < 1 or sched.epochs < 0 or sched.finetune_epochs < 0 or sched.reweight_every < 1:
+        raise OnnxPruneError("batch size and reweight interval must be ≥ 1, epochs ≥ 0")
+
+
+def _checked_proto(model) -> onnx.ModelProto:
+    if not isinstance(model, onnx.ModelProto):
+        raise OnnxPruneError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as e:
+        raise OnnxPruneError(f"not a valid ONNX model: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(model.SerializeToString(), session_options(),
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise OnnxPruneError(f"ONNX Runtime cannot run the model: {str(e).strip().splitlines()[0][:300]}") from None
+
+
+def _datasets(data, eval_data, specs, dense, val_fraction, input_shapes, synth_samples, rng, warnings, say):
+    shapes = D.parse_input_shapes(input_shapes) if input_shapes else {}
+    unknown = sorted(set(shapes) - {s.name for s in specs})
+    if unknown:
+        raise OnnxPruneError(f"--input-shape names {', '.join(unknown)}, not model input(s) {', '.join(s.name for s in specs)}")
+    if data is None:
+        arrays = D.synthesize(specs, synth_samples, shapes, rng)
+        msg = ("no --data: training on synthesized inputs by distillation from the dense model; "
+               "accuracy is only assured with real data")
+        warnings.append(msg)
+        say("warning: " + msg)
+        source = "synthesized"
+    else:
+        arrays, source = (D.load_npz(data), str(data)) if isinstance(data, (str, os.PathLike)) else (dict(data), "data")
+    probe = {s.name: arrays[s.name][:2] for s in specs if s.name in arrays}
+    num_classes = None
+    if len(probe) == len(specs) and D.LABELS in arrays:
+        first = _probe_outputs(dense, probe, source)
+        num_classes = first.shape[1] if first.ndim >= 2 else None
+    n = D.check_arrays(arrays, specs, source, num_classes)
+    if eval_data is not None:
+        ev, ev_source = (D.load_npz(eval_data), str(eval_data)) if isinstance(eval_data, (str, os.PathLike)) else (dict(eval_data), "eval data")
+        D.check_arrays(ev, specs, ev_source, num_classes)
+        if (D.LABELS in ev) != (D.LABELS in arrays):
+            raise OnnxPruneError("training data and eval data must both have labels, or both lack them")
+        train, val, split_name = {k: a[rng.permutation(n)] for k, a in arrays.items()}, ev, f"{Path(str(ev_source)).name}"
+    else:
+        train, val = D.split(arrays, n, val_fraction, rng)
+        if not len(next(iter(val.values()))):
+            val, split_name = train, "training (no held-out split)"
+        else:
+            split_name = f"held-out {val_fraction:.0%}"
+    return train, val, split_name, D.LABELS in arrays
+
+
+def _probe_outputs(dense, probe, source) -> np.ndarray:
+    try:
+        return dense.run(None, probe)[0]
+    except Exception as e:
+        raise OnnxPruneError(f"the model cannot run on {source}: {str(e).strip().splitlines()[0][:200]}") from None
+
+
+def _select_outputs(output_name, names, dense_train, has_labels, train) -> list[str]:
+    if output_name is not None:
+        if output_name not in names:
+            raise OnnxPruneError(f"--output {output_name!r} is not a model output ({', '.join(names)})")
+        return [output_name]
+    floats = [n for n in names if dense_train[n].dtype.kind == "f"]
+    if not floats:
+        raise OnnxPruneError("the model has no float output to train against")
+    return floats[:1] if has_labels else floats
+
+
+def _loss_terms(train_base, selected, has_labels, train, dense_train):
+    terms, targets, infos = [], {}, []
+    for i, name in enumerate(selected):
+        out = dense_train[name]
+        target = f"onnxprune_target{i}"
+        if has_labels:
+            labels = train[D.LABELS].astype(np.int64)
+            if out.ndim < 2 or labels.shape != (out.shape[0], *out.shape[2:]):
+                raise OnnxPruneError(f"labels of shape {labels.shape} do not fit output {name} of shape {out.shape} "
+                                     "(want one class id per sample, classes on axis 1)")
+            terms.append(LossTerm("ce", name, logits_of(train_base, name), target))
+            targets[target] = labels
+            infos.append(onnx.helper.make_tensor_value_info(target, onnx.TensorProto.INT64, ["N", *labels.shape[1:]]))
+        else:
+            tensor = logits_of(train_base, name)
+            if D.is_classifier(out):
+                probs = out if tensor != name else D.softmax(out)  # an output under Softmax already is probabilities
+                if tensor != name and any(n.op_type == "LogSoftmax" and name in n.output for n in train_base.graph.node):
+                    probs = np.exp(out).astype(np.float32)
+                terms.append(LossTerm("kl", name, tensor, target))
+                targets[target] = probs.astype(np.float32)
+            else:
+                terms.append(LossTerm("mse", name, name, target))
+                targets[target] = out.astype(np.float32)
+            infos.append(onnx.helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, ["N", *out.shape[1:]]))
+    return terms, targets, infos
+
+
+def _metric(selected, has_labels, val, dense_val, pruned_out, split_name) -> dict:
+    name = selected[0]
+    n = len(dense_val[name])
+    if has_labels:
+        m = {"name": "accuracy", "dense": D.accuracy(dense_val[name], val[D.LABELS]),
+             "pruned": D.accuracy(pruned_out[name], val[D.LABELS])}
+        m["extra"] = {"top-1 agreement": D.fidelity(pruned_out[name], dense_val[name]).get("top1_agreement", float("nan"))}
+    else:
+        f = D.fidelity(pruned_out[name], dense_val[name])
+        if "top1_agreement" in f:
+            m = {"name": "top-1 agreement", "dense": 1.0, "pruned": f["top1_agreement"]}
+        else:
+            m = {"name": "1 - relative error", "dense": 1.0, "pruned": 1 - f["relative_error"]}
+        m["extra"] = {"relative error": f["relative_error"]}
+    m.update({"samples": n, "split": split_name, "output": name})
+    return m
+
+
+@contextlib.contextmanager
+def _workdir(path):
+    if path is not None:
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        yield p
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="onnxprune-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Bar:
+    def __init__(self, bar):
+        self.bar = bar
+        self.loss = float("nan")
+
+    def update(self, n, loss):
+        self.loss = loss
+        self.bar.update(n)
+
+
+@contextlib.contextmanager
+def _progress_bars(total: int, label: str):
+    import click
+
+    holder = {}
+    with click.progressbar(length=total, label=f"{label:<11}", file=sys.stderr, show_pos=True, width=28,
+                           item_show_func=lambda _: f"loss {holder['bar'].loss:.4f}" if "bar" in holder else "") as bar:
+        holder["bar"] = _Bar(bar)
+        yield holder["bar"]
+
+
+class _NoBar:
+    def update(self, n, loss):
+        pass
+
+
+@contextlib.contextmanager
+def _no_progress(total: int, label: str):
+    yield _NoBar()

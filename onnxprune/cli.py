@@ -1,0 +1,119 @@
+"""`onnxprune MODEL.onnx --rate 0.9`: the command line over onnxprune.prune()."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import OnnxPruneError
+from .schedule import Schedule
+
+_D = Schedule()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--rate", type=float, default=0.9, show_default=True,
+              help="Fraction of the prunable weights to remove, in (0, 1). 0.9 keeps 10% (10x compression).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Where to write the pruned model. Default: <stem>.pruned.onnx beside the input. "
+                   "Written atomically; never the input itself.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Training samples: a .npz with one array per model input (first axis = samples) and "
+                   "optionally 'labels' (integer class ids). With labels the loss is cross-entropy; without, "
+                   "the dense model teaches the pruned one (KL divergence on softmax for [N, C] outputs, "
+                   "mean squared error for other outputs). Without --data, inputs are synthesized from the "
+                   "declared shapes (accuracy is then not assured).")
+@click.option("--eval-data", type=click.Path(path_type=Path), default=None,
+              help="A separate .npz (same arrays as --data) to measure dense vs pruned on, instead of a "
+                   "split of --data.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Share of --data held out (not trained on) to measure dense vs pruned.")
+@click.option("--output", "output_name", default=None,
+              help="Model output to train against when the model has several (default: the first for "
+                   "labels; all float outputs for distillation).")
+@click.option("--method", type=click.Choice(["reweighted", "magnitude"]), default="reweighted", show_default=True,
+              help="reweighted: reweighted group-lasso training, hard pruning, masked fine-tuning. "
+                   "magnitude: one-shot magnitude pruning of the dense weights (a baseline).")
+@click.option("--finetune", is_flag=True,
+              help="With --method magnitude: fine-tune with the mask held, for the same total epochs as a "
+                   "reweighted run (--epochs + --finetune-epochs).")
+@click.option("--structure", type=click.Choice(["unstructured"]), default="unstructured", show_default=True,
+              help="What a group is: unstructured = each weight on its own.")
+@click.option("--scope", type=click.Choice(["global", "layer"]), default="global", show_default=True,
+              help="global: rank weights across all layers (each layer keeps a floor, see --layer-floor); "
+                   "layer: every layer pruned to exactly --rate.")
+@click.option("--layer-floor", type=float, default=0.1, show_default=True,
+              help="With --scope global, each layer keeps at least this share of what a uniform per-layer "
+                   "rate would keep, so no layer is wiped out.")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Skip layers whose node or weight name matches this glob (repeatable), e.g. 'fc2*'.")
+@click.option("--epochs", type=int, default=_D.epochs, show_default=True,
+              help="Epochs of the reweighted phase.")
+@click.option("--finetune-epochs", type=int, default=_D.finetune_epochs, show_default=True,
+              help="Epochs of masked fine-tuning after hard pruning.")
+@click.option("--lam", "--lambda", "lam", type=float, default=_D.lam, show_default=True,
+              help="Penalty weight λ. The penalty is λ times the share of groups that are still large, "
+                   "so λ=1 weighs like a loss of 1 when nothing is pruned yet.")
+@click.option("--eps", type=float, default=_D.eps, show_default=True,
+              help="ε in P = 1/(‖W_g‖² + ε), relative to each layer's mean squared group norm.")
+@click.option("--reweight-every", type=int, default=_D.reweight_every, show_default=True,
+              help="Steps between recomputing the penalty coefficients P from the current weights.")
+@click.option("--lr", type=float, default=_D.lr, show_default=True, help="AdamW learning rate of the reweighted phase.")
+@click.option("--finetune-lr", type=float, default=_D.finetune_lr, show_default=True,
+              help="Starting learning rate of fine-tuning (cosine decay to zero).")
+@click.option("--batch-size", type=int, default=_D.batch_size, show_default=True, help="Training batch size.")
+@click.option("--input-shape", multiple=True, metavar="NAME=D1xD2..",
+              help="Fix an input's dynamic dimensions for synthesized data, e.g. input=1x3x224x224 (repeatable).")
+@click.option("--synth-samples", type=int, default=2048, show_default=True,
+              help="How many inputs to synthesize when there is no --data.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for shuffling, splits and synthesized data; "
+              "the same seed gives the same model.")
+@click.option("--no-simplify", is_flag=True,
+              help="Keep the graph node for node (no onnxsim: BatchNorm stays unfolded, constants unfolded).")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Keep the ORT training artifacts in this folder (default: a temporary folder, removed).")
+@click.option("--threads", type=int, default=None, help="ORT intra-op threads for training (default: ORT's choice).")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the summary as JSON to this file.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary table (errors still print).")
+def main(model, rate, out, data, eval_data, val_fraction, output_name, method, finetune, structure, scope,
+         layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every, lr, finetune_lr, batch_size,
+         input_shape, synth_samples, seed, no_simplify, workdir, threads, report_path, quiet):
+    """Prune an ONNX model to --rate with reweighted group-lasso training in ONNX Runtime,
+    and write it back as the same graph with the pruned weights set to exactly zero.
+
+    \b
+    Example:
+      onnxprune models/lenet5.onnx --rate 0.9 --data models/mnist_train.npz --eval-data models/mnist_test.npz
+    """
+    from .api import prune
+    from .report import write_json
+
+    out = out if out is not None else model.with_name(model.stem + ".pruned.onnx")
+    say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    try:
+        if report_path is not None and not (report_path.parent if str(report_path.parent) else Path(".")).is_dir():
+            raise OnnxPruneError(f"report folder {report_path.parent} does not exist")
+        sched = Schedule(epochs=epochs, finetune_epochs=finetune_epochs, lam=lam, eps=eps,
+                         reweight_every=reweight_every, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size)
+        result = prune(model, rate, data=data, eval_data=eval_data, out=out, output_name=output_name,
+                       method=method, finetune_baseline=finetune, scope=scope, layer_floor=layer_floor,
+                       structure=structure, exclude=exclude, schedule=sched, val_fraction=val_fraction,
+                       input_shapes=input_shape, synth_samples=synth_samples, seed=seed,
+                       simplify=not no_simplify, workdir=workdir, threads=threads, progress=not quiet, log=say)
+        if report_path is not None:
+            write_json(result.report, report_path)
+    except OnnxPruneError as e:
+        click.echo(f"onnxprune: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("onnxprune: interrupted; nothing was written", err=True)
+        sys.exit(130)
+    if not quiet:
+        click.echo(result.summary())
+
+
+if __name__ == "__main__":
+    main()

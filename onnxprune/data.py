@@ -1,0 +1,169 @@
+"""Stage 4, data: the user's arrays (or synthesized ones), the held-out split, the dense
+model's outputs used as distillation targets, and the metrics both models are scored on.
+"""
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import OnnxPruneError
+
+LABELS = "labels"
+
+
+@dataclass
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    dims: list  # int for a fixed size, str/None for a dynamic one
+
+    @property
+    def fixed_batch(self) -> int | None:
+        return self.dims[0] if self.dims and isinstance(self.dims[0], int) else None
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        specs.append(InputSpec(vi.name, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type), dims))
+    return specs
+
+
+def parse_input_shapes(items: tuple[str, ...] | list[str]) -> dict[str, list[int]]:
+    """`name=1x3x224x224` → {name: [1, 3, 224, 224]}."""
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.rpartition("=")
+        try:
+            parsed = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            parsed = []
+        if not sep or not name or not parsed or min(parsed) < 1:
+            raise OnnxPruneError(f"--input-shape {item!r} is not NAME=D1xD2x... with positive sizes")
+        shapes[name] = parsed
+    return shapes
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxPruneError(f"data file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:  # pickles could run code: never load them
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise OnnxPruneError(f"{path} holds pickled objects; only plain numeric arrays are accepted") from None
+        raise OnnxPruneError(f"{path} is not a readable .npz file: {e}") from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise OnnxPruneError(f"{path} is not a readable .npz file: {e}") from None
+
+
+def check_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], source: str,
+                 num_classes: int | None) -> int:
+    """Check a user's arrays against the model's inputs; returns the sample count."""
+    names = {s.name for s in specs}
+    missing = sorted(names - set(arrays))
+    extra = sorted(set(arrays) - names - {LABELS})
+    if missing:
+        raise OnnxPruneError(f"{source} lacks array(s) {', '.join(missing)} for the model input(s); it has {', '.join(sorted(arrays)) or 'none'}")
+    if extra:
+        raise OnnxPruneError(f"{source} has array(s) {', '.join(extra)} that are neither model inputs ({', '.join(sorted(names))}) nor '{LABELS}'")
+    counts = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
+    n = counts[specs[0].name]
+    if n == 0:
+        raise OnnxPruneError(f"{source}: array {specs[0].name} holds no samples")
+    for spec in specs:
+        a = arrays[spec.name]
+        if a.dtype != spec.dtype:
+            raise OnnxPruneError(f"{source}: array {spec.name} is {a.dtype}, the model input wants {spec.dtype}")
+        if a.ndim != len(spec.dims) or any(isinstance(d, int) and i > 0 and a.shape[i] != d for i, d in enumerate(spec.dims)):
+            want = "x".join(str(d) if isinstance(d, int) else "?" for d in spec.dims)
+            raise OnnxPruneError(f"{source}: array {spec.name} has shape {'x'.join(map(str, a.shape))}, the model input wants {want} (first axis = samples)")
+    bad = {k: c for k, c in counts.items() if c != n}
+    if bad:
+        raise OnnxPruneError(f"{source}: arrays disagree on the sample count ({n} in {specs[0].name}, {bad})")
+    if LABELS in arrays:
+        labels = arrays[LABELS]
+        if labels.dtype.kind not in "iu":
+            raise OnnxPruneError(f"{source}: '{LABELS}' must be integer class ids, not {labels.dtype}")
+        if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
+            raise OnnxPruneError(f"{source}: labels span {labels.min()}..{labels.max()}, outside the output's {num_classes} classes (0..{num_classes - 1})")
+    return n
+
+
+def synthesize(specs: list[InputSpec], n: int, shapes: dict[str, list[int]], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random inputs from the declared shapes: half uniform in [0, 1), half standard normal,
+    to cover the two common input normalizations. A last resort: real data is better."""
+    out = {}
+    for spec in specs:
+        if spec.dtype.kind != "f":
+            raise OnnxPruneError(f"input {spec.name} is {spec.dtype} (ids or byte values): inputs cannot be synthesized, pass real samples with --data")
+        dims = shapes.get(spec.name, spec.dims)
+        if len(dims) != len(spec.dims):
+            raise OnnxPruneError(f"--input-shape for {spec.name} has {len(dims)} dims, the input has {len(spec.dims)}")
+        missing = [str(d) for d in dims[1:] if not isinstance(d, int) or d < 1]
+        if missing:
+            raise OnnxPruneError(f"input {spec.name} has dynamic dimension(s) {', '.join(missing)}: fix them with --input-shape {spec.name}=" + "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in spec.dims))
+        shape = (n, *dims[1:])
+        half = n // 2
+        a = np.concatenate([rng.random((half, *shape[1:])), rng.standard_normal((n - half, *shape[1:]))])
+        out[spec.name] = a.astype(spec.dtype)
+    return out
+
+
+def split(arrays: dict[str, np.ndarray], n: int, val_fraction: float, rng: np.random.Generator):
+    """Shuffle once, then hold out `val_fraction` of the samples."""
+    order = rng.permutation(n)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n_val == 0:
+        n_val = 1
+    if n - n_val < 1:
+        raise OnnxPruneError(f"--val-fraction {val_fraction} leaves no training samples out of {n}")
+    val, train = order[:n_val], order[n_val:]
+    return {k: a[train] for k, a in arrays.items()}, {k: a[val] for k, a in arrays.items()}
+
+
+def run_model(session: ort.InferenceSession, arrays: dict[str, np.ndarray], input_names: list[str],
+              batch: int = 256) -> list[np.ndarray]:
+    """All outputs of `session` over all samples, computed in batches."""
+    n = len(arrays[input_names[0]])
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, n, batch):
+        feed = {k: arrays[k][start:start + batch] for k in input_names}
+        parts.append(session.run(None, feed))
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def is_classifier(output: np.ndarray) -> bool:
+    """[N, C] float scores with C ≥ 2: compared by top-1 and distilled with KL on softmax."""
+    return output.ndim == 2 and output.shape[1] >= 2 and output.dtype.kind == "f"
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(scores, axis=1) == labels))
+
+
+def fidelity(pruned: np.ndarray, dense: np.ndarray) -> dict[str, float]:
+    """How closely the pruned model reproduces the dense one on the same inputs."""
+    rel = float(np.linalg.norm((pruned - dense).ravel()) / max(np.linalg.norm(dense.ravel()), 1e-12))
+    out = {"relative_error": rel}
+    if is_classifier(dense):
+        out["top1_agreement"] = float(np.mean(np.argmax(pruned, 1) == np.argmax(dense, 1)))
+    return out

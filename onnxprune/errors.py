@@ -1,0 +1,5 @@
+"""The one exception type that reaches users as a one-line message."""
+
+
+class OnnxPruneError(Exception):
+    """A problem with the user's input or environment, explained in one line."""

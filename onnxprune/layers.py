@@ -1,0 +1,127 @@
+"""Stage 2, find prunable weights: constant float weights of Conv, ConvTranspose, Gemm
+and MatMul, and the other float parameters training may adjust (biases, norms).
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .loading import initializer_map
+
+FLOAT = onnx.TensorProto.FLOAT
+
+# Inputs of these ops that are learnable parameters when they are float initializers.
+# Everything else (Clip bounds, Resize scales, Pad values, BN running stats…) stays constant.
+PARAMETER_INPUTS = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
+    "Add": (0, 1), "Sub": (0, 1), "BatchNormalization": (1, 2), "PRelu": (1,),
+    "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2),
+}
+
+
+@dataclass
+class PrunableLayer:
+    name: str  # the node's name (or op_index when the node has none)
+    op: str
+    weight: str  # initializer name
+    shape: tuple[int, ...]
+    out_axis: int  # weight axis that indexes output features (the GEMM view's rows)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class Skipped:
+    name: str
+    op: str
+    weight: str
+    reason: str
+
+
+def find_prunable(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> tuple[list[PrunableLayer], list[Skipped]]:
+    graph = model.graph
+    inits = initializer_map(graph)
+    in_subgraphs = _names_used_in_subgraphs(graph)
+    layers: list[PrunableLayer] = []
+    skipped: list[Skipped] = []
+    seen: dict[str, str] = {}
+    for index, node in enumerate(graph.node):
+        found = _weight_of(node, inits)
+        if found is None:
+            continue
+        weight, out_axis, rank_ok = found
+        name = node.name or f"{node.op_type}_{index}"
+
+        def skip(reason: str) -> None:
+            skipped.append(Skipped(name, node.op_type, weight, reason))
+
+        if weight not in inits:
+            skip("weight is computed at run time, not a stored constant")
+        elif inits[weight].data_type != FLOAT:
+            skip(f"weight type is {onnx.TensorProto.DataType.Name(inits[weight].data_type)}, not float32")
+        elif not rank_ok(len(inits[weight].dims)):
+            skip(f"weight has rank {len(inits[weight].dims)}, not a plain layer weight")
+        elif any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(weight, p) for p in exclude):
+            skip("excluded by --exclude")
+        elif weight in in_subgraphs:
+            skip("weight is also used inside an If/Loop/Scan subgraph")
+        elif weight in seen:
+            skip(f"weight shared with layer {seen[weight]}, pruned there")
+        else:
+            seen[weight] = name
+            layers.append(PrunableLayer(name, node.op_type, weight, tuple(inits[weight].dims), out_axis))
+    return layers, skipped
+
+
+def trainable_parameters(model: onnx.ModelProto, layers: list[PrunableLayer]) -> list[str]:
+    """Prunable weights plus the float parameters of the ops in PARAMETER_INPUTS."""
+    inits = initializer_map(model.graph)
+    names = {layer.weight for layer in layers}
+    for node in model.graph.node:
+        for i in PARAMETER_INPUTS.get(node.op_type, ()):
+            if i < len(node.input) and node.input[i] in inits:
+                t = inits[node.input[i]]
+                if t.data_type == FLOAT and int(np.prod(t.dims)) > 1:
+                    names.add(t.name)
+    # keep the graph's own order, so artifacts and checkpoints are deterministic
+    return [t.name for t in model.graph.initializer if t.name in names]
+
+
+def weight_arrays(model: onnx.ModelProto, layers: list[PrunableLayer]) -> dict[str, np.ndarray]:
+    inits = initializer_map(model.graph)
+    return {layer.weight: numpy_helper.to_array(inits[layer.weight]).astype(np.float32) for layer in layers}
+
+
+def _weight_of(node: onnx.NodeProto, inits: dict):
+    """(weight input name, output axis, rank check) for a prunable op, or None."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+        return None
+    if node.op_type == "Conv":
+        return node.input[1], 0, lambda r: r >= 3
+    if node.op_type == "ConvTranspose":
+        return node.input[1], 1, lambda r: r >= 3
+    if node.op_type == "Gemm":  # Y = A·B (+C), B is [K, N], or [N, K] with transB
+        return node.input[1], 0 if attrs.get("transB", 0) else 1, lambda r: r == 2
+    if node.op_type == "MatMul":  # X·W with W [K, N]; a constant left operand W·X has W [M, K]
+        if node.input[0] in inits and node.input[1] not in inits:
+            return node.input[0], 0, lambda r: r == 2
+        return node.input[1], 1, lambda r: r == 2
+    return None
+
+
+def _names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
+    used: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                for n in sub.node:
+                    used.update(n.input)
+                used |= _names_used_in_subgraphs(sub)
+    return used

@@ -1,0 +1,208 @@
+"""Stage 1, load and prepare: read the user's file, check it, simplify it, and make
+a copy that ONNX Runtime 1.19 can train.
+
+Two graphs come out. `export_base` is the user's graph after simplification, at the
+user's own opset: the trained weights are written back into it. `train_base` is the
+same graph brought to an opset ORT trains (13..21); the training graph is built on it.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from .errors import OnnxPruneError
+
+MIN_TRAIN_OPSET = 13  # SoftmaxCrossEntropyLoss needs 12; 13 gives ReduceSum's axes input
+MAX_TRAIN_OPSET = 21  # the newest opset ORT 1.19 implements
+MAX_IR_VERSION = 10  # ORT 1.19 refuses IR 11
+
+
+@dataclass
+class PreparedModel:
+    original: onnx.ModelProto
+    export_base: onnx.ModelProto
+    train_base: onnx.ModelProto
+    changes: list[str] = field(default_factory=list)  # what preparation did, for the report
+
+
+def read_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load an ONNX file (external data too), with one-line errors for bad files."""
+    path = Path(path)
+    if not path.exists():
+        raise OnnxPruneError(f"model file not found: {path}")
+    if not path.is_file():
+        raise OnnxPruneError(f"model path is not a file: {path}")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise OnnxPruneError(f"cannot read model file {path}: {e.strerror}") from None
+    if not raw:
+        raise OnnxPruneError(f"{path} is empty, not an ONNX model")
+    try:
+        model = onnx.load_model_from_string(raw)
+    except (DecodeError, RuntimeWarning, ValueError) as e:
+        raise OnnxPruneError(f"{path} is not an ONNX model (corrupt or truncated protobuf: {_first_line(e)})") from None
+    if not model.graph.node or not model.opset_import:
+        raise OnnxPruneError(f"{path} is not an ONNX model (no graph nodes or no opset after parsing)")
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as e:
+        raise OnnxPruneError(f"cannot load the external data of {path}: {_first_line(e)}") from None
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as e:
+        raise OnnxPruneError(f"{path} is not a valid ONNX model: {_first_line(e)}") from None
+    return model
+
+
+def prepare(model: onnx.ModelProto, simplify: bool = True) -> PreparedModel:
+    changes: list[str] = []
+    work = copy.deepcopy(model)
+    _constants_to_initializers(work, changes)
+    _drop_initializer_inputs(work, changes)
+    if simplify:
+        work = _simplify(work, changes)
+    if work.ir_version > MAX_IR_VERSION and default_opset(work) <= MAX_TRAIN_OPSET:
+        changes.append(f"IR version {work.ir_version} lowered to {MAX_IR_VERSION} so ONNX Runtime 1.19 loads it")
+        work.ir_version = MAX_IR_VERSION
+    train = _trainable_opset(work, changes)
+    return PreparedModel(original=model, export_base=work, train_base=train, changes=changes)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1
+
+
+def initializer_map(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in graph.initializer}
+
+
+def _constants_to_initializers(model: onnx.ModelProto, changes: list[str]) -> None:
+    """Weights held in `Constant` nodes become initializers, so they can be found and trained."""
+    graph = model.graph
+    kept, moved = [], 0
+    for node in graph.node:
+        tensor = _constant_value(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if tensor is None:
+            kept.append(node)
+            continue
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        moved += 1
+    if moved:
+        del graph.node[:]
+        graph.node.extend(kept)
+        changes.append(f"{moved} Constant node(s) turned into initializers")
+
+
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    for attr in node.attribute:
+        if attr.name == "value":
+            return copy.deepcopy(attr.t)
+        if attr.name == "value_float":
+            return numpy_helper.from_array(np.array(attr.f, np.float32))
+        if attr.name == "value_floats":
+            return numpy_helper.from_array(np.array(list(attr.floats), np.float32))
+        if attr.name == "value_int":
+            return numpy_helper.from_array(np.array(attr.i, np.int64))
+        if attr.name == "value_ints":
+            return numpy_helper.from_array(np.array(list(attr.ints), np.int64))
+    return None  # sparse_value / string constants stay as they are
+
+
+def _drop_initializer_inputs(model: onnx.ModelProto, changes: list[str]) -> None:
+    """IR<4 files list every initializer as a graph input too; they are weights, not inputs."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    dropped = len(model.graph.input) - len(inputs)
+    if dropped:
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+        changes.append(f"{dropped} initializer(s) listed as graph inputs are treated as weights")
+
+
+def _simplify(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
+    import onnxsim
+
+    n_before = len(model.graph.node)
+    ops_before = _op_counts(model)
+    try:
+        simplified, ok = onnxsim.simplify(model)
+    except Exception as e:  # onnxsim raises many kinds; the model is still usable unsimplified
+        changes.append(f"onnxsim could not simplify the graph ({_first_line(e)}); kept as it was")
+        return model
+    if not ok:
+        changes.append("onnxsim's check of the simplified graph failed; kept the graph as it was")
+        return model
+    _restore_weight_names(model, simplified)
+    ops_after = _op_counts(simplified)
+    folded = [f"{op}×{n - ops_after.get(op, 0)}" for op, n in sorted(ops_before.items()) if n > ops_after.get(op, 0)]
+    if folded:
+        changes.append(f"onnxsim simplified {n_before} → {len(simplified.graph.node)} nodes (removed {', '.join(folded)})")
+    return simplified
+
+
+def _restore_weight_names(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    """onnxsim renames weights it rewrites (e.g. BatchNorm folded into a Conv becomes `_v_15`);
+    give them back the user's names so the report and the output stay recognizable."""
+    old_nodes = {n.name: n for n in before.graph.node if n.name}
+    old_inits = initializer_map(before.graph)
+    new_inits = initializer_map(after.graph)
+    taken = set(new_inits) | {v.name for v in after.graph.input} | {o for n in after.graph.node for o in n.output}
+    renames: dict[str, str] = {}
+    for node in after.graph.node:
+        old = old_nodes.get(node.name)
+        if old is None or old.op_type != node.op_type:
+            continue
+        for new_name, old_name in zip(node.input, old.input):
+            if (new_name != old_name and new_name in new_inits and old_name in old_inits
+                    and old_name not in taken and new_name not in renames):
+                renames[new_name] = old_name
+                taken.add(old_name)
+    if not renames:
+        return
+    for t in after.graph.initializer:
+        t.name = renames.get(t.name, t.name)
+    for node in after.graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = renames.get(name, name)
+
+
+def _trainable_opset(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
+    opset = default_opset(model)
+    target = min(max(opset, MIN_TRAIN_OPSET), MAX_TRAIN_OPSET)
+    if target == opset:
+        return copy.deepcopy(model)
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, target)
+    except Exception as e:
+        raise OnnxPruneError(
+            f"opset {opset} cannot be trained by ONNX Runtime 1.19 and onnx's version converter "
+            f"could not convert it to {target}: {_first_line(e)}") from None
+    converted.ir_version = min(max(converted.ir_version, 7), MAX_IR_VERSION)
+    changes.append(f"trained at opset {target} (the output keeps opset {opset})")
+    return converted
+
+
+def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,86 @@
+"""Stage 7, report: the per-layer table and totals printed at the end, and the same
+facts as JSON for pipelines (`--report out.json`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .export import public_mode
+
+
+def layer_rows(layers, kept: dict[str, int]) -> list[dict]:
+    rows = []
+    for layer in layers:
+        k = kept[layer.weight]
+        rows.append({"name": layer.name, "op": layer.op, "weight": layer.weight, "shape": list(layer.shape),
+                     "params": layer.size, "kept": k, "sparsity": 1 - k / layer.size})
+    return rows
+
+
+def totals(rows: list[dict], all_params: int) -> dict:
+    params = sum(r["params"] for r in rows)
+    kept = sum(r["kept"] for r in rows)
+    return {"prunable_params": params, "kept": kept, "sparsity": 1 - kept / params,
+            "compression": params / max(kept, 1), "all_params": all_params,
+            "all_params_kept": all_params - (params - kept)}
+
+
+def format_table(report: dict) -> str:
+    rows = report["layers"]
+    head = ("layer", "op", "shape", "params", "kept", "sparsity")
+    body = [(r["name"], r["op"], "x".join(map(str, r["shape"])), f"{r['params']:,}", f"{r['kept']:,}",
+             f"{100 * r['sparsity']:.2f}%") for r in rows]
+    t = report["totals"]
+    foot = ("total", "", "", f"{t['prunable_params']:,}", f"{t['kept']:,}", f"{100 * t['sparsity']:.2f}%")
+    widths = [max(len(str(x[i])) for x in [head, *body, foot]) for i in range(len(head))]
+    align = ["<", "<", "<", ">", ">", ">"]
+
+    def line(cells):
+        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    out = [line(head), rule, *map(line, body), rule, line(foot), ""]
+    out.append(f"weights kept      {t['kept']:,} of {t['prunable_params']:,} prunable "
+               f"({t['compression']:.1f}x compression); {t['all_params_kept']:,} of {t['all_params']:,} parameters in all")
+    m = report.get("metric")
+    if m:
+        out.append(f"{m['name']:<17} dense {_pct(m['dense'])}  ->  pruned {_pct(m['pruned'])}"
+                   f"   (on {m['samples']} {m['split']} samples)")
+        for k, v in m.get("extra", {}).items():
+            out.append(f"{k:<17} {v:.4g}")
+    sizes = report.get("file_size")
+    if sizes and sizes.get("output"):
+        out.append(f"file size         {sizes['input'] / 1e6:.2f} MB  ->  {sizes['output'] / 1e6:.2f} MB")
+    out.append(f"loss              {report['loss']}")
+    out.append(f"wall time         {report['wall_time_s']:.1f} s "
+               + " ".join(f"({p['name']} {p['seconds']:.1f} s)" for p in report["phases"]))
+    if report.get("skipped"):
+        out.append(f"skipped           {len(report['skipped'])} layer(s): "
+                   + "; ".join(f"{s['name']}: {s['reason']}" for s in report["skipped"][:5])
+                   + (" …" if len(report["skipped"]) > 5 else ""))
+    for c in report.get("preparation", []):
+        out.append(f"prepared          {c}")
+    if report.get("output"):
+        out.append(f"written           {report['output']}")
+    return "\n".join(out)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def write_json(report: dict, path: str | os.PathLike) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, public_mode())
+        with os.fdopen(fd, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,104 @@
+"""Stage 5, the schedule: reweighted training, hard pruning to the rate, then masked
+fine-tuning (or the magnitude baselines), all on one Trainer.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .groups import LayerGroups
+from .masking import hard_prune
+from .training import Trainer, coef_name, mask_name
+
+
+@dataclass
+class Schedule:
+    epochs: int = 10  # reweighted phase (or the extra fine-tuning budget of magnitude+finetune)
+    finetune_epochs: int = 10
+    lam: float = 1.0  # penalty weight; the penalty ≈ lam × the fraction of groups still large
+    eps: float = 0.01  # ε relative to a layer's mean squared group norm at the start
+    reweight_every: int = 50  # steps between refreshes of P = 1/(‖W_g‖² + ε)
+    lr: float = 1e-3
+    finetune_lr: float = 5e-4
+    batch_size: int = 64
+
+
+@dataclass
+class Phase:
+    name: str
+    epochs: int
+    steps: int = 0
+    seconds: float = 0.0
+    final_task_loss: float = float("nan")
+    history: list = field(default_factory=list)  # (step, task loss, penalty) every refresh
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator):
+    order = rng.permutation(n)
+    if n <= batch_size:
+        yield order
+        return
+    for start in range(0, n - batch_size + 1, batch_size):  # the ragged tail waits for the next epoch
+        yield order[start:start + batch_size]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return 1 if n <= batch_size else n // batch_size
+
+
+def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr: float, batch_size: int,
+              rng: np.random.Generator, progress, every: int = 0, on_refresh=None, cosine: bool = False) -> Phase:
+    """Train `phase.epochs` epochs; calls `on_refresh()` every `every` steps (and at step 0)."""
+    n = len(next(iter(arrays.values())))
+    total = phase.epochs * steps_per_epoch(n, batch_size)
+    start = time.perf_counter()
+    task = penalty = float("nan")
+    with progress(total, phase.name) as bar:
+        for _ in range(phase.epochs):
+            for idx in batches(n, batch_size, rng):
+                if on_refresh and every and phase.steps % every == 0:
+                    on_refresh()
+                # cosine decay lets fine-tuning settle into the masked minimum
+                trainer.set_learning_rate(lr * 0.5 * (1 + math.cos(math.pi * phase.steps / total)) if cosine else lr)
+                _, task, penalty = trainer.step({k: arrays[k][idx] for k in trainer.input_names})
+                if every and phase.steps % every == 0:
+                    phase.history.append((phase.steps, task, penalty))
+                phase.steps += 1
+                bar.update(1, task)
+    phase.seconds = time.perf_counter() - start
+    phase.final_task_loss = task
+    return phase
+
+
+def current_weights(trainer: Trainer, groups: dict[str, LayerGroups]) -> dict[str, np.ndarray]:
+    return {w: trainer.get(w) * trainer.get(mask_name(w)) for w in groups}
+
+
+def reweighted(trainer: Trainer, arrays, groups: dict[str, LayerGroups], rate: float, scope: str, floor: float,
+               sched: Schedule, rng, progress) -> tuple[dict, list[Phase]]:
+    n_groups = sum(g.count for g in groups.values())
+    # ε scales with each layer's own weights, so one setting suits layers of any fan-in
+    eps = {w: sched.eps * float(np.mean(g.sq_norms(trainer.get(w)))) + 1e-30 for w, g in groups.items()}
+
+    def refresh():
+        for w, g in groups.items():
+            p = sched.lam / n_groups / (g.sq_norms(trainer.get(w)) + eps[w])
+            trainer.set(coef_name(w), g.expand(p.astype(np.float32)))
+
+    phases = [run_phase(trainer, arrays, Phase("reweighted", sched.epochs), sched.lr, sched.batch_size, rng,
+                        progress, every=sched.reweight_every, on_refresh=refresh)]
+    for w, g in groups.items():
+        trainer.set(coef_name(w), np.zeros(g.layer.shape, np.float32))
+    masks = hard_prune(current_weights(trainer, groups), groups, rate, scope, floor)
+    phases.append(finetune(trainer, arrays, masks, Phase("fine-tune", sched.finetune_epochs), sched, rng, progress))
+    return masks, phases
+
+
+def finetune(trainer: Trainer, arrays, masks: dict[str, np.ndarray], phase: Phase, sched: Schedule, rng,
+             progress) -> Phase:
+    for w, m in masks.items():
+        trainer.set(mask_name(w), m)
+    return run_phase(trainer, arrays, phase, sched.finetune_lr, sched.batch_size, rng, progress, cosine=True)

@@ -1,0 +1,189 @@
+"""Stage 3, the training graph: the user's graph plus, for every prunable weight W,
+a mask M (forward uses W·M, so pruned weights are exactly zero) and a penalty
+coefficient P (loss += Σ P·W²), then the task loss. M and P are frozen checkpoint
+parameters, rewritten between steps, so one set of ORT artifacts serves every phase:
+dense (P=0, M=1), reweighted (P refreshed), masked fine-tuning (P=0, M fixed).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from .errors import OnnxPruneError
+from .layers import PrunableLayer
+
+PREFIX = "onnxprune"
+LOSS, TASK_LOSS, PENALTY = f"{PREFIX}_loss", f"{PREFIX}_task_loss", f"{PREFIX}_penalty"
+CLASS_AXIS = f"{PREFIX}_class_axis"  # ReduceSum's axes input (opset ≥ 13, which training uses)
+
+
+def mask_name(weight: str) -> str:
+    return f"{weight}__{PREFIX}_mask"
+
+
+def coef_name(weight: str) -> str:
+    return f"{weight}__{PREFIX}_coef"
+
+
+@dataclass
+class LossTerm:
+    """One task-loss term. kind: 'ce' (labels), 'kl' (teacher probabilities), 'mse' (teacher outputs)."""
+    kind: str
+    output: str  # the model output this term scores
+    tensor: str  # what the loss reads: the output, or the logits under a final (Log)Softmax
+    target: str  # the training input that feeds labels or teacher values
+
+    def describe(self) -> str:
+        what = {"ce": "cross-entropy on labels", "kl": "KL divergence to the dense model's softmax",
+                "mse": "mean squared error to the dense model's output"}[self.kind]
+        return f"{what} ({self.output})"
+
+
+def logits_of(model: onnx.ModelProto, output: str) -> str:
+    """A classifier that ends in Softmax/LogSoftmax over the last axis is trained on the
+    logits under it: softmax-cross-entropy on probabilities would be wrong."""
+    for node in model.graph.node:
+        if output in node.output and node.op_type in ("Softmax", "LogSoftmax"):
+            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+            if axis in (-1, 1):
+                return node.input[0]
+    return output
+
+
+def build_training_graph(base: onnx.ModelProto, layers: list[PrunableLayer], terms: list[LossTerm],
+                         target_infos: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
+    model = copy.deepcopy(base)
+    graph = model.graph
+    weights = {layer.weight for layer in layers}
+    new_nodes: list[onnx.NodeProto] = []
+
+    def node(op, inputs, outputs, **attrs):
+        new_nodes.append(helper.make_node(op, inputs, outputs, name=f"{PREFIX}/{outputs[0]}", **attrs))
+        return outputs[0]
+
+    # forward pass reads W·M instead of W
+    for n in graph.node:
+        for i, name in enumerate(n.input):
+            if name in weights:
+                n.input[i] = f"{name}__{PREFIX}_masked"
+    masked_nodes = []
+    for layer in layers:
+        w = layer.weight
+        graph.initializer.append(numpy_helper.from_array(np.ones(layer.shape, np.float32), mask_name(w)))
+        graph.initializer.append(numpy_helper.from_array(np.zeros(layer.shape, np.float32), coef_name(w)))
+        masked_nodes.append(helper.make_node("Mul", [w, mask_name(w)], [f"{w}__{PREFIX}_masked"], name=f"{PREFIX}/mask/{w}"))
+    body = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(masked_nodes + body)  # they read only initializers, so they may come first
+
+    # penalty Σ P·W·W (ReduceSumSquare has no gradient in ORT 1.19, and Sum neither)
+    penalty = None
+    for layer in layers:
+        w = layer.weight
+        sq = node("Mul", [w, w], [f"{w}__{PREFIX}_sq"])
+        weighted = node("Mul", [sq, coef_name(w)], [f"{w}__{PREFIX}_psq"])
+        term = node("ReduceSum", [weighted], [f"{w}__{PREFIX}_pen"], keepdims=0)
+        penalty = term if penalty is None else node("Add", [penalty, term], [f"{w}__{PREFIX}_pacc"])
+
+    task = None
+    for i, t in enumerate(terms):
+        value = _loss_term(t, node, i)
+        task = value if task is None else node("Add", [task, value], [f"{PREFIX}_task_acc{i}"])
+    node("Identity", [task], [TASK_LOSS])
+    node("Identity", [penalty], [PENALTY])
+    node("Add", [TASK_LOSS, PENALTY], [LOSS])
+    graph.node.extend(new_nodes)
+    if any(t.kind == "kl" for t in terms):
+        graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), CLASS_AXIS))
+    graph.input.extend(target_infos)
+    del graph.output[:]
+    for name in (LOSS, TASK_LOSS, PENALTY):  # the first output is the loss ORT differentiates
+        graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, []))
+    return model
+
+
+def _loss_term(t: LossTerm, node, i: int) -> str:
+    if t.kind == "ce":
+        loss = node("SoftmaxCrossEntropyLoss", [t.tensor, t.target],
+                    [f"{PREFIX}_ce{i}", f"{PREFIX}_logp{i}"], reduction="mean")  # log_prob: its gradient needs it
+        return loss
+    if t.kind == "kl":
+        # Σ_c p_teacher·log p_student, averaged over the batch; KL up to the teacher's (constant) entropy
+        logp = node("LogSoftmax", [t.tensor], [f"{PREFIX}_logp{i}"], axis=-1)
+        prod = node("Mul", [logp, t.target], [f"{PREFIX}_plogp{i}"])
+        per_sample = node("ReduceSum", [prod, CLASS_AXIS], [f"{PREFIX}_plogp_sum{i}"], keepdims=0)
+        mean = node("ReduceMean", [per_sample], [f"{PREFIX}_kl_mean{i}"], keepdims=0)
+        return node("Neg", [mean], [f"{PREFIX}_kl{i}"])
+    diff = node("Sub", [t.tensor, t.target], [f"{PREFIX}_diff{i}"])
+    sq = node("Mul", [diff, diff], [f"{PREFIX}_diff_sq{i}"])
+    return node("ReduceMean", [sq], [f"{PREFIX}_mse{i}"], keepdims=0)
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    # spinning threads hurt more than they help on small models and shared machines
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # the penalty drives weights toward zero; subnormal floats would make every step slow
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if threads:
+        so.intra_op_num_threads = threads
+    return so
+
+
+class Trainer:
+    """ORT training artifacts for one training graph, and the step loop's primitives."""
+
+    def __init__(self, graph: onnx.ModelProto, trainable: list[str], frozen: list[str], workdir: Path,
+                 learning_rate: float, threads: int | None = None) -> None:
+        from . import ort_training as ot
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            with ot.quiet_artifact_logs():
+                ot.artifacts.generate_artifacts(
+                    graph, requires_grad=trainable, frozen_params=frozen, loss=None,
+                    optimizer=ot.onnxblock.optim.AdamW(eps=1e-8, weight_decay=0.0),
+                    artifact_directory=str(workdir))
+        except RuntimeError as e:
+            raise OnnxPruneError(_explain_gradient_error(str(e))) from None
+        self.state = ot.CheckpointState.load_checkpoint(str(workdir / "checkpoint"))
+        self.module = ot.Module(str(workdir / "training_model.onnx"), self.state,
+                                str(workdir / "eval_model.onnx"), session_options=session_options(threads))
+        self.optimizer = ot.Optimizer(str(workdir / "optimizer_model.onnx"), self.module)
+        self.optimizer.set_learning_rate(learning_rate)
+        self.input_names = self.module.input_names()
+        self.module.train()
+
+    def set(self, name: str, value: np.ndarray) -> None:
+        self.state.parameters[name].data = np.ascontiguousarray(value, dtype=np.float32)
+
+    def get(self, name: str) -> np.ndarray:
+        return np.array(self.state.parameters[name].data, copy=True)  # .data is a live view
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.optimizer.set_learning_rate(lr)
+
+    def step(self, feed: dict[str, np.ndarray]) -> tuple[float, float, float]:
+        self.module.lazy_reset_grad()  # or gradients accumulate across steps
+        loss, task, penalty = self.module(*[feed[n] for n in self.input_names])
+        self.optimizer.step()
+        return float(loss), float(task), float(penalty)
+
+
+def _explain_gradient_error(message: str) -> str:
+    m = re.search(r"gradient builder has not been registered: (\S+) for node (\S*)", message)
+    if m:
+        node = f" (node {m.group(2)})" if m.group(2) else ""
+        return (f"ONNX Runtime cannot differentiate op {m.group(1)}{node}, which lies between the weights "
+                f"and the output; exclude the layers before it with --exclude, or prune without training "
+                f"(--method magnitude)")
+    return "ONNX Runtime could not build the training graph: " + message.strip().splitlines()[-1][:300]
