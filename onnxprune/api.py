@@ -203,7 +203,7 @@ def _datasets(data, eval_data, specs, dense, val_fraction, input_shapes, synth_s
         D.check_arrays(ev, specs, ev_source, num_classes)
         if (D.LABELS in ev) != (D.LABELS in arrays):
             raise OnnxPruneError("training data and eval data must both have labels, or both lack them")
-        train, val, split_name = {k: a[rng.permutation(n)] for k, a in arrays.items()}, ev, f"{Path(str(ev_source)).name}"
+        train, val, split_name = arrays, ev, Path(str(ev_source)).name  # batches are shuffled each epoch
     else:
         train, val = D.split(arrays, n, val_fraction, rng)
         if not len(next(iter(val.values()))):
