@@ -101,7 +101,6 @@ def prune(model, rate: float = 0.9, *, data=None, eval_data=None, out=None, outp
         frozen = [n for layer in layers for n in (mask_name(layer.weight), coef_name(layer.weight))]
         bars = _progress_bars if progress else _no_progress
         with _workdir(workdir) as wd:
-            say(f"building ORT training artifacts in {wd}")
             trainer = Trainer(graph, trainable, frozen, wd, sched.lr, threads)
             if method == "reweighted":
                 masks, phases = reweighted(trainer, arrays, groups, rate, scope, layer_floor, sched, rng, bars)
@@ -138,6 +137,7 @@ def prune(model, rate: float = 0.9, *, data=None, eval_data=None, out=None, outp
         "phases": [{"name": p.name, "epochs": p.epochs, "steps": p.steps, "seconds": p.seconds,
                     "final_task_loss": p.final_task_loss} for p in phases],
         "schedule": sched.__dict__, "preparation": prepared.changes, "warnings": warnings,
+        "workdir": str(workdir) if workdir is not None and trains else None,
         "wall_time_s": time.perf_counter() - started,
     }
     return PruneResult(pruned_model, report, masks)

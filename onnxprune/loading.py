@@ -129,6 +129,9 @@ def _drop_initializer_inputs(model: onnx.ModelProto, changes: list[str]) -> None
         del model.graph.input[:]
         model.graph.input.extend(inputs)
         changes.append(f"{dropped} initializer(s) listed as graph inputs are treated as weights")
+    if model.ir_version < 4:  # IR 3 requires every initializer to be an input; IR 4 lifted that
+        model.ir_version = 4
+        changes.append("IR version raised from 3 to 4 (initializers need not be inputs)")
 
 
 def _simplify(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:

@@ -1,0 +1,111 @@
+"""The whole pipeline on the shipped examples, through the CLI and the Python API."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import MODELS, QUICK, run_cli, weights_of
+import onnxprune
+from onnxprune.data import accuracy, load_npz, run_model
+from onnxprune.layers import find_prunable
+
+
+def _interface(model):
+    return ([(i.name, i.type.tensor_type.elem_type, [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim])
+             for i in model.graph.input],
+            [(o.name, o.type.tensor_type.elem_type) for o in model.graph.output])
+
+
+def _test_accuracy(path, data):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return accuracy(run_model(sess, data, ["input"])[0], data["labels"])
+
+
+@pytest.mark.slow
+def test_lenet5_at_0_9_keeps_accuracy(lenet, tmp_path):
+    """The README's main job: LeNet-5 at 0.9 with labels, within 1 point of dense on the test set."""
+    out, report = tmp_path / "lenet.pruned.onnx", tmp_path / "r.json"
+    code, stdout, stderr = run_cli(lenet, "--rate", "0.9", "--data", MODELS / "mnist_train.npz",
+                                   "--eval-data", MODELS / "mnist_test.npz", "-o", out, "--report", report,
+                                   "--epochs", "6", "--finetune-epochs", "6")
+    assert code == 0, stderr
+    test = load_npz(MODELS / "mnist_test.npz")
+    dense_acc, pruned_acc = _test_accuracy(lenet, test), _test_accuracy(out, test)
+    assert pruned_acc >= dense_acc - 0.01, (dense_acc, pruned_acc)
+    model = onnx.load(str(out))
+    assert _interface(model) == _interface(onnx.load(str(lenet)))
+    layers, _ = find_prunable(model)
+    w = weights_of(model)
+    kept = sum(int(np.count_nonzero(w[layer.weight])) for layer in layers)
+    assert kept == round(0.1 * 430_500)
+    r = json.loads(report.read_text())
+    assert r["totals"]["kept"] == kept and r["metric"]["pruned"] == pytest.approx(pruned_acc)
+    assert "conv1" in stdout and "compression" in stdout
+
+
+def test_layer_scope_is_exact_per_layer_and_output_runs(digits, tmp_path):
+    out = tmp_path / "d.onnx"
+    code, _, stderr = run_cli(digits, "--rate", "0.8", "--scope", "layer", "--data", MODELS / "digits_train.npz",
+                              "-o", out, "-q", "--epochs", "2", "--finetune-epochs", "2")
+    assert code == 0, stderr
+    model = onnx.load(str(out))
+    w = weights_of(model)
+    for layer in find_prunable(model)[0]:
+        assert np.count_nonzero(w[layer.weight]) == round(0.2 * layer.size)
+    onnx.checker.check_model(model)
+    assert _interface(model) == _interface(onnx.load(str(digits)))
+    assert model.opset_import == onnx.load(str(digits)).opset_import
+
+
+def test_distillation_without_labels(digits, tmp_path):
+    data = load_npz(MODELS / "digits_train.npz")
+    result = onnxprune.prune(digits, 0.7, data={"input": data["input"]}, schedule=QUICK)
+    assert result.report["loss"].startswith("KL divergence")
+    assert result.report["metric"]["name"] == "top-1 agreement"
+    assert result.report["metric"]["pruned"] > 0.8
+    assert result.report["totals"]["sparsity"] == pytest.approx(0.7, abs=1e-4)
+
+
+def test_data_free_run_warns_and_writes_valid_model(digits, tmp_path):
+    out = tmp_path / "free.onnx"
+    code, stdout, stderr = run_cli(digits, "--rate", "0.5", "-o", out, "--epochs", "1", "--finetune-epochs", "1",
+                                   "--synth-samples", "256")
+    assert code == 0, stderr
+    assert "synthesized" in stderr and "only assured with real data" in stderr
+    onnx.checker.check_model(str(out))
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": np.zeros((2, 64), np.float32)})
+
+
+def test_same_seed_same_model_and_default_output_path(digits, tmp_path):
+    src = tmp_path / "m.onnx"
+    src.write_bytes(digits.read_bytes())
+    args = (src, "--rate", "0.6", "--data", MODELS / "digits_train.npz", "-q", "--epochs", "1",
+            "--finetune-epochs", "1", "--seed", "7")
+    assert run_cli(*args)[0] == 0
+    first = (tmp_path / "m.pruned.onnx").read_bytes()
+    assert run_cli(*args)[0] == 0
+    assert (tmp_path / "m.pruned.onnx").read_bytes() == first
+    assert src.read_bytes() == digits.read_bytes()  # the input is never touched
+
+
+def test_magnitude_baselines(digits):
+    data = MODELS / "digits_train.npz"
+    one_shot = onnxprune.prune(digits, 0.9, data=data, method="magnitude")
+    assert one_shot.report["phases"] == [] and one_shot.report["totals"]["sparsity"] == pytest.approx(0.9, abs=1e-4)
+    tuned = onnxprune.prune(digits, 0.9, data=data, method="magnitude", finetune_baseline=True, schedule=QUICK)
+    assert [p["name"] for p in tuned.report["phases"]] == ["fine-tune"]
+    assert tuned.report["phases"][0]["epochs"] == QUICK.epochs + QUICK.finetune_epochs  # the same budget
+    # the same masks: fine-tuning never revives a pruned weight
+    assert all(np.array_equal(one_shot.masks[k], tuned.masks[k]) for k in one_shot.masks)
+    assert tuned.report["metric"]["pruned"] >= one_shot.report["metric"]["pruned"]
+
+
+def test_softmax_output_trains_on_logits(digits):
+    """A model that ends in Softmax gets cross-entropy on the logits under it."""
+    model = onnx.load(str(digits))
+    model.graph.node[-1].output[0] = "scores"
+    model.graph.node.append(onnx.helper.make_node("Softmax", ["scores"], ["logits"], axis=1))
+    result = onnxprune.prune(model, 0.5, data=MODELS / "digits_train.npz", schedule=QUICK, simplify=False)
+    assert result.report["metric"]["pruned"] > 0.9
