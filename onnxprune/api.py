@@ -21,7 +21,7 @@ from .errors import OnnxPruneError
 from .export import check_output_path, nonzeros, save_atomic, verify, with_weights
 from .groups import STRUCTURES, LayerGroups
 from .layers import find_prunable, trainable_parameters, weight_arrays
-from .loading import prepare, read_model
+from .loading import default_opset, prepare, read_model
 from .masking import hard_prune
 from .report import format_table, layer_rows, totals
 from .schedule import Phase, Schedule, current_weights, finetune, reweighted
@@ -72,7 +72,7 @@ def prune(model, rate: float = 0.9, *, data=None, eval_data=None, out=None, outp
         why = "; ".join(sorted({s.reason for s in skipped})) or "no Conv, ConvTranspose, Gemm or MatMul with a constant weight"
         raise OnnxPruneError(f"no prunable weights in the model ({why})")
 
-    dense = _session(base)
+    dense, base = _runnable(prepared)
     specs = D.input_specs(base)
     warnings: list[str] = []
     train, val, split_name, has_labels = _datasets(data, eval_data, specs, dense, val_fraction, input_shapes,
@@ -82,7 +82,7 @@ def prune(model, rate: float = 0.9, *, data=None, eval_data=None, out=None, outp
     dense_val = dict(zip(output_names, D.run_model(dense, val, [s.name for s in specs])))
     selected = _select_outputs(output_name, output_names, dense_train, has_labels, train)
 
-    fixed = next((s.fixed_batch for s in specs if s.fixed_batch), None)
+    fixed = D.session_batch(dense)
     if fixed and fixed != sched.batch_size:
         warnings.append(f"the model's inputs fix the batch size at {fixed}; training uses batches of {fixed}")
         sched = Schedule(**{**sched.__dict__, "batch_size": fixed})
@@ -170,6 +170,23 @@ def _checked_proto(model) -> onnx.ModelProto:
     return model
 
 
+def _runnable(prepared):
+    """The dense session, and the graph to write back into: the user's opset where ORT runs it,
+    otherwise the opset training converted it to."""
+    try:
+        return _session(prepared.export_base), prepared.export_base
+    except OnnxPruneError as first:
+        if default_opset(prepared.train_base) == default_opset(prepared.export_base):
+            raise
+        try:
+            dense = _session(prepared.train_base)
+        except OnnxPruneError:
+            raise first from None
+        prepared.changes.append(f"ONNX Runtime 1.19 cannot run the graph at opset {default_opset(prepared.export_base)}; "
+                                f"the output uses opset {default_opset(prepared.train_base)}")
+        return dense, prepared.train_base
+
+
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(model.SerializeToString(), session_options(),
@@ -215,7 +232,7 @@ def _datasets(data, eval_data, specs, dense, val_fraction, input_shapes, synth_s
 
 def _probe_outputs(dense, probe, source) -> np.ndarray:
     try:
-        return dense.run(None, probe)[0]
+        return D.run_model(dense, probe, list(probe))[0]
     except Exception as e:
         raise OnnxPruneError(f"the model cannot run on {source}: {str(e).strip().splitlines()[0][:200]}") from None
 
@@ -270,9 +287,9 @@ def _metric(selected, has_labels, val, dense_val, pruned_out, split_name) -> dic
         f = D.fidelity(pruned_out[name], dense_val[name])
         if "top1_agreement" in f:
             m = {"name": "top-1 agreement", "dense": 1.0, "pruned": f["top1_agreement"]}
-        else:
-            m = {"name": "1 - relative error", "dense": 1.0, "pruned": 1 - f["relative_error"]}
-        m["extra"] = {"relative error": f["relative_error"]}
+            m["extra"] = {"relative error": f["relative_error"]}
+        else:  # lower is better: ‖pruned − dense‖ / ‖dense‖ on the same inputs
+            m = {"name": "relative error", "dense": 0.0, "pruned": f["relative_error"]}
     m.update({"samples": n, "split": split_name, "output": name})
     return m
 

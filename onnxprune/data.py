@@ -22,10 +22,6 @@ class InputSpec:
     dtype: np.dtype
     dims: list  # int for a fixed size, str/None for a dynamic one
 
-    @property
-    def fixed_batch(self) -> int | None:
-        return self.dims[0] if self.dims and isinstance(self.dims[0], int) else None
-
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     inits = {t.name for t in model.graph.initializer}
@@ -136,13 +132,26 @@ def split(arrays: dict[str, np.ndarray], n: int, val_fraction: float, rng: np.ra
 
 def run_model(session: ort.InferenceSession, arrays: dict[str, np.ndarray], input_names: list[str],
               batch: int = 256) -> list[np.ndarray]:
-    """All outputs of `session` over all samples, computed in batches."""
+    """All outputs of `session` over all samples, computed in batches. A model whose inputs fix
+    the batch size runs in chunks of exactly that size, the last one padded and trimmed."""
+    fixed = session_batch(session)
+    batch = fixed or batch
     n = len(arrays[input_names[0]])
     parts: list[list[np.ndarray]] = []
     for start in range(0, n, batch):
-        feed = {k: arrays[k][start:start + batch] for k in input_names}
-        parts.append(session.run(None, feed))
+        rows = np.arange(start, min(start + batch, n))
+        take = np.resize(rows, batch) if fixed else rows
+        outs = session.run(None, {k: arrays[k][take] for k in input_names})
+        parts.append([o[: len(rows)] for o in outs])
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def session_batch(session: ort.InferenceSession) -> int | None:
+    """The batch size the model's inputs fix, or None when it is dynamic."""
+    for i in session.get_inputs():
+        if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
+            return i.shape[0]
+    return None
 
 
 def is_classifier(output: np.ndarray) -> bool:

@@ -47,7 +47,8 @@ def format_table(report: dict) -> str:
                f"({t['compression']:.1f}x compression); {t['all_params_kept']:,} of {t['all_params']:,} parameters in all")
     m = report.get("metric")
     if m:
-        out.append(f"{m['name']:<17} dense {_pct(m['dense'])}  ->  pruned {_pct(m['pruned'])}"
+        show = _pct if m["name"] != "relative error" else (lambda x: f"{x:.4g}")
+        out.append(f"{m['name']:<17} dense {show(m['dense'])}  ->  pruned {show(m['pruned'])}"
                    f"   (on {m['samples']} {m['split']} samples)")
         for k, v in m.get("extra", {}).items():
             out.append(f"{k:<17} {v:.4g}")

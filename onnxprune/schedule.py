@@ -38,8 +38,8 @@ class Phase:
 
 def batches(n: int, batch_size: int, rng: np.random.Generator):
     order = rng.permutation(n)
-    if n <= batch_size:
-        yield order
+    if n <= batch_size:  # fewer samples than a batch: repeat them (a fixed-batch model needs it full)
+        yield np.resize(order, batch_size)
         return
     for start in range(0, n - batch_size + 1, batch_size):  # the ragged tail waits for the next epoch
         yield order[start:start + batch_size]

@@ -153,12 +153,12 @@ class Trainer:
                     graph, requires_grad=trainable, frozen_params=frozen, loss=None,
                     optimizer=ot.onnxblock.optim.AdamW(eps=1e-8, weight_decay=0.0),
                     artifact_directory=str(workdir))
-        except RuntimeError as e:
+            self.state = ot.CheckpointState.load_checkpoint(str(workdir / "checkpoint"))
+            self.module = ot.Module(str(workdir / "training_model.onnx"), self.state,
+                                    str(workdir / "eval_model.onnx"), session_options=session_options(threads))
+            self.optimizer = ot.Optimizer(str(workdir / "optimizer_model.onnx"), self.module)
+        except RuntimeError as e:  # a missing gradient shows up at one of these two points
             raise OnnxPruneError(_explain_gradient_error(str(e))) from None
-        self.state = ot.CheckpointState.load_checkpoint(str(workdir / "checkpoint"))
-        self.module = ot.Module(str(workdir / "training_model.onnx"), self.state,
-                                str(workdir / "eval_model.onnx"), session_options=session_options(threads))
-        self.optimizer = ot.Optimizer(str(workdir / "optimizer_model.onnx"), self.module)
         self.optimizer.set_learning_rate(learning_rate)
         self.input_names = self.module.input_names()
         self.module.train()
@@ -180,10 +180,13 @@ class Trainer:
 
 
 def _explain_gradient_error(message: str) -> str:
+    advice = ("exclude the layers before it with --exclude, or prune without training (--method magnitude)")
     m = re.search(r"gradient builder has not been registered: (\S+) for node (\S*)", message)
     if m:
         node = f" (node {m.group(2)})" if m.group(2) else ""
         return (f"ONNX Runtime cannot differentiate op {m.group(1)}{node}, which lies between the weights "
-                f"and the output; exclude the layers before it with --exclude, or prune without training "
-                f"(--method magnitude)")
+                f"and the output; {advice}")
+    m = re.search(r"Could not find an implementation for (\w+)\(\d+\) node with name '([^']*)'", message)
+    if m:
+        return f"ONNX Runtime 1.19 has no CPU training kernel for {m.group(1)} (node {m.group(2)}); {advice}"
     return "ONNX Runtime could not build the training graph: " + message.strip().splitlines()[-1][:300]

@@ -139,3 +139,13 @@ def test_dynamic_dims_need_input_shape(tmp_path):
     path = tmp_path / "dyn.onnx"
     onnx.save(m, str(path))
     _refused(tmp_path, path, "--no-simplify", expect="--input-shape x=NxN")
+
+
+def test_op_without_cpu_training_kernel(tmp_path):
+    """ORT 1.19 registers a gradient for ConvTranspose but has no CPU kernel to run it."""
+    from conftest import ONNX_DATA
+
+    src = ONNX_DATA / "pytorch-converted" / "test_ConvTranspose2d" / "model.onnx"
+    if not src.exists():
+        pytest.skip("not shipped in this onnx wheel")
+    _refused(tmp_path, _copy(src, tmp_path), "--synth-samples", "16", expect="no CPU training kernel for ConvTransposeGrad")

@@ -109,3 +109,16 @@ def test_softmax_output_trains_on_logits(digits):
     model.graph.node.append(onnx.helper.make_node("Softmax", ["scores"], ["logits"], axis=1))
     result = onnxprune.prune(model, 0.5, data=MODELS / "digits_train.npz", schedule=QUICK, simplify=False)
     assert result.report["metric"]["pruned"] > 0.9
+
+
+def test_model_with_fixed_batch_of_one(tmp_path):
+    """Exporters often fix the batch at 1: inference and training must use batches of 1."""
+    from conftest import small_model
+
+    m = small_model()
+    for vi in (m.graph.input[0], m.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    result = onnxprune.prune(m, 0.5, synth_samples=40, schedule=QUICK, simplify=False)
+    assert result.report["schedule"]["batch_size"] == 1
+    assert any("fix the batch size at 1" in w for w in result.report["warnings"])
+    assert result.report["totals"]["kept"] == 6
