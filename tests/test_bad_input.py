@@ -149,3 +149,19 @@ def test_op_without_cpu_training_kernel(tmp_path):
     if not src.exists():
         pytest.skip("not shipped in this onnx wheel")
     _refused(tmp_path, _copy(src, tmp_path), "--synth-samples", "16", expect="no CPU training kernel for ConvTransposeGrad")
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, digits):
+    """Ctrl-C while the model is being written: no partial file, under any name."""
+    import onnxprune.export as export
+
+    def partial_then_interrupt(model, path, **kw):
+        with open(path, "wb") as f:
+            f.write(b"half a model")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export.onnx, "save_model", partial_then_interrupt)
+    model = _copy(digits, tmp_path)
+    code, _, stderr = run_cli(model, "--rate", "0.5", "--method", "magnitude", "--data", MODELS / "digits_train.npz")
+    assert code == 130 and "nothing was written" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

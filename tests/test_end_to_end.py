@@ -122,3 +122,15 @@ def test_model_with_fixed_batch_of_one(tmp_path):
     assert result.report["schedule"]["batch_size"] == 1
     assert any("fix the batch size at 1" in w for w in result.report["warnings"])
     assert result.report["totals"]["kept"] == 6
+
+
+def test_workdir_keeps_artifacts_and_report_lists_skips(digits, tmp_path):
+    wd = tmp_path / "work"
+    code, stdout, stderr = run_cli(digits, "--rate", "0.5", "--data", MODELS / "digits_train.npz", "-o",
+                                   tmp_path / "o.onnx", "--workdir", wd, "--exclude", "dense2/*",
+                                   "--report", tmp_path / "r.json", "--epochs", "1", "--finetune-epochs", "1")
+    assert code == 0, stderr
+    assert {"training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint"} <= {p.name for p in wd.iterdir()}
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert [s["name"] for s in r["skipped"]] == ["dense2/MatMul"] and len(r["layers"]) == 2
+    assert "excluded by --exclude" in stdout
