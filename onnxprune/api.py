@@ -264,16 +264,22 @@ def _loss_terms(train_base, selected, has_labels, train, dense_train):
         else:
             tensor = logits_of(train_base, name)
             if D.is_classifier(out):
-                probs = out if tensor != name else D.softmax(out)  # an output under Softmax already is probabilities
-                if tensor != name and any(n.op_type == "LogSoftmax" and name in n.output for n in train_base.graph.node):
-                    probs = np.exp(out).astype(np.float32)
                 terms.append(LossTerm("kl", name, tensor, target))
-                targets[target] = probs.astype(np.float32)
+                targets[target] = _as_probabilities(train_base, name, tensor, out)
             else:
                 terms.append(LossTerm("mse", name, name, target))
                 targets[target] = out.astype(np.float32)
             infos.append(onnx.helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, ["N", *out.shape[1:]]))
     return terms, targets, infos
+
+
+def _as_probabilities(model, name: str, logits: str, out: np.ndarray) -> np.ndarray:
+    """The dense output as class probabilities: softmax of logits, or as produced under a final
+    Softmax (already probabilities) or LogSoftmax (log-probabilities)."""
+    if logits == name:
+        return D.softmax(out)
+    final = next(n for n in model.graph.node if name in n.output)
+    return (np.exp(out) if final.op_type == "LogSoftmax" else out).astype(np.float32)
 
 
 def _metric(selected, has_labels, val, dense_val, pruned_out, split_name) -> dict:

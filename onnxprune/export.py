@@ -3,6 +3,7 @@ save it atomically (never over the input), and check what was written.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import tempfile
@@ -24,8 +25,8 @@ def with_weights(base: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.
     they make ORT's CPU kernels many times slower and carry no accuracy)."""
     model = copy.deepcopy(base)
     inits = initializer_map(model.graph)
+    tiny = np.finfo(np.float32).tiny
     for name, value in weights.items():
-        tiny = np.finfo(np.float32).tiny
         clean = np.where(np.abs(value) < tiny, np.float32(0), value).astype(np.float32)
         inits[name].CopyFrom(numpy_helper.from_array(clean, name))
     return model
@@ -47,34 +48,37 @@ def check_output_path(out: Path, source: Path | None) -> None:
         raise OnnxPruneError(f"cannot write to output folder {folder}: {e.strerror}") from None
 
 
-def save_atomic(model: onnx.ModelProto, out: Path) -> None:
-    """Write to a temporary file beside `out`, then rename: a reader never sees half a file,
-    and a failure leaves nothing behind."""
+@contextlib.contextmanager
+def atomic_path(out: Path):
+    """Yield a temporary path beside `out`; on success it replaces `out` in one rename, so a
+    reader never sees half a file, and on any failure (Ctrl-C too) nothing is left behind."""
     out = Path(out)
-    large = model.ByteSize() > TWO_GB
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, public_mode())  # mkstemp makes 0600 files; a model is an ordinary file
-    data_name = out.name + ".data"
-    tmp_data = out.parent / f".{data_name}.tmp"
+    os.chmod(tmp, public_mode())  # mkstemp makes 0600 files; outputs are ordinary files
     try:
-        if large:  # protobuf cannot hold more than 2 GB: weights go to a file beside the model
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=tmp_data.name)
-            os.replace(tmp_data, out.parent / data_name)
-            _rename_external_location(tmp, tmp_data.name, data_name)
-        else:
-            onnx.save_model(model, tmp)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
     except BaseException:
-        for leftover in (tmp, tmp_data):
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
+
+
+def save_atomic(model: onnx.ModelProto, out: Path) -> None:
+    out = Path(out)
+    if model.ByteSize() <= TWO_GB:
+        with atomic_path(out) as tmp:
+            onnx.save_model(model, tmp)
+        return
+    # protobuf cannot hold more than 2 GB: weights go to a data file beside the model
+    data_name = out.name + ".data"
+    with atomic_path(out.parent / data_name) as tmp_data, atomic_path(out) as tmp:
+        onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=Path(tmp_data).name)
+        _rename_external_location(tmp, Path(tmp_data).name, data_name)
 
 
 def public_mode() -> int:

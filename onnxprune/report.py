@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
-from .export import public_mode
+from .export import atomic_path
 
 
 def layer_rows(layers, kept: dict[str, int]) -> list[dict]:
@@ -74,14 +73,6 @@ def _pct(x: float) -> str:
 
 
 def write_json(report: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, public_mode())
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(Path(path)) as tmp, open(tmp, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
