@@ -15,15 +15,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from . import data as D
 from .errors import OnnxPruneError
-from .export import check_output_path, nonzeros, save_atomic, verify, with_weights
-from .groups import STRUCTURES, LayerGroups
-from .layers import find_prunable, trainable_parameters, weight_arrays
-from .loading import default_opset, prepare, read_model
+from .channels import tensor_shapes
+from .costs import count_macs, latencies, param_count
+from .export import check_output_path, matmul_to_gemm, nonzeros, save_atomic, verify, with_weights
+from .groups import NAMES as STRUCTURES, make_structure
+from .layers import find_prunable, trainable_parameters
+from .loading import default_opset, initializer_map, prepare, read_model
 from .masking import hard_prune
 from .report import format_table, layer_rows, totals
+from .shrink import shrink as shrink_graph
 from .schedule import Phase, Schedule, current_weights, finetune, reweighted
 from .training import LossTerm, Trainer, build_training_graph, coef_name, logits_of, mask_name, session_options
 
@@ -43,22 +47,33 @@ class PruneResult:
         save_atomic(self.model, Path(path))
 
 
-def prune(model, rate: float = 0.9, *, data=None, eval_data=None, out=None, output_name: str | None = None,
+def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=None, output_name: str | None = None,
           method: str = "reweighted", finetune_baseline: bool = False, scope: str = "global", layer_floor: float = 0.1,
-          structure: str = "unstructured", exclude=(), schedule: Schedule | None = None,
-          val_fraction: float = 0.1, input_shapes=(), synth_samples: int = 2048, seed: int = 0,
-          simplify: bool = True, workdir=None, threads: int | None = None, progress: bool = False,
-          log=None) -> PruneResult:
+          structure: str = "unstructured", block: str = "4x4", nm: str = "2:4", shrink: bool = True,
+          exclude=(), schedule: Schedule | None = None, val_fraction: float = 0.1, input_shapes=(),
+          synth_samples: int = 2048, seed: int = 0, simplify: bool = True, workdir=None, threads: int | None = None,
+          latency: bool = True, progress: bool = False, log=None) -> PruneResult:
     """Prune `model` (a path or an onnx.ModelProto) to `rate` and recover accuracy by training.
 
     data / eval_data: a .npz path or a dict of arrays named like the model's inputs (+ optional
     'labels'). With labels: cross-entropy; without: distillation from the dense model; with no
-    data: synthesized inputs. `out`: where to write the pruned model (atomically). Mirrors the CLI.
+    data: synthesized inputs. `out`: where to write the pruned model (atomically).
+    structure: unstructured | filter | channel | column | pattern | block (`block` 'RxC') |
+    nm (`nm` 'N:M', rate 1 − N/M). Filter and channel models are shrunk physically unless
+    `shrink=False`. `latency`: time dense vs compressed in ORT for the report. Mirrors the CLI.
     """
     started = time.perf_counter()
     say = log or (lambda msg: None)
     sched = schedule or Schedule()
-    _check_options(rate, method, scope, structure, val_fraction, layer_floor, sched)
+    structure_ = make_structure(structure, block, nm)
+    if structure == "nm":
+        implied = 1 - structure_.n / structure_.m
+        if rate is not None and abs(rate - implied) > 1e-9:
+            raise OnnxPruneError(f"--structure nm --nm {nm} prunes exactly {implied:g} of the weights; "
+                                 f"leave out --rate or set it to {implied:g}")
+        rate = implied
+    rate = 0.9 if rate is None else rate
+    _check_options(rate, method, scope, val_fraction, layer_floor, sched)
     rng = np.random.default_rng(seed)
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if out is not None:
@@ -87,35 +102,43 @@ def prune(model, rate: float = 0.9, *, data=None, eval_data=None, out=None, outp
         warnings.append(f"the model's inputs fix the batch size at {fixed}; training uses batches of {fixed}")
         sched = Schedule(**{**sched.__dict__, "batch_size": fixed})
 
-    structure_ = STRUCTURES[structure]
-    groups = {layer.weight: LayerGroups(layer, structure_) for layer in layers}
-    dense_weights = weight_arrays(base, layers)
+    input_names = [s.name for s in specs]
+    probe = _feed(val if len(next(iter(val.values()))) else train, input_names, fixed or 1)
+    shapes = tensor_shapes(base, probe)
+    inits = initializer_map(base.graph)
+    weights_of = {layer.weight: numpy_helper.to_array(inits[layer.weight]).astype(np.float32) for layer in layers}
+    plan = structure_.plan(layers, weights_of, model=base, shapes=shapes)
+    dense_weights = {w: numpy_helper.to_array(inits[w]).astype(np.float32) for w in plan.tensors}
     trains = method == "reweighted" or finetune_baseline
     phases: list[Phase] = []
     terms: list[LossTerm] = []
     if trains:
         terms, targets, target_infos = _loss_terms(prepared.train_base, selected, has_labels, train, dense_train)
         arrays = {**{s.name: train[s.name] for s in specs}, **targets}
-        trainable = trainable_parameters(prepared.train_base, layers)
-        graph = build_training_graph(prepared.train_base, layers, terms, target_infos)
-        frozen = [n for layer in layers for n in (mask_name(layer.weight), coef_name(layer.weight))]
+        extra = set(plan.tensors)
+        trainable = [t.name for t in prepared.train_base.graph.initializer
+                     if t.name in extra or t.name in set(trainable_parameters(prepared.train_base, layers))]
+        graph = build_training_graph(prepared.train_base, plan.tensors, set(plan.penalized), terms, target_infos)
+        frozen = [mask_name(w) for w in plan.tensors] + [coef_name(w) for w in plan.penalized]
         bars = _progress_bars if progress else _no_progress
         with _workdir(workdir) as wd:
             trainer = Trainer(graph, trainable, frozen, wd, sched.lr, threads)
             if method == "reweighted":
-                masks, phases = reweighted(trainer, arrays, groups, rate, scope, layer_floor, sched, rng, bars)
+                masks, phases = reweighted(trainer, arrays, plan, rate, scope, layer_floor, sched, rng, bars)
             else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
-                masks = hard_prune(dense_weights, groups, rate, scope, layer_floor)
+                masks = hard_prune(dense_weights, plan, rate, scope, layer_floor)
                 phases = [finetune(trainer, arrays, masks, Phase("fine-tune", sched.epochs + sched.finetune_epochs),
                                    sched, rng, bars)]
             new_weights = {n: trainer.get(n) for n in trainable}
-            new_weights.update(current_weights(trainer, groups))  # fold W·M: pruned weights exactly zero
+            new_weights.update(current_weights(trainer, plan))  # fold W·M: pruned weights exactly zero
     else:
-        masks = hard_prune(dense_weights, groups, rate, scope, layer_floor)
+        masks = hard_prune(dense_weights, plan, rate, scope, layer_floor)
         new_weights = {w: dense_weights[w] * masks[w] for w in dense_weights}
 
-    pruned_model = with_weights(base, new_weights)
-    pruned_out = dict(zip(output_names, D.run_model(_session(pruned_model), val, [s.name for s in specs])))
+    masked_model = with_weights(base, new_weights)
+    pruned_model, rewrites = _rewrite(masked_model, plan, masks, structure, shrink, shapes, val, input_names,
+                                      warnings, say)
+    pruned_out = dict(zip(output_names, D.run_model(_session(pruned_model), val, input_names)))
     metric = _metric(selected, has_labels, val, dense_val, pruned_out, split_name)
 
     written = None
@@ -125,10 +148,14 @@ def prune(model, rate: float = 0.9, *, data=None, eval_data=None, out=None, outp
     kept = nonzeros(written if written is not None else pruned_model, [layer.weight for layer in layers])
     rows = layer_rows(layers, kept)
     all_params = sum(int(np.prod(t.dims)) for t in base.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    costs = _costs(base, pruned_model, train, input_names, fixed, latency, threads)
+    masked_sparsity = 1 - sum(float(masks[w].sum()) for w in plan.counted) / sum(masks[w].size for w in plan.counted)
     report = {
         "input": str(source) if source else None, "output": str(out) if out is not None else None,
         "method": method + (" + fine-tune" if finetune_baseline and method == "magnitude" else ""),
-        "structure": structure, "rate": rate, "scope": scope, "seed": seed,
+        "structure": structure, "structure_detail": _structure_detail(structure_, structure),
+        "rate": rate, "masked_sparsity": masked_sparsity, "scope": scope, "seed": seed,
+        "rewrites": rewrites, "left_alone": plan.notes, "costs": costs,
         "layers": rows, "totals": totals(rows, all_params),
         "skipped": [s.__dict__ for s in skipped], "metric": metric,
         "loss": "; ".join(t.describe() for t in terms) if terms else "none (no training)",
@@ -143,15 +170,76 @@ def prune(model, rate: float = 0.9, *, data=None, eval_data=None, out=None, outp
     return PruneResult(pruned_model, report, masks)
 
 
-def _check_options(rate, method, scope, structure, val_fraction, layer_floor, sched: Schedule) -> None:
+def _feed(arrays: dict[str, np.ndarray], names: list[str], batch: int) -> dict[str, np.ndarray]:
+    """`batch` samples (repeated if there are fewer) of the model inputs."""
+    n = len(arrays[names[0]])
+    rows = np.resize(np.arange(n), batch)
+    return {k: arrays[k][rows] for k in names}
+
+
+def _rewrite(masked, plan, masks, structure, shrink, shapes, val, names, warnings, say):
+    """The masked model made smaller or more deployable: channels removed for filter/channel,
+    MatMul → Gemm for N:M. Each rewrite must reproduce the masked model's outputs (relative
+    error ≤ 1e-4 on the eval samples), or the masked model is kept and the report says why."""
+    model, done = masked, []
+    if plan.channels is not None and shrink:
+        pruned = {root for g, root in enumerate(plan.roots)
+                  if all(not masks[t].ravel()[idx].any() for t, idx in plan.removes[g])}
+        model = shrink_graph(masked, plan.channels, pruned)
+        done.append(f"removed {len(pruned)} channel(s) from the graph")
+    elif structure == "nm":
+        model, converted = matmul_to_gemm(masked, shapes)
+        if converted:
+            done.append(f"MatMul -> Gemm(transB=1) for TensorRT's sparse kernels: {', '.join(converted)}")
+    if model is masked:
+        return masked, done
+    try:
+        got = D.run_model(_session(model), val, names)
+    except OnnxPruneError as e:
+        got, problem = None, str(e)
+    want = D.run_model(_session(masked), val, names)
+    if got is not None:
+        err = max(float(np.abs(g - w).max() / max(np.abs(w).max(), 1e-12)) for g, w in zip(got, want))
+        problem = None if err <= 1e-4 else f"outputs differ from the masked model by {err:.2g} (relative)"
+    if problem:
+        msg = f"the rewritten graph was not written ({problem}); the output is the masked model"
+        warnings.append(msg)
+        say("warning: " + msg)
+        return masked, []
+    return model, done
+
+
+def _costs(dense, pruned, arrays, names, fixed, latency, threads) -> dict:
+    one = _feed(arrays, names, fixed or 1)
+    macs_d, _ = count_macs(dense, one)
+    macs_p, sparse_p = count_macs(pruned, one)
+    out = {"params": {"dense": param_count(dense), "compressed": param_count(pruned)},
+           "macs": {"dense": macs_d, "compressed": macs_p, "compressed_nonzero": sparse_p},
+           "latency_ms": {}}
+    if latency:
+        for b in sorted({fixed} if fixed else {1, 32}):
+            t = latencies({"dense": dense, "compressed": pruned}, _feed(arrays, names, b), threads=threads)
+            out["latency_ms"][f"batch {b}"] = t
+    return out
+
+
+def _structure_detail(s, name: str) -> str:
+    if name == "block":
+        return f"{s.rows}x{s.cols} blocks"
+    if name == "nm":
+        return f"{s.n}:{s.m}"
+    if name == "pattern":
+        return f"{s.count} kernel patterns + connectivity"
+    return name
+
+
+def _check_options(rate, method, scope, val_fraction, layer_floor, sched: Schedule) -> None:
     if not 0 < rate < 1:
         raise OnnxPruneError(f"rate must be between 0 and 1 (exclusive), not {rate}")
     if method not in METHODS:
         raise OnnxPruneError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if scope not in ("global", "layer"):
         raise OnnxPruneError(f"scope must be 'global' or 'layer', not {scope!r}")
-    if structure not in STRUCTURES:
-        raise OnnxPruneError(f"structure must be one of {', '.join(STRUCTURES)}, not {structure!r}")
     if not 0 <= val_fraction < 1:
         raise OnnxPruneError(f"val fraction must be in [0, 1), not {val_fraction}")
     if not 0 <= layer_floor <= 1:

@@ -118,3 +118,31 @@ def _interface(model: onnx.ModelProto):
 def nonzeros(model: onnx.ModelProto, names: list[str]) -> dict[str, int]:
     inits = initializer_map(model.graph)
     return {n: int(np.count_nonzero(numpy_helper.to_array(inits[n]))) for n in names}
+
+
+def matmul_to_gemm(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[onnx.ModelProto, list[str]]:
+    """Rank-2 MatMul with a constant weight → Gemm(transB=1) with the weight stored [N, K]:
+    TensorRT's sparse kernels take N:M sparsity along K from Conv and Gemm layers only.
+    Returns the model and the nodes rewritten."""
+    from .loading import default_opset
+
+    if default_opset(model) < 11:  # Gemm's bias is optional from opset 11
+        return model, []
+    m = copy.deepcopy(model)
+    inits = initializer_map(m.graph)
+    uses: dict[str, int] = {}
+    for node in m.graph.node:
+        for i in node.input:
+            uses[i] = uses.get(i, 0) + 1
+    done = []
+    for node in m.graph.node:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+            continue
+        x, w = node.input
+        if w not in inits or x in inits or len(shapes.get(x, ())) != 2 or len(inits[w].dims) != 2 or uses[w] > 1:
+            continue
+        inits[w].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(inits[w]).T), w))
+        node.op_type = "Gemm"
+        node.attribute.append(onnx.helper.make_attribute("transB", 1))
+        done.append(node.name or node.output[0])
+    return m, done

@@ -1,6 +1,8 @@
-"""Hard pruning to exactly the requested rate: keep the highest-norm groups, per layer
+"""Hard pruning to the requested rate: keep the highest-norm groups, per layer
 (`scope='layer'`) or across all layers (`scope='global'`) with a per-layer floor so
-that no layer is wiped out. Rates count weights, so a group weighs as much as it holds.
+that no layer is wiped out. Rates count prunable weights, so a group weighs as much as
+it holds. Per-layer structures hit the rate exactly; coupled channel groups hit it to
+within one group; N:M has its rate built in (1 − N/M).
 """
 from __future__ import annotations
 
@@ -9,41 +11,45 @@ import math
 import numpy as np
 
 from .errors import OnnxPruneError
-from .groups import LayerGroups
+from .groups import GroupPlan
 
 
-def hard_prune(weights: dict[str, np.ndarray], groups: dict[str, LayerGroups], rate: float,
-               scope: str = "global", floor: float = 0.1) -> dict[str, np.ndarray]:
-    """Masks (1 kept, 0 pruned) keeping `round((1 - rate) · total)` weights."""
+def hard_prune(weights: dict[str, np.ndarray], plan: GroupPlan, rate: float, scope: str = "global",
+               floor: float = 0.1) -> dict[str, np.ndarray]:
+    """Masks (1 kept, 0 pruned) for every tensor of the plan."""
     if scope not in ("global", "layer"):
         raise OnnxPruneError(f"scope must be 'global' or 'layer', not {scope!r}")
-    keep: dict[str, np.ndarray] = {}
-    scores = {}
-    for name, g in groups.items():
-        scores[name] = g.sq_norms(weights[name]) / g.sizes  # mean square: fair across group sizes
-        keep[name] = np.zeros(g.count, bool)
+    if plan.nm is not None:
+        return _nm_masks(weights, plan)
+    sizes = plan.sizes(plan.counted)  # counted weights per group
+    penalized = np.maximum(plan.sizes(), 1)
+    scores = plan.sq_norms(weights) / penalized  # mean square: fair across group sizes
+    if plan.removes is not None:
+        return plan.masks(_coupled(plan, scores, rate, scope, floor))
+    forced = plan.forced if plan.forced is not None else np.zeros(plan.count, bool)
+    keep = np.zeros(plan.count, bool)
+    units = range(len(plan.units))
+    unit_total = np.bincount(plan.unit, weights=sizes, minlength=len(plan.units))
+    total = int(sizes.sum())
+    if total - int(sizes[forced].sum()) < round((1 - rate) * total):
+        least = sizes[forced].sum() / total
+        raise OnnxPruneError(f"this structure removes at least {least:.1%} of the weights; ask for --rate ≥ {least:.3f}")
+    scores = np.where(forced, -np.inf, scores)
     if scope == "layer":
-        for name, g in groups.items():
-            _take(scores[name], g.sizes, round((1 - rate) * g.sizes.sum()), keep[name])
+        for u in units:
+            sel = np.flatnonzero(plan.unit == u)
+            _take(scores[sel], sizes[sel], round((1 - rate) * unit_total[u]), keep, index=sel, skip=forced[sel])
     else:
-        total = sum(int(g.sizes.sum()) for g in groups.values())
         budget = round((1 - rate) * total)
-        for name, g in groups.items():  # the floor: each layer keeps a share of its uniform quota
-            reserve = max(1, math.ceil(floor * (1 - rate) * g.sizes.sum()))
-            budget -= _take(scores[name], g.sizes, reserve, keep[name], at_least_one=True)
-        names = list(groups)
-        cand_score = np.concatenate([np.where(keep[n], -np.inf, scores[n]) for n in names])
-        cand_size = np.concatenate([groups[n].sizes for n in names])
-        chosen = np.zeros(len(cand_score), bool)
-        _take(cand_score, cand_size, max(budget, 0), chosen, skip=np.isneginf(cand_score))
-        offset = 0
-        for n in names:
-            keep[n] |= chosen[offset:offset + groups[n].count]
-            offset += groups[n].count
-    return {name: g.expand(keep[name].astype(np.float32)) for name, g in groups.items()}
+        for u in units:  # the floor: each layer keeps a share of its uniform quota
+            sel = np.flatnonzero(plan.unit == u)
+            reserve = max(1, math.ceil(floor * (1 - rate) * unit_total[u]))
+            budget -= _take(scores[sel], sizes[sel], reserve, keep, index=sel, at_least_one=True, skip=forced[sel])
+        _take(scores, sizes, max(budget, 0), keep, skip=keep | forced)
+    return plan.masks(~keep)
 
 
-def _take(scores: np.ndarray, sizes: np.ndarray, budget: int, keep: np.ndarray,
+def _take(scores: np.ndarray, sizes: np.ndarray, budget: int, keep: np.ndarray, index: np.ndarray | None = None,
           at_least_one: bool = False, skip: np.ndarray | None = None) -> int:
     """Mark the best-scoring groups whose sizes fit in `budget` weights; returns weights taken.
     Ties go to the lower index, so results are deterministic."""
@@ -54,5 +60,55 @@ def _take(scores: np.ndarray, sizes: np.ndarray, budget: int, keep: np.ndarray,
     if at_least_one and len(order):
         fits[0] = True
     chosen = order[fits] if fits.all() else order[: int(np.argmin(fits))]
-    keep[chosen] = True
+    keep[chosen if index is None else index[chosen]] = True
     return int(sizes[chosen].sum())
+
+
+def _coupled(plan: GroupPlan, scores: np.ndarray, rate: float, scope: str, floor: float) -> np.ndarray:
+    """Prune channel groups weakest first, counting exactly what each removes (groups
+    overlap: a consumer's column can belong to one channel and its row to another).
+    Every channel space keeps at least one channel (an empty tensor is not a model)."""
+    counted = {n: np.ones(int(np.prod(plan.tensors[n])), bool) for n in plan.counted}
+    total = sum(len(c) for c in counted.values())
+    per_unit = np.bincount(plan.unit, minlength=len(plan.units))
+    floor_n = np.maximum(1, np.ceil(floor * (1 - rate) * per_unit)).astype(int)
+    pruned = np.zeros(plan.count, bool)
+    if scope == "layer":
+        quota = per_unit - np.maximum(1, np.round((1 - rate) * per_unit)).astype(int)
+        for g in np.argsort(scores, kind="stable"):
+            if quota[plan.unit[g]] > 0:
+                pruned[g] = True
+                quota[plan.unit[g]] -= 1
+        return pruned
+    target = round(rate * total)
+    removed = 0
+    left = per_unit - floor_n
+    for g in np.argsort(scores, kind="stable"):
+        if left[plan.unit[g]] <= 0:
+            continue
+        gain = sum(int(counted[n][idx].sum()) for n, idx in plan.removes[g] if n in counted)
+        if removed + gain > target:
+            continue
+        for n, idx in plan.removes[g]:
+            if n in counted:
+                counted[n][idx] = False
+        removed += gain
+        pruned[g] = True
+        left[plan.unit[g]] -= 1
+    return pruned
+
+
+def _nm_masks(weights: dict[str, np.ndarray], plan: GroupPlan) -> dict[str, np.ndarray]:
+    """Keep the N largest magnitudes of every block of M."""
+    n, _ = plan.nm
+    masks = {}
+    for name, blocks in plan.blocks.items():
+        mag = np.abs(weights[name].ravel())
+        order = np.lexsort((np.arange(len(mag)), -mag, blocks))  # by block, largest first, stable
+        sorted_blocks = blocks[order]
+        starts = np.flatnonzero(np.r_[True, sorted_blocks[1:] != sorted_blocks[:-1]])
+        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        m = np.zeros(len(mag), np.float32)
+        m[order[rank < n]] = 1
+        masks[name] = m.reshape(plan.tensors[name])
+    return masks

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .groups import LayerGroups
+from .groups import GroupPlan
 from .masking import hard_prune
 from .training import Trainer, coef_name, mask_name
 
@@ -73,26 +73,33 @@ def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr:
     return phase
 
 
-def current_weights(trainer: Trainer, groups: dict[str, LayerGroups]) -> dict[str, np.ndarray]:
-    return {w: trainer.get(w) * trainer.get(mask_name(w)) for w in groups}
+def current_weights(trainer: Trainer, plan: GroupPlan) -> dict[str, np.ndarray]:
+    return {w: trainer.get(w) * trainer.get(mask_name(w)) for w in plan.tensors}
 
 
-def reweighted(trainer: Trainer, arrays, groups: dict[str, LayerGroups], rate: float, scope: str, floor: float,
+def reweighted(trainer: Trainer, arrays, plan: GroupPlan, rate: float, scope: str, floor: float,
                sched: Schedule, rng, progress) -> tuple[dict, list[Phase]]:
-    n_groups = sum(g.count for g in groups.values())
-    # ε scales with each layer's own weights, so one setting suits layers of any fan-in
-    eps = {w: sched.eps * float(np.mean(g.sq_norms(trainer.get(w)))) + 1e-30 for w, g in groups.items()}
+    penalized = plan.penalized
+
+    def norms():
+        return plan.sq_norms({w: trainer.get(w) for w in penalized})
+
+    # ε scales with each layer's (or channel space's) own weights, so one setting suits any fan-in
+    start = norms()
+    per_unit = np.bincount(plan.unit, minlength=len(plan.units))
+    unit_mean = np.bincount(plan.unit, weights=start, minlength=len(plan.units)) / np.maximum(per_unit, 1)
+    eps = sched.eps * unit_mean[plan.unit] + 1e-30
 
     def refresh():
-        for w, g in groups.items():
-            p = sched.lam / n_groups / (g.sq_norms(trainer.get(w)) + eps[w])
-            trainer.set(coef_name(w), g.expand(p.astype(np.float32)))
+        p = sched.lam / plan.count / (norms() + eps)
+        for w in penalized:
+            trainer.set(coef_name(w), plan.expand(p, w))
 
     phases = [run_phase(trainer, arrays, Phase("reweighted", sched.epochs), sched.lr, sched.batch_size, rng,
                         progress, every=sched.reweight_every, on_refresh=refresh)]
-    for w, g in groups.items():
-        trainer.set(coef_name(w), np.zeros(g.layer.shape, np.float32))
-    masks = hard_prune(current_weights(trainer, groups), groups, rate, scope, floor)
+    for w in penalized:
+        trainer.set(coef_name(w), np.zeros(plan.tensors[w], np.float32))
+    masks = hard_prune(current_weights(trainer, plan), plan, rate, scope, floor)
     phases.append(finetune(trainer, arrays, masks, Phase("fine-tune", sched.finetune_epochs), sched, rng, progress))
     return masks, phases
 

@@ -18,7 +18,6 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
-from .layers import PrunableLayer
 
 PREFIX = "onnxprune"
 LOSS, TASK_LOSS, PENALTY = f"{PREFIX}_loss", f"{PREFIX}_task_loss", f"{PREFIX}_penalty"
@@ -58,11 +57,13 @@ def logits_of(model: onnx.ModelProto, output: str) -> str:
     return output
 
 
-def build_training_graph(base: onnx.ModelProto, layers: list[PrunableLayer], terms: list[LossTerm],
-                         target_infos: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
+def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ...]], penalized: set[str],
+                         terms: list[LossTerm], target_infos: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
+    """`tensors`: every masked tensor (prunable weights, and the biases and norms that
+    channel groups take with them); `penalized`: those the group penalty covers."""
     model = copy.deepcopy(base)
     graph = model.graph
-    weights = {layer.weight for layer in layers}
+    weights = set(tensors)
     new_nodes: list[onnx.NodeProto] = []
 
     def node(op, inputs, outputs, **attrs):
@@ -75,10 +76,10 @@ def build_training_graph(base: onnx.ModelProto, layers: list[PrunableLayer], ter
             if name in weights:
                 n.input[i] = f"{name}__{PREFIX}_masked"
     masked_nodes = []
-    for layer in layers:
-        w = layer.weight
-        graph.initializer.append(numpy_helper.from_array(np.ones(layer.shape, np.float32), mask_name(w)))
-        graph.initializer.append(numpy_helper.from_array(np.zeros(layer.shape, np.float32), coef_name(w)))
+    for w, shape in tensors.items():
+        graph.initializer.append(numpy_helper.from_array(np.ones(shape, np.float32), mask_name(w)))
+        if w in penalized:
+            graph.initializer.append(numpy_helper.from_array(np.zeros(shape, np.float32), coef_name(w)))
         masked_nodes.append(helper.make_node("Mul", [w, mask_name(w)], [f"{w}__{PREFIX}_masked"], name=f"{PREFIX}/mask/{w}"))
     body = list(graph.node)
     del graph.node[:]
@@ -86,8 +87,7 @@ def build_training_graph(base: onnx.ModelProto, layers: list[PrunableLayer], ter
 
     # penalty Σ P·W·W (ReduceSumSquare has no gradient in ORT 1.19, and Sum neither)
     penalty = None
-    for layer in layers:
-        w = layer.weight
+    for w in (t for t in tensors if t in penalized):
         sq = node("Mul", [w, w], [f"{w}__{PREFIX}_sq"])
         weighted = node("Mul", [sq, coef_name(w)], [f"{w}__{PREFIX}_psq"])
         term = node("ReduceSum", [weighted], [f"{w}__{PREFIX}_pen"], keepdims=0)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from onnxprune.groups import LayerGroups, Unstructured
+from onnxprune.groups import Unstructured
 from onnxprune.layers import PrunableLayer
 from onnxprune.masking import hard_prune
 
@@ -11,8 +11,7 @@ def _setup(shapes, seed=0):
     layers = [PrunableLayer(f"l{i}", "Gemm", f"w{i}", s, 0) for i, s in enumerate(shapes)]
     weights = {layer.weight: (rng.standard_normal(layer.shape) * (i + 1)).astype(np.float32)
                for i, layer in enumerate(layers)}
-    groups = {layer.weight: LayerGroups(layer, Unstructured()) for layer in layers}
-    return weights, groups
+    return weights, Unstructured().plan(layers, weights)
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.9, 0.95, 0.99, 0.999])

@@ -37,7 +37,7 @@ def test_artifact_generation_is_quiet(tmp_path):
         "m = small_model()\n"
         "layers, _ = find_prunable(m)\n"
         "t = helper.make_tensor_value_info('t', TensorProto.FLOAT, ['N', 3])\n"
-        "g = build_training_graph(m, layers, [LossTerm('mse', 'y', 'y', 't')], [t])\n"
+        "g = build_training_graph(m, {'w': layers[0].shape}, {'w'}, [LossTerm('mse', 'y', 'y', 't')], [t])\n"
         "Trainer(g, ['w'], [mask_name('w'), coef_name('w')], Path(%r), 1e-3)\n"
     ) % (str(__import__("pathlib").Path(__file__).parent), str(tmp_path))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

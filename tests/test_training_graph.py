@@ -11,7 +11,7 @@ def _trainer(tmp_path, lr=1e-2):
     m = small_model()
     layers, _ = find_prunable(m)
     target = helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 3])
-    graph = build_training_graph(m, layers, [LossTerm("mse", "y", "y", "t")], [target])
+    graph = build_training_graph(m, {l.weight: l.shape for l in layers}, {l.weight for l in layers}, [LossTerm("mse", "y", "y", "t")], [target])
     return Trainer(graph, ["w"], [mask_name("w"), coef_name("w")], tmp_path, lr)
 
 
