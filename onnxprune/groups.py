@@ -12,6 +12,7 @@ whose groups come from the graph's channel dependencies (channels.py) and span l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class GroupPlan:
     channels: object = None  # the channel analysis behind filter/channel plans (for shrinking)
     roots: list[int] | None = None  # per group: its channel in `channels`
 
-    @property
+    @cached_property
     def penalized(self) -> list[str]:
         """The tensors that carry a group penalty."""
         return [name for name, ids in self.ids.items() if (ids >= 0).any()]
@@ -45,7 +46,8 @@ class GroupPlan:
     def sq_norms(self, weights: dict[str, np.ndarray]) -> np.ndarray:
         """‖W_g‖² of every group, over its penalized elements."""
         out = np.zeros(self.count)
-        for name, ids in self.ids.items():
+        for name in self.penalized:
+            ids = self.ids[name]
             flat = weights[name].ravel().astype(np.float64)
             sel = ids >= 0
             out += np.bincount(ids[sel], weights=flat[sel] ** 2, minlength=self.count)
@@ -68,9 +70,10 @@ class GroupPlan:
     def masks(self, pruned: np.ndarray) -> dict[str, np.ndarray]:
         """Masks (1 kept, 0 pruned) for a boolean per-group choice."""
         out = {}
+        pruned = np.append(pruned, False)  # index -1 (no group) reads this: never pruned
         for name, shape in self.tensors.items():
             ids = self.ids[name]
-            out[name] = np.where((ids >= 0) & pruned[np.maximum(ids, 0)], 0, 1).astype(np.float32)
+            out[name] = np.where(pruned[ids], 0, 1).astype(np.float32)
         for g in np.flatnonzero(pruned) if self.removes is not None else ():
             for name, idx in self.removes[g]:
                 out[name][idx] = 0
