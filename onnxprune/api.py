@@ -50,6 +50,7 @@ class PruneResult:
 def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=None, output_name: str | None = None,
           method: str = "reweighted", finetune_baseline: bool = False, scope: str = "global", layer_floor: float = 0.1,
           structure: str = "unstructured", block: str = "4x4", nm: str = "2:4", shrink: bool = True,
+          channel_multiple: int = 8,
           exclude=(), schedule: Schedule | None = None, val_fraction: float = 0.1, input_shapes=(),
           synth_samples: int = 2048, seed: int = 0, simplify: bool = True, workdir=None, threads: int | None = None,
           latency: bool = True, progress: bool = False, log=None) -> PruneResult:
@@ -73,7 +74,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
                                  f"leave out --rate or set it to {implied:g}")
         rate = implied
     rate = 0.9 if rate is None else rate
-    _check_options(rate, method, scope, val_fraction, layer_floor, sched)
+    _check_options(rate, method, scope, val_fraction, layer_floor, channel_multiple, sched)
     rng = np.random.default_rng(seed)
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if out is not None:
@@ -109,6 +110,9 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     weights_of = {layer.weight: numpy_helper.to_array(inits[layer.weight]).astype(np.float32) for layer in layers}
     plan = structure_.plan(layers, weights_of, model=base, shapes=shapes)
     dense_weights = {w: numpy_helper.to_array(inits[w]).astype(np.float32) for w in plan.tensors}
+
+    def select(weights):
+        return hard_prune(weights, plan, rate, scope, layer_floor, channel_multiple)
     trains = method == "reweighted" or finetune_baseline
     phases: list[Phase] = []
     terms: list[LossTerm] = []
@@ -124,15 +128,15 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
         with _workdir(workdir) as wd:
             trainer = Trainer(graph, trainable, frozen, wd, sched.lr, threads)
             if method == "reweighted":
-                masks, phases = reweighted(trainer, arrays, plan, rate, scope, layer_floor, sched, rng, bars)
+                masks, phases = reweighted(trainer, arrays, plan, select, sched, rng, bars)
             else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
-                masks = hard_prune(dense_weights, plan, rate, scope, layer_floor)
+                masks = select(dense_weights)
                 phases = [finetune(trainer, arrays, masks, Phase("fine-tune", sched.epochs + sched.finetune_epochs),
                                    sched, rng, bars)]
             new_weights = {n: trainer.get(n) for n in trainable}
             new_weights.update(current_weights(trainer, plan))  # fold W·M: pruned weights exactly zero
     else:
-        masks = hard_prune(dense_weights, plan, rate, scope, layer_floor)
+        masks = select(dense_weights)
         new_weights = {w: dense_weights[w] * masks[w] for w in dense_weights}
 
     masked_model = with_weights(base, new_weights)
@@ -233,7 +237,7 @@ def _structure_detail(s, name: str) -> str:
     return name
 
 
-def _check_options(rate, method, scope, val_fraction, layer_floor, sched: Schedule) -> None:
+def _check_options(rate, method, scope, val_fraction, layer_floor, channel_multiple, sched: Schedule) -> None:
     if not 0 < rate < 1:
         raise OnnxPruneError(f"rate must be between 0 and 1 (exclusive), not {rate}")
     if method not in METHODS:
@@ -242,6 +246,8 @@ def _check_options(rate, method, scope, val_fraction, layer_floor, sched: Schedu
         raise OnnxPruneError(f"scope must be 'global' or 'layer', not {scope!r}")
     if not 0 <= val_fraction < 1:
         raise OnnxPruneError(f"val fraction must be in [0, 1), not {val_fraction}")
+    if channel_multiple < 1:
+        raise OnnxPruneError(f"channel multiple must be ≥ 1, not {channel_multiple}")
     if not 0 <= layer_floor <= 1:
         raise OnnxPruneError(f"layer floor must be in [0, 1], not {layer_floor}")
     if sched.batch_size < 1 or sched.epochs < 0 or sched.finetune_epochs < 0 or sched.reweight_every < 1:

@@ -15,8 +15,9 @@ from .groups import GroupPlan
 
 
 def hard_prune(weights: dict[str, np.ndarray], plan: GroupPlan, rate: float, scope: str = "global",
-               floor: float = 0.1) -> dict[str, np.ndarray]:
-    """Masks (1 kept, 0 pruned) for every tensor of the plan."""
+               floor: float = 0.1, align: int = 1) -> dict[str, np.ndarray]:
+    """Masks (1 kept, 0 pruned) for every tensor of the plan. `align`: channel groups are
+    kept in multiples of it."""
     if scope not in ("global", "layer"):
         raise OnnxPruneError(f"scope must be 'global' or 'layer', not {scope!r}")
     if plan.nm is not None:
@@ -25,7 +26,7 @@ def hard_prune(weights: dict[str, np.ndarray], plan: GroupPlan, rate: float, sco
     penalized = np.maximum(plan.sizes(), 1)
     scores = plan.sq_norms(weights) / penalized  # mean square: fair across group sizes
     if plan.removes is not None:
-        return plan.masks(_coupled(plan, scores, rate, scope, floor))
+        return plan.masks(_coupled(plan, scores, rate, scope, floor, align))
     forced = plan.forced if plan.forced is not None else np.zeros(plan.count, bool)
     keep = np.zeros(plan.count, bool)
     units = range(len(plan.units))
@@ -64,37 +65,42 @@ def _take(scores: np.ndarray, sizes: np.ndarray, budget: int, keep: np.ndarray, 
     return int(sizes[chosen].sum())
 
 
-def _coupled(plan: GroupPlan, scores: np.ndarray, rate: float, scope: str, floor: float) -> np.ndarray:
+def _coupled(plan: GroupPlan, scores: np.ndarray, rate: float, scope: str, floor: float, align: int) -> np.ndarray:
     """Prune channel groups weakest first, counting exactly what each removes (groups
     overlap: a consumer's column can belong to one channel and its row to another).
-    Every channel space keeps at least one channel (an empty tensor is not a model)."""
+    Channels go in chunks, so that every channel space keeps a multiple of `align`
+    channels (CPU kernels are fastest on multiples of 8 or 16) and at least one chunk."""
     counted = {n: np.ones(int(np.prod(plan.tensors[n])), bool) for n in plan.counted}
     total = sum(len(c) for c in counted.values())
-    per_unit = np.bincount(plan.unit, minlength=len(plan.units))
-    floor_n = np.maximum(1, np.ceil(floor * (1 - rate) * per_unit)).astype(int)
+    chunks = []  # (mean score, unit, groups), weakest first within each unit
+    for u in range(len(plan.units)):
+        members = np.flatnonzero(plan.unit == u)
+        members = members[np.argsort(scores[members], kind="stable")]
+        n = len(members)
+        least = max(1, math.ceil(floor * (1 - rate) * n)) if scope == "global" else n - round(rate * n)
+        least = max(align, math.ceil(least / align) * align)
+        removable = max(0, n - least)  # so that n - removable is a multiple of align
+        start = 0
+        while start < removable:
+            size = (n - start) % align or align
+            chunks.append((float(scores[members[start:start + size]].mean()), u, members[start:start + size]))
+            start += size
     pruned = np.zeros(plan.count, bool)
-    if scope == "layer":
-        quota = per_unit - np.maximum(1, np.round((1 - rate) * per_unit)).astype(int)
-        for g in np.argsort(scores, kind="stable"):
-            if quota[plan.unit[g]] > 0:
-                pruned[g] = True
-                quota[plan.unit[g]] -= 1
-        return pruned
-    target = round(rate * total)
+    stopped = np.zeros(len(plan.units), bool)  # a unit whose next chunk did not fit takes no more
+    target = round(rate * total) if scope == "global" else total
     removed = 0
-    left = per_unit - floor_n
-    for g in np.argsort(scores, kind="stable"):
-        if left[plan.unit[g]] <= 0:
+    for _, u, groups in sorted(chunks, key=lambda c: c[0]):
+        if stopped[u]:
             continue
-        gain = sum(int(counted[n][idx].sum()) for n, idx in plan.removes[g] if n in counted)
+        slices = [(n, idx) for g in groups for n, idx in plan.removes[g] if n in counted]
+        gain = sum(int(counted[n][idx].sum()) for n, idx in slices)
         if removed + gain > target:
+            stopped[u] = True
             continue
-        for n, idx in plan.removes[g]:
-            if n in counted:
-                counted[n][idx] = False
+        for n, idx in slices:
+            counted[n][idx] = False
         removed += gain
-        pruned[g] = True
-        left[plan.unit[g]] -= 1
+        pruned[groups] = True
     return pruned
 
 

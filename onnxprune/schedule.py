@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .groups import GroupPlan
-from .masking import hard_prune
 from .training import Trainer, coef_name, mask_name
 
 
@@ -77,8 +76,9 @@ def current_weights(trainer: Trainer, plan: GroupPlan) -> dict[str, np.ndarray]:
     return {w: trainer.get(w) * trainer.get(mask_name(w)) for w in plan.tensors}
 
 
-def reweighted(trainer: Trainer, arrays, plan: GroupPlan, rate: float, scope: str, floor: float,
-               sched: Schedule, rng, progress) -> tuple[dict, list[Phase]]:
+def reweighted(trainer: Trainer, arrays, plan: GroupPlan, select, sched: Schedule, rng,
+               progress) -> tuple[dict, list[Phase]]:
+    """`select(weights) -> masks`: the hard-pruning rule applied after the reweighted phase."""
     penalized = plan.penalized
 
     def norms():
@@ -99,7 +99,7 @@ def reweighted(trainer: Trainer, arrays, plan: GroupPlan, rate: float, scope: st
                         progress, every=sched.reweight_every, on_refresh=refresh)]
     for w in penalized:
         trainer.set(coef_name(w), np.zeros(plan.tensors[w], np.float32))
-    masks = hard_prune(current_weights(trainer, plan), plan, rate, scope, floor)
+    masks = select(current_weights(trainer, plan))
     phases.append(finetune(trainer, arrays, masks, Phase("fine-tune", sched.finetune_epochs), sched, rng, progress))
     return masks, phases
 

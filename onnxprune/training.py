@@ -93,6 +93,9 @@ def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ..
         term = node("ReduceSum", [weighted], [f"{w}__{PREFIX}_pen"], keepdims=0)
         penalty = term if penalty is None else node("Add", [penalty, term], [f"{w}__{PREFIX}_pacc"])
 
+    if penalty is None:  # nothing penalized (dense training): a constant zero keeps the outputs alike
+        penalty = f"{PREFIX}_no_penalty"
+        graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), penalty))
     task = None
     for i, t in enumerate(terms):
         value = _loss_term(t, node, i)
