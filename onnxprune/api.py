@@ -25,7 +25,7 @@ from .export import check_output_path, matmul_to_gemm, nonzeros, save_atomic, ve
 from .groups import NAMES as STRUCTURES, make_structure
 from .layers import find_prunable, trainable_parameters
 from .loading import default_opset, initializer_map, prepare, read_model
-from .masking import hard_prune
+from .masking import check_rate, hard_prune
 from .report import format_table, layer_rows, totals
 from .shrink import shrink as shrink_graph
 from .schedule import Phase, Schedule, current_weights, finetune, reweighted
@@ -110,6 +110,8 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     weights_of = {layer.weight: numpy_helper.to_array(inits[layer.weight]).astype(np.float32) for layer in layers}
     plan = structure_.plan(layers, weights_of, model=base, shapes=shapes)
     dense_weights = {w: numpy_helper.to_array(inits[w]).astype(np.float32) for w in plan.tensors}
+
+    check_rate(plan, rate)  # before any training
 
     def select(weights):
         return hard_prune(weights, plan, rate, scope, layer_floor, channel_multiple)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .errors import OnnxPruneError
+from .groups import NAMES as STRUCTURES
 from .schedule import Schedule
 
 _D = Schedule()
@@ -14,8 +15,9 @@ _D = Schedule()
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--rate", type=float, default=0.9, show_default=True,
-              help="Fraction of the prunable weights to remove, in (0, 1). 0.9 keeps 10% (10x compression).")
+@click.option("--rate", type=float, default=None,
+              help="Fraction of the prunable weights to remove, in (0, 1). 0.9 keeps 10% (10x compression). "
+                   "[default: 0.9; with --structure nm it is 1 - N/M]")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Where to write the pruned model. Default: <stem>.pruned.onnx beside the input. "
                    "Written atomically; never the input itself.")
@@ -39,8 +41,23 @@ _D = Schedule()
 @click.option("--finetune", is_flag=True,
               help="With --method magnitude: fine-tune with the mask held, for the same total epochs as a "
                    "reweighted run (--epochs + --finetune-epochs).")
-@click.option("--structure", type=click.Choice(["unstructured"]), default="unstructured", show_default=True,
-              help="What a group is: unstructured = each weight on its own.")
+@click.option("--structure", type=click.Choice(list(STRUCTURES)), default="unstructured", show_default=True,
+              help="What a group is (what is removed together). unstructured: each weight. filter: an output "
+                   "channel with everything coupled to it (bias, BatchNorm, residual partners); channel: an "
+                   "input channel across every layer that reads it. Filter and channel models are shrunk: "
+                   "the output is a smaller dense model. column: one (input channel, kh, kw) position across "
+                   "all filters. pattern: every 3x3 kernel keeps 4 entries in one of 8 shapes, and whole "
+                   "kernels are removed to reach --rate. block: RxC tiles of the weight matrix (--block). "
+                   "nm: N of every M consecutive input weights (--nm; 2:4 is what sparse tensor cores run).")
+@click.option("--block", default="4x4", show_default=True, metavar="RxC",
+              help="Tile size for --structure block (rows = output features, columns = inputs).")
+@click.option("--nm", default="2:4", show_default=True, metavar="N:M",
+              help="For --structure nm: keep at most N non-zeros in every M consecutive input weights.")
+@click.option("--channel-multiple", type=int, default=8, show_default=True,
+              help="With filter/channel: every layer keeps a multiple of this many channels (CPU kernels "
+                   "run fastest on multiples of 8 or 16); 1 = no constraint.")
+@click.option("--no-shrink", is_flag=True,
+              help="With filter/channel: write the masked model (zeroed channels) instead of removing them.")
 @click.option("--scope", type=click.Choice(["global", "layer"]), default="global", show_default=True,
               help="global: rank weights across all layers (each layer keeps a floor, see --layer-floor); "
                    "layer: every layer pruned to exactly --rate.")
@@ -75,18 +92,23 @@ _D = Schedule()
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Keep the ORT training artifacts in this folder (default: a temporary folder, removed).")
 @click.option("--threads", type=int, default=None, help="ORT intra-op threads for training (default: ORT's choice).")
+@click.option("--no-latency", is_flag=True,
+              help="Skip timing dense vs compressed in ONNX Runtime (batch 1 and 32) for the report.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
               help="Also write the summary as JSON to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary table (errors still print).")
-def main(model, rate, out, data, eval_data, val_fraction, output_name, method, finetune, structure, scope,
-         layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every, lr, finetune_lr, batch_size,
-         input_shape, synth_samples, seed, no_simplify, workdir, threads, report_path, quiet):
+def main(model, rate, out, data, eval_data, val_fraction, output_name, method, finetune, structure, block, nm,
+         channel_multiple, no_shrink, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
+         lr, finetune_lr, batch_size, input_shape, synth_samples, seed, no_simplify, workdir, threads, no_latency,
+         report_path, quiet):
     """Prune an ONNX model to --rate with reweighted group-lasso training in ONNX Runtime,
-    and write it back as the same graph with the pruned weights set to exactly zero.
+    and write it back as the same graph: pruned weights exactly zero, or (filter/channel)
+    the removed channels gone from the graph.
 
     \b
     Example:
       onnxprune models/lenet5.onnx --rate 0.9 --data models/mnist_train.npz --eval-data models/mnist_test.npz
+      onnxprune models/resnet_mnist.onnx --structure filter --rate 0.5 --data models/mnist_train.npz
     """
     from .api import prune
     from .report import write_json
@@ -100,7 +122,8 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, f
                          reweight_every=reweight_every, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size)
         result = prune(model, rate, data=data, eval_data=eval_data, out=out, output_name=output_name,
                        method=method, finetune_baseline=finetune, scope=scope, layer_floor=layer_floor,
-                       structure=structure, exclude=exclude, schedule=sched, val_fraction=val_fraction,
+                       structure=structure, block=block, nm=nm, channel_multiple=channel_multiple,
+                       shrink=not no_shrink, latency=not no_latency, exclude=exclude, schedule=sched, val_fraction=val_fraction,
                        input_shapes=input_shape, synth_samples=synth_samples, seed=seed,
                        simplify=not no_simplify, workdir=workdir, threads=threads, progress=not quiet, log=say)
         if report_path is not None:

@@ -43,6 +43,13 @@ class GroupPlan:
         """The tensors that carry a group penalty."""
         return [name for name, ids in self.ids.items() if (ids >= 0).any()]
 
+    def least_rate(self) -> float:
+        """The share of counted weights that forced groups remove whatever the rate."""
+        if self.forced is None or not self.forced.any():
+            return 0.0
+        sizes = self.sizes(self.counted)
+        return float(sizes[self.forced].sum() / sizes.sum())
+
     def sq_norms(self, weights: dict[str, np.ndarray]) -> np.ndarray:
         """‖W_g‖² of every group, over its penalized elements."""
         out = np.zeros(self.count)

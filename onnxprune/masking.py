@@ -32,9 +32,7 @@ def hard_prune(weights: dict[str, np.ndarray], plan: GroupPlan, rate: float, sco
     units = range(len(plan.units))
     unit_total = np.bincount(plan.unit, weights=sizes, minlength=len(plan.units))
     total = int(sizes.sum())
-    if total - int(sizes[forced].sum()) < round((1 - rate) * total):
-        least = sizes[forced].sum() / total
-        raise OnnxPruneError(f"this structure removes at least {least:.1%} of the weights; ask for --rate ≥ {least:.3f}")
+    check_rate(plan, rate)
     scores = np.where(forced, -np.inf, scores)
     if scope == "layer":
         for u in units:
@@ -48,6 +46,12 @@ def hard_prune(weights: dict[str, np.ndarray], plan: GroupPlan, rate: float, sco
             budget -= _take(scores[sel], sizes[sel], reserve, keep, index=sel, at_least_one=True, skip=forced[sel])
         _take(scores, sizes, max(budget, 0), keep, skip=keep | forced)
     return plan.masks(~keep)
+
+
+def check_rate(plan: GroupPlan, rate: float) -> None:
+    least = plan.least_rate()
+    if rate < least:
+        raise OnnxPruneError(f"this structure removes at least {least:.1%} of the weights; ask for --rate ≥ {least:.3f}")
 
 
 def _take(scores: np.ndarray, sizes: np.ndarray, budget: int, keep: np.ndarray, index: np.ndarray | None = None,

@@ -54,6 +54,14 @@ def format_table(report: dict) -> str:
     sizes = report.get("file_size")
     if sizes and sizes.get("output"):
         out.append(f"file size         {sizes['input'] / 1e6:.2f} MB  ->  {sizes['output'] / 1e6:.2f} MB")
+    out += _cost_lines(report.get("costs"))
+    if report.get("structure") not in (None, "unstructured"):
+        out.append(f"structure         {report.get('structure_detail', report['structure'])}; "
+                   f"masked sparsity {100 * report['masked_sparsity']:.2f}% of prunable weights")
+    for r in report.get("rewrites", []):
+        out.append(f"rewritten         {r}")
+    for note in report.get("left_alone", [])[:5]:
+        out.append(f"left alone        {note}")
     out.append(f"loss              {report['loss']}")
     out.append(f"wall time         {report['wall_time_s']:.1f} s "
                + " ".join(f"({p['name']} {p['seconds']:.1f} s)" for p in report["phases"]))
@@ -66,6 +74,24 @@ def format_table(report: dict) -> str:
     if report.get("output"):
         out.append(f"written           {report['output']}")
     return "\n".join(out)
+
+
+def _cost_lines(costs: dict | None) -> list[str]:
+    """Dense vs compressed: parameters, MACs per sample, ORT CPU latency (medians, same run)."""
+    if not costs:
+        return []
+    p, m = costs["params"], costs["macs"]
+    lines = [f"parameters        {p['dense']:,}  ->  {p['compressed']:,}  ({_ratio(p['dense'], p['compressed'])})",
+             f"MACs per sample   {m['dense']:,}  ->  {m['compressed']:,}  ({_ratio(m['dense'], m['compressed'])})"
+             + (f"; {m['compressed_nonzero']:,.0f} on non-zero weights" if m["compressed_nonzero"] < m["compressed"] else "")]
+    for batch, t in costs.get("latency_ms", {}).items():
+        lines.append(f"ORT CPU latency   {batch}: {t['dense']:.3f} ms  ->  {t['compressed']:.3f} ms  "
+                     f"({t['dense'] / t['compressed']:.2f}x faster, medians)")
+    return lines
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x smaller" if b else "all removed"
 
 
 def _pct(x: float) -> str:

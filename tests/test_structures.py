@@ -158,15 +158,54 @@ def _params(model):
     return sum(int(np.prod(t.dims)) for t in model.graph.initializer)
 
 
+EXAMPLES = [("lenet5", True), ("resnet_mnist", True), ("resnet_mnist", False), ("concat_dw_mnist", True),
+            ("concat_dw_mnist", False)]
+
+
 @pytest.mark.parametrize("side", ["out", "in"])
-def test_lenet_filter_and_channel_shrink_is_exact(side):
+@pytest.mark.parametrize("name,simplify", EXAMPLES, ids=[f"{n}-{'folded' if s else 'bn'}" for n, s in EXAMPLES])
+def test_example_models_shrink_exactly(name, simplify, side):
+    """Residual Add, projection shortcut, Concat, depthwise Conv, Reshape/Flatten into Gemm,
+    and (unsimplified) BatchNorm: the shrunk graph equals the masked one."""
     feed = {"input": np.load(MODELS / "mnist_test.npz")["input"][:16]}
-    base = _runnable_base(read_model(MODELS / "lenet5.onnx"), feed)
-    masked, shrunk, plan, pruned = _prune_and_shrink(base, side, feed)
-    assert pruned.sum() > 10 and _params(shrunk) < _params(base)
-    assert plan.notes == ["fc2: 10 channels left whole: reaches the graph output logits"]
-    _assert_same(masked, shrunk, feed)
-    onnx.checker.check_model(shrunk)
+    prepared = prepare(read_model(MODELS / f"{name}.onnx"), simplify=simplify)
+    base = prepared.export_base
+    for seed in range(3):
+        masked, shrunk, plan, pruned = _prune_and_shrink(base, side, feed, seed=seed)
+        assert pruned.sum() >= 8 and _params(shrunk) < _params(base)
+        assert any("reaches the graph output logits" in n for n in plan.notes)
+        _assert_same(masked, shrunk, feed)
+        onnx.checker.check_model(shrunk)
+
+
+def test_residual_channels_are_coupled():
+    """The two convs feeding a residual Add (and the stream's first producer) share channel
+    groups; the BatchNorm scale and shift after a filter belong to its group."""
+    prepared = prepare(read_model(MODELS / "resnet_mnist.onnx"), simplify=False)
+    base = prepared.export_base
+    feed = {"input": np.zeros((2, 1, 28, 28), np.float32)}
+    layers, _ = find_prunable(base)
+    plan = channel_plan(analyze(base, tensor_shapes(base, feed), layers), layers, "out")
+    g = plan.ids["block2.conv2.weight"].reshape(64, -1)[5, 0]
+    assert (plan.ids["block2.shortcut.weight"].reshape(64, -1)[5] == g).all()  # same channel of the stream
+    assert plan.ids["block2.conv2.bn.weight"][5] == g and plan.ids["block2.conv2.bn.bias"][5] == g
+    assert (plan.ids["block1.conv2.weight"].reshape(32, -1)[3] == plan.ids["stem.weight"].reshape(32, -1)[3, 0]).all()
+
+
+def test_concat_and_depthwise_channels():
+    prepared = prepare(read_model(MODELS / "concat_dw_mnist.onnx"))
+    base = prepared.export_base
+    feed = {"input": np.zeros((2, 1, 28, 28), np.float32)}
+    layers, _ = find_prunable(base)
+    cg = analyze(base, tensor_shapes(base, feed), layers)
+    plan = channel_plan(cg, layers, "out")
+    # the depthwise conv's channel c is the stem's channel c
+    stem, dw = plan.ids["stem.weight"].reshape(16, -1), plan.ids["branch_b.dw.weight"].reshape(16, -1)
+    assert (stem[:, :1] == dw[:, :1]).all()
+    # the mixing conv reads branch_a's channels first, then branch_b.pw's
+    g = plan.ids["branch_b.pw.weight"].reshape(32, -1)[0, 0]
+    mix_cols = [idx for t, idx in plan.removes[g] if t == "mix.weight"]
+    assert mix_cols and (np.unravel_index(mix_cols[0], (64, 64, 3, 3))[1] == 32).all()
 
 
 def _wrap(module: onnx.ModelProto, x_shape, y_shape) -> onnx.ModelProto:
