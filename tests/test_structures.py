@@ -9,6 +9,7 @@ from conftest import MODELS, ONNX_DATA
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.channels import analyze, channel_plan, tensor_shapes
+from onnxprune.costs import count_macs, latencies
 from onnxprune.errors import OnnxPruneError
 from onnxprune.export import with_weights
 from onnxprune.groups import NM, Block, Column, Pattern, gemm_view, make_structure
@@ -267,3 +268,13 @@ def test_pytorch_modules_shrink_exactly(name):
             continue
         assert _params(shrunk) < _params(base)
         _assert_same(masked, shrunk, feed)
+
+
+def test_macs_and_latency_of_lenet():
+    model = read_model(MODELS / "lenet5.onnx")
+    feed = {"input": np.zeros((4, 1, 28, 28), np.float32)}
+    macs, nonzero = count_macs(model, feed)
+    # conv1 24·24·20·25 + conv2 8·8·50·500 + fc1 800·500 + fc2 500·10, per sample
+    assert macs == 288_000 + 1_600_000 + 400_000 + 5_000 == round(nonzero)
+    t = latencies({"a": model, "b": model}, feed, runs=20, budget_s=1)
+    assert set(t) == {"a", "b"} and all(v > 0 for v in t.values())
