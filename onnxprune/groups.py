@@ -43,6 +43,14 @@ class GroupPlan:
         """The tensors that carry a group penalty."""
         return [name for name, ids in self.ids.items() if (ids >= 0).any()]
 
+    @cached_property
+    def removal_sizes(self) -> np.ndarray:
+        """Counted weights each group takes with it (a channel: its rows and its readers' columns)."""
+        if self.removes is None:
+            return self.sizes(self.counted)
+        counted = set(self.counted)
+        return np.array([sum(len(idx) for t, idx in slices if t in counted) for slices in self.removes], np.int64)
+
     def least_rate(self) -> float:
         """The share of counted weights that forced groups remove whatever the rate."""
         if self.forced is None or not self.forced.any():

@@ -73,7 +73,9 @@ def _coupled(plan: GroupPlan, scores: np.ndarray, rate: float, scope: str, floor
     """Prune channel groups weakest first, counting exactly what each removes (groups
     overlap: a consumer's column can belong to one channel and its row to another).
     Channels go in chunks, so that every channel space keeps a multiple of `align`
-    channels (CPU kernels are fastest on multiples of 8 or 16) and at least one chunk."""
+    channels (CPU kernels are fastest on multiples of 8 or 16) and at least one chunk.
+    The rate is met to within half a chunk: the chunk that crosses it is taken if that
+    lands closer."""
     counted = {n: np.ones(int(np.prod(plan.tensors[n])), bool) for n in plan.counted}
     total = sum(len(c) for c in counted.values())
     chunks = []  # (mean score, unit, groups), weakest first within each unit
@@ -90,21 +92,20 @@ def _coupled(plan: GroupPlan, scores: np.ndarray, rate: float, scope: str, floor
             chunks.append((float(scores[members[start:start + size]].mean()), u, members[start:start + size]))
             start += size
     pruned = np.zeros(plan.count, bool)
-    stopped = np.zeros(len(plan.units), bool)  # a unit whose next chunk did not fit takes no more
     target = round(rate * total) if scope == "global" else total
     removed = 0
     for _, u, groups in sorted(chunks, key=lambda c: c[0]):
-        if stopped[u]:
-            continue
         slices = [(n, idx) for g in groups for n, idx in plan.removes[g] if n in counted]
         gain = sum(int(counted[n][idx].sum()) for n, idx in slices)
-        if removed + gain > target:
-            stopped[u] = True
-            continue
+        over = removed + gain > target
+        if over and removed + gain - target >= target - removed:
+            break  # the ranking decides: no weaker-ranked fill-in past the first chunk that overshoots
         for n, idx in slices:
             counted[n][idx] = False
         removed += gain
         pruned[groups] = True
+        if over:
+            break
     return pruned
 
 

@@ -90,8 +90,12 @@ def reweighted(trainer: Trainer, arrays, plan: GroupPlan, select, sched: Schedul
     unit_mean = np.bincount(plan.unit, weights=start, minlength=len(plan.units)) / np.maximum(per_unit, 1)
     eps = sched.eps * unit_mean[plan.unit] + 1e-30
 
+    # each group weighs what removing it saves, so Σ weight·P·‖W‖² counts weights still alive:
+    # otherwise a cheap group (an early layer's filter) is as tempting to kill as a costly one
+    weight = plan.removal_sizes / max(plan.removal_sizes.sum(), 1)
+
     def refresh():
-        p = sched.lam / plan.count / (norms() + eps)
+        p = sched.lam * weight / (norms() + eps)
         for w in penalized:
             trainer.set(coef_name(w), plan.expand(p, w))
 
