@@ -3,8 +3,9 @@ pruner at the same MACs reduction, on the residual CNN and the Concat + depthwis
 
     pip install -e '.[dev]' && python benchmarks/structured.py [--epochs 10] [--models resnet_mnist]
 
-For each model: the dense model; onnxprune reweighted filter pruning (shrunk graph);
-onnxprune magnitude filter pruning + fine-tuning (same epoch budget); and onnxsim's
+For each model: the dense model; onnxprune reweighted filter pruning (shrunk graph) with the
+rate counted in MACs (`--rate-of macs`); onnxprune magnitude filter pruning + fine-tuning
+(same rate and epoch budget); and onnxsim's
 `apply_structured_pruning` (no training) at the sparsity whose MACs come closest to
 onnxprune's. Test accuracy on models/mnist_test.npz (never trained on); MACs per sample and
 parameters from the written graphs; ORT CPU latency as medians of interleaved runs of all
@@ -58,7 +59,7 @@ def main() -> None:
         models, notes = {"dense": dense}, {}
         for label, method in (("onnxprune reweighted", "reweighted"), ("magnitude + fine-tune", "magnitude")):
             t = time.perf_counter()
-            r = onnxprune.prune(path, rate, structure="filter", method=method, finetune_baseline=True,
+            r = onnxprune.prune(path, rate, structure="filter", rate_of="macs", method=method, finetune_baseline=True,
                                 data=TRAIN, eval_data=TEST, schedule=sched, seed=args.seed, latency=False)
             models[label] = r.model
             notes[label] = f"{time.perf_counter() - t:.0f} s"
@@ -94,7 +95,7 @@ def main() -> None:
 
 
 def _table(name, rate, rows) -> str:
-    out = [f"**{name}**, filter pruning at rate {rate} (share of prunable weights removed)", "",
+    out = [f"**{name}**, filter pruning at `--rate {rate} --rate-of macs` (share of MACs per sample removed)", "",
            "| method | test accuracy | params | MACs/sample | MACs reduction | latency b1 (ms) | speed-up b1 "
            "| latency b32 (ms) | speed-up b32 | speed-up b32 / MACs reduction | note |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]

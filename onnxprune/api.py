@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from . import data as D
 from .errors import OnnxPruneError
 from .channels import tensor_shapes
-from .costs import count_macs, latencies, param_count
+from .costs import count_macs, latencies, macs_per_weight, param_count
 from .export import check_output_path, matmul_to_gemm, nonzeros, save_atomic, verify, with_weights
 from .groups import NAMES as STRUCTURES, make_structure
 from .layers import find_prunable, trainable_parameters
@@ -50,7 +50,7 @@ class PruneResult:
 def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=None, output_name: str | None = None,
           method: str = "reweighted", finetune_baseline: bool = False, scope: str = "global", layer_floor: float = 0.1,
           structure: str = "unstructured", block: str = "4x4", nm: str = "2:4", shrink: bool = True,
-          channel_multiple: int = 8,
+          channel_multiple: int = 8, rate_of: str = "weights",
           exclude=(), schedule: Schedule | None = None, val_fraction: float = 0.1, input_shapes=(),
           synth_samples: int = 2048, seed: int = 0, simplify: bool = True, workdir=None, threads: int | None = None,
           latency: bool = True, progress: bool = False, log=None) -> PruneResult:
@@ -61,7 +61,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     data: synthesized inputs. `out`: where to write the pruned model (atomically).
     structure: unstructured | filter | channel | column | pattern | block (`block` 'RxC') |
     nm (`nm` 'N:M', rate 1 − N/M). Filter and channel models are shrunk physically unless
-    `shrink=False`. `latency`: time dense vs compressed in ORT for the report. Mirrors the CLI.
+    `shrink=False`; with them, `rate_of='macs'` makes the rate a share of the MACs per sample. `latency`: time dense vs compressed in ORT for the report. Mirrors the CLI.
     """
     started = time.perf_counter()
     say = log or (lambda msg: None)
@@ -111,6 +111,12 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     plan = structure_.plan(layers, weights_of, model=base, shapes=shapes)
     dense_weights = {w: numpy_helper.to_array(inits[w]).astype(np.float32) for w in plan.tensors}
 
+    if rate_of == "macs":
+        if plan.removes is None:
+            raise OnnxPruneError("--rate-of macs needs --structure filter or channel (only they change the MACs run)")
+        plan.cost = macs_per_weight(base, shapes, fixed or 1)
+    elif rate_of != "weights":
+        raise OnnxPruneError(f"rate-of must be 'weights' or 'macs', not {rate_of!r}")
     check_rate(plan, rate)  # before any training
 
     def select(weights):
@@ -160,7 +166,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
         "input": str(source) if source else None, "output": str(out) if out is not None else None,
         "method": method + (" + fine-tune" if finetune_baseline and method == "magnitude" else ""),
         "structure": structure, "structure_detail": _structure_detail(structure_, structure),
-        "rate": rate, "masked_sparsity": masked_sparsity, "scope": scope, "seed": seed,
+        "rate": rate, "rate_of": rate_of, "masked_sparsity": masked_sparsity, "scope": scope, "seed": seed,
         "rewrites": rewrites, "left_alone": plan.notes, "costs": costs,
         "layers": rows, "totals": totals(rows, all_params),
         "skipped": [s.__dict__ for s in skipped], "metric": metric,

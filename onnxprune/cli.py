@@ -56,6 +56,10 @@ _D = Schedule()
 @click.option("--channel-multiple", type=int, default=8, show_default=True,
               help="With filter/channel: every layer keeps a multiple of this many channels (CPU kernels "
                    "run fastest on multiples of 8 or 16); 1 = no constraint.")
+@click.option("--rate-of", type=click.Choice(["weights", "macs"]), default="weights", show_default=True,
+              help="What --rate is a share of. macs (filter/channel only): remove that share of the "
+                   "multiply-accumulates per sample, so early high-resolution layers count for what they cost "
+                   "to run; the way to ask for speed.")
 @click.option("--no-shrink", is_flag=True,
               help="With filter/channel: write the masked model (zeroed channels) instead of removing them.")
 @click.option("--scope", type=click.Choice(["global", "layer"]), default="global", show_default=True,
@@ -98,7 +102,7 @@ _D = Schedule()
               help="Also write the summary as JSON to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary table (errors still print).")
 def main(model, rate, out, data, eval_data, val_fraction, output_name, method, finetune, structure, block, nm,
-         channel_multiple, no_shrink, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
+         channel_multiple, rate_of, no_shrink, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
          lr, finetune_lr, batch_size, input_shape, synth_samples, seed, no_simplify, workdir, threads, no_latency,
          report_path, quiet):
     """Prune an ONNX model to --rate with reweighted group-lasso training in ONNX Runtime,
@@ -122,7 +126,7 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, f
                          reweight_every=reweight_every, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size)
         result = prune(model, rate, data=data, eval_data=eval_data, out=out, output_name=output_name,
                        method=method, finetune_baseline=finetune, scope=scope, layer_floor=layer_floor,
-                       structure=structure, block=block, nm=nm, channel_multiple=channel_multiple,
+                       structure=structure, block=block, nm=nm, channel_multiple=channel_multiple, rate_of=rate_of,
                        shrink=not no_shrink, latency=not no_latency, exclude=exclude, schedule=sched, val_fraction=val_fraction,
                        input_shapes=input_shape, synth_samples=synth_samples, seed=seed,
                        simplify=not no_simplify, workdir=workdir, threads=threads, progress=not quiet, log=say)

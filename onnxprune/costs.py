@@ -24,29 +24,46 @@ def count_macs(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> tuple[int
     batch = max(len(next(iter(feed.values()))), 1)
     dense = sparse = 0.0
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
+        found = layer_macs(node, shapes, batch)
+        if found is None:
             continue
-        out, x, w = shapes.get(node.output[0]), shapes.get(node.input[0]), shapes.get(node.input[1])
-        if out is None or x is None or w is None:
-            continue
-        if node.op_type == "Conv":
-            macs = np.prod(out) * np.prod(w[1:])
-        elif node.op_type == "ConvTranspose":
-            macs = np.prod(x) * np.prod(w[1:])
-        elif node.op_type == "Gemm":
-            trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-            macs = np.prod(out) * (x[0] if trans_a else x[1])
-        else:
-            macs = np.prod(out) * x[-1]
-        macs = float(macs)
+        weight, per_element = found
+        macs = per_element * np.prod(shapes[weight])
         density = 1.0
-        for name in node.input[:2]:
-            if name in inits:
-                arr = numpy_helper.to_array(inits[name])
-                density = np.count_nonzero(arr) / max(arr.size, 1)
+        if weight in inits:
+            arr = numpy_helper.to_array(inits[weight])
+            density = np.count_nonzero(arr) / max(arr.size, 1)
         dense += macs
         sparse += macs * density
-    return int(round(dense / batch)), sparse / batch
+    return int(round(dense)), sparse
+
+
+def layer_macs(node: onnx.NodeProto, shapes: dict, batch: int) -> tuple[str, float] | None:
+    """(weight operand, MACs per sample that each of its elements does) for a Conv,
+    ConvTranspose, Gemm or MatMul node; None for other nodes or unknown shapes."""
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
+        return None
+    x, w, y = (shapes.get(n) for n in (node.input[0], node.input[1], node.output[0]))
+    if x is None or w is None or y is None:
+        return None
+    if node.op_type == "Conv":
+        return node.input[1], float(np.prod(y[2:]))
+    if node.op_type == "ConvTranspose":
+        return node.input[1], float(np.prod(x[2:]))
+    if node.op_type == "Gemm":
+        trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+        return node.input[1], (x[1] if trans_a else x[0]) / batch
+    return node.input[1], float(np.prod(y)) * x[-1] / batch / max(float(np.prod(w)), 1)  # MatMul
+
+
+def macs_per_weight(model: onnx.ModelProto, shapes: dict, batch: int) -> dict[str, float]:
+    """MACs per sample done by one element of each layer weight: what removing it saves."""
+    out = {}
+    for node in model.graph.node:
+        found = layer_macs(node, shapes, batch)
+        if found:
+            out[found[0]] = found[1]
+    return out
 
 
 def param_count(model: onnx.ModelProto) -> int:

@@ -37,6 +37,8 @@ class GroupPlan:
     notes: list[str] = field(default_factory=list)  # what the structure left alone, and why
     channels: object = None  # the channel analysis behind filter/channel plans (for shrinking)
     roots: list[int] | None = None  # per group: its channel in `channels`
+    cost: dict[str, float] = field(default_factory=dict)  # what one element of a counted tensor is worth
+    # toward the rate: 1 (a weight) unless the rate counts MACs (then the MACs it does per sample)
 
     @cached_property
     def penalized(self) -> list[str]:
@@ -49,7 +51,8 @@ class GroupPlan:
         if self.removes is None:
             return self.sizes(self.counted)
         counted = set(self.counted)
-        return np.array([sum(len(idx) for t, idx in slices if t in counted) for slices in self.removes], np.int64)
+        return np.array([sum(len(idx) * self.cost.get(t, 1.0) for t, idx in slices if t in counted)
+                         for slices in self.removes])
 
     def least_rate(self) -> float:
         """The share of counted weights that forced groups remove whatever the rate."""

@@ -77,7 +77,8 @@ def _coupled(plan: GroupPlan, scores: np.ndarray, rate: float, scope: str, floor
     The rate is met to within half a chunk: the chunk that crosses it is taken if that
     lands closer."""
     counted = {n: np.ones(int(np.prod(plan.tensors[n])), bool) for n in plan.counted}
-    total = sum(len(c) for c in counted.values())
+    cost = {n: plan.cost.get(n, 1.0) for n in counted}  # weights, or MACs per sample
+    total = sum(len(c) * cost[n] for n, c in counted.items())
     chunks = []  # (mean score, unit, groups), weakest first within each unit
     for u in range(len(plan.units)):
         members = np.flatnonzero(plan.unit == u)
@@ -92,11 +93,11 @@ def _coupled(plan: GroupPlan, scores: np.ndarray, rate: float, scope: str, floor
             chunks.append((float(scores[members[start:start + size]].mean()), u, members[start:start + size]))
             start += size
     pruned = np.zeros(plan.count, bool)
-    target = round(rate * total) if scope == "global" else total
+    target = rate * total if scope == "global" else total
     removed = 0
     for _, u, groups in sorted(chunks, key=lambda c: c[0]):
         slices = [(n, idx) for g in groups for n, idx in plan.removes[g] if n in counted]
-        gain = sum(int(counted[n][idx].sum()) for n, idx in slices)
+        gain = sum(int(counted[n][idx].sum()) * cost[n] for n, idx in slices)
         over = removed + gain > target
         if over and removed + gain - target >= target - removed:
             break  # the ranking decides: no weaker-ranked fill-in past the first chunk that overshoots

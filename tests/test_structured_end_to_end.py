@@ -101,3 +101,13 @@ def test_structure_errors_are_one_line():
         code, _, stderr = run_cli(MODELS / "lenet5.onnx", *args, "--data", TRAIN, "--epochs", "0",
                                   "--finetune-epochs", "0", "--no-latency", "-o", "/tmp/onnxprune_never.onnx")
         assert code == 2 and msg in stderr and stderr.count("\n") == 1, stderr
+
+
+def test_rate_of_macs_removes_that_share_of_macs():
+    result = onnxprune.prune(MODELS / "resnet_mnist.onnx", 0.5, structure="filter", rate_of="macs", method="magnitude",
+                             data=_small_data(200), latency=False)
+    macs = result.report["costs"]["macs"]
+    removed = 1 - macs["compressed"] / macs["dense"]
+    assert abs(removed - 0.5) < 0.1, removed  # within half a chunk of 8 channels
+    with pytest.raises(onnxprune.OnnxPruneError, match="needs --structure filter"):
+        onnxprune.prune(MODELS / "lenet5.onnx", 0.5, rate_of="macs", method="magnitude", data=_small_data(100))
