@@ -22,7 +22,7 @@ from .errors import OnnxPruneError
 from .channels import tensor_shapes
 from .costs import count_macs, latencies, macs_per_weight, param_count
 from .export import check_output_path, matmul_to_gemm, nonzeros, save_atomic, verify, with_weights
-from .groups import NAMES as STRUCTURES, make_structure
+from .groups import make_structure
 from .layers import find_prunable, trainable_parameters
 from .loading import default_opset, initializer_map, prepare, read_model
 from .masking import check_rate, hard_prune

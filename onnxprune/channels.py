@@ -300,7 +300,7 @@ def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], layers: 
                 parts = [ch[t][1] if t in ch else np.full(shapes[t][cat], -1) for t in ins]
                 ch[out] = (axis, np.concatenate(parts))
             else:
-                ch[out] = (axis, _join(cg, [t for t in ins], ch, shapes, axis, inits, name))
+                ch[out] = (axis, _join(cg, ins, ch, shapes, axis, inits, name))
         elif op == "Split":
             x = ins[0]
             axis, ids = ch[x]

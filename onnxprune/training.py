@@ -7,7 +7,6 @@ dense (P=0, M=1), reweighted (P refreshed), masked fine-tuning (P=0, M fixed).
 from __future__ import annotations
 
 import copy
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path

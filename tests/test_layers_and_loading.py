@@ -1,11 +1,9 @@
 """Finding prunable weights and preparing graphs, on built graphs and real topologies."""
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import ONNX_DATA, small_model
-from onnxprune.errors import OnnxPruneError
 from onnxprune.layers import find_prunable, trainable_parameters
 from onnxprune.loading import default_opset, prepare, read_model
 
