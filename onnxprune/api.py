@@ -109,7 +109,8 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     inits = initializer_map(base.graph)
     weights_of = {layer.weight: numpy_helper.to_array(inits[layer.weight]).astype(np.float32) for layer in layers}
     plan = structure_.plan(layers, weights_of, model=base, shapes=shapes)
-    dense_weights = {w: numpy_helper.to_array(inits[w]).astype(np.float32) for w in plan.tensors}
+    dense_weights = {w: weights_of[w] if w in weights_of else numpy_helper.to_array(inits[w]).astype(np.float32)
+                     for w in plan.tensors}
 
     if rate_of == "macs":
         if plan.removes is None:
@@ -127,9 +128,8 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     if trains:
         terms, targets, target_infos = _loss_terms(prepared.train_base, selected, has_labels, train, dense_train)
         arrays = {**{s.name: train[s.name] for s in specs}, **targets}
-        extra = set(plan.tensors)
-        trainable = [t.name for t in prepared.train_base.graph.initializer
-                     if t.name in extra or t.name in set(trainable_parameters(prepared.train_base, layers))]
+        wanted = set(plan.tensors) | set(trainable_parameters(prepared.train_base, layers))
+        trainable = [t.name for t in prepared.train_base.graph.initializer if t.name in wanted]
         graph = build_training_graph(prepared.train_base, plan.tensors, set(plan.penalized), terms, target_infos)
         frozen = [mask_name(w) for w in plan.tensors] + [coef_name(w) for w in plan.penalized]
         bars = _progress_bars if progress else _no_progress
@@ -148,9 +148,10 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
         new_weights = {w: dense_weights[w] * masks[w] for w in dense_weights}
 
     masked_model = with_weights(base, new_weights)
-    pruned_model, rewrites = _rewrite(masked_model, plan, masks, structure, shrink, shapes, val, input_names,
-                                      warnings, say)
-    pruned_out = dict(zip(output_names, D.run_model(_session(pruned_model), val, input_names)))
+    masked_out = D.run_model(_session(masked_model), val, input_names)
+    pruned_model, rewrites, outs = _rewrite(masked_model, masked_out, plan, masks, structure, shrink, shapes, val,
+                                            input_names, warnings, say)
+    pruned_out = dict(zip(output_names, outs))
     metric = _metric(selected, has_labels, val, dense_val, pruned_out, split_name)
 
     written = None
@@ -160,7 +161,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     kept = nonzeros(written if written is not None else pruned_model, [layer.weight for layer in layers])
     rows = layer_rows(layers, kept)
     all_params = sum(int(np.prod(t.dims)) for t in base.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
-    costs = _costs(base, pruned_model, train, input_names, fixed, latency, threads)
+    costs = _costs(base, pruned_model, probe, train, input_names, fixed, latency, threads, shapes)
     masked_sparsity = 1 - sum(float(masks[w].sum()) for w in plan.counted) / sum(masks[w].size for w in plan.counted)
     report = {
         "input": str(source) if source else None, "output": str(out) if out is not None else None,
@@ -189,10 +190,11 @@ def _feed(arrays: dict[str, np.ndarray], names: list[str], batch: int) -> dict[s
     return {k: arrays[k][rows] for k in names}
 
 
-def _rewrite(masked, plan, masks, structure, shrink, shapes, val, names, warnings, say):
+def _rewrite(masked, want, plan, masks, structure, shrink, shapes, val, names, warnings, say):
     """The masked model made smaller or more deployable: channels removed for filter/channel,
-    MatMul → Gemm for N:M. Each rewrite must reproduce the masked model's outputs (relative
-    error ≤ 1e-4 on the eval samples), or the masked model is kept and the report says why."""
+    MatMul → Gemm for N:M. Each rewrite must reproduce the masked model's outputs `want`
+    (relative error ≤ 1e-4 on the eval samples), or the masked model is kept and the report
+    says why. Returns (model, rewrites done, its outputs on the eval samples)."""
     model, done = masked, []
     if plan.channels is not None and shrink:
         pruned = {root for g, root in enumerate(plan.roots)
@@ -204,12 +206,11 @@ def _rewrite(masked, plan, masks, structure, shrink, shapes, val, names, warning
         if converted:
             done.append(f"MatMul -> Gemm(transB=1) for TensorRT's sparse kernels: {', '.join(converted)}")
     if model is masked:
-        return masked, done
+        return masked, done, want
     try:
         got = D.run_model(_session(model), val, names)
     except OnnxPruneError as e:
         got, problem = None, str(e)
-    want = D.run_model(_session(masked), val, names)
     if got is not None:
         err = max(float(np.abs(g - w).max() / max(np.abs(w).max(), 1e-12)) for g, w in zip(got, want))
         problem = None if err <= 1e-4 else f"outputs differ from the masked model by {err:.2g} (relative)"
@@ -217,13 +218,13 @@ def _rewrite(masked, plan, masks, structure, shrink, shapes, val, names, warning
         msg = f"the rewritten graph was not written ({problem}); the output is the masked model"
         warnings.append(msg)
         say("warning: " + msg)
-        return masked, []
-    return model, done
+        return masked, [], want
+    return model, done, got
 
 
-def _costs(dense, pruned, arrays, names, fixed, latency, threads) -> dict:
-    one = _feed(arrays, names, fixed or 1)
-    macs_d, _ = count_macs(dense, one)
+def _costs(dense, pruned, one, arrays, names, fixed, latency, threads, dense_shapes) -> dict:
+    """`one`: a batch of `fixed or 1` samples, the one `dense_shapes` were measured on."""
+    macs_d, _ = count_macs(dense, one, dense_shapes)
     macs_p, sparse_p = count_macs(pruned, one)
     out = {"params": {"dense": param_count(dense), "compressed": param_count(pruned)},
            "macs": {"dense": macs_d, "compressed": macs_p, "compressed_nonzero": sparse_p},

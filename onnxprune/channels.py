@@ -69,6 +69,17 @@ class ChannelGraph:
             if i >= 0:
                 self.members[int(i)].append(Member(tensor, axis, c, kind))
 
+    def add_constant(self, ids, const: str, dims: tuple[int, ...], out_rank: int, axis: int, kind: str) -> bool:
+        """A constant operand broadcast against a channel tensor: slice its channel dim.
+        False when its channel dim neither matches nor broadcasts."""
+        a = axis - (out_rank - len(dims))
+        if int(np.prod(dims)) == 1 or a < 0 or dims[a] == 1:
+            return True  # broadcast over the channels: nothing to slice
+        if dims[a] != len(ids):
+            return False
+        self.add_members(ids, const, a, kind)
+        return True
+
     def new(self, n: int, where: str) -> np.ndarray:
         start = len(self.parent)
         self.parent.extend(range(start, start + n))
@@ -147,15 +158,7 @@ def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], layers: 
     add_members = cg.add_members
 
     def const_members(ids, const: str, out_rank: int, axis: int, kind: str) -> bool:
-        """A constant operand broadcast against a channel tensor: slice its channel dim."""
-        dims = tuple(inits[const].dims)
-        a = axis - (out_rank - len(dims))
-        if int(np.prod(dims)) == 1 or a < 0 or dims[a] == 1:
-            return True  # broadcast over the channels: nothing to slice
-        if dims[a] != len(ids):
-            return False
-        add_members(ids, const, a, kind)
-        return True
+        return cg.add_constant(ids, const, tuple(inits[const].dims), out_rank, axis, kind)
 
     for k, node in enumerate(graph.node):
         op, name = node.op_type, node.name or f"{node.op_type}_{k}"
@@ -376,13 +379,12 @@ def _join(cg: ChannelGraph, ins, ch, shapes, axis, inits, name, rank=None, maska
     for t in ins:
         if not t or t in ch:
             continue
-        a = axis - (rank - len(shapes[t]))
-        width = shapes[t][a] if 0 <= a < len(shapes[t]) else 1
-        if width == 1:
-            continue  # broadcast over the channels
-        if t in inits and width == len(ids):
-            cg.add_members(ids, t, a, "out" if maskable else "aux")
-        else:
+        if t in inits:
+            ok = cg.add_constant(ids, t, tuple(shapes[t]), rank, axis, "out" if maskable else "aux")
+        else:  # a computed operand must broadcast over the channels
+            a = axis - (rank - len(shapes[t]))
+            ok = not 0 <= a < len(shapes[t]) or shapes[t][a] == 1
+        if not ok:
             cg.block(ids, f"combined by {name} with a tensor whose channels are not tracked")
     return ids
 

@@ -16,10 +16,10 @@ from .channels import tensor_shapes
 from .loading import initializer_map
 
 
-def count_macs(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> tuple[int, float]:
+def count_macs(model: onnx.ModelProto, feed: dict[str, np.ndarray], shapes: dict | None = None) -> tuple[int, float]:
     """(MACs as executed, MACs that meet a non-zero weight) for one pass over `feed`,
-    divided by its batch size."""
-    shapes = tensor_shapes(model, feed)
+    divided by its batch size. `shapes`: the model's tensor shapes on `feed`, if known."""
+    shapes = shapes or tensor_shapes(model, feed)
     inits = initializer_map(model.graph)
     batch = max(len(next(iter(feed.values()))), 1)
     dense = sparse = 0.0

@@ -22,11 +22,10 @@ def hard_prune(weights: dict[str, np.ndarray], plan: GroupPlan, rate: float, sco
         raise OnnxPruneError(f"scope must be 'global' or 'layer', not {scope!r}")
     if plan.nm is not None:
         return _nm_masks(weights, plan)
-    sizes = plan.sizes(plan.counted)  # counted weights per group
-    penalized = np.maximum(plan.sizes(), 1)
-    scores = plan.sq_norms(weights) / penalized  # mean square: fair across group sizes
+    scores = plan.sq_norms(weights) / np.maximum(plan.sizes(), 1)  # mean square: fair across group sizes
     if plan.removes is not None:
         return plan.masks(_coupled(plan, scores, rate, scope, floor, align))
+    sizes = plan.sizes(plan.counted)  # counted weights per group
     forced = plan.forced if plan.forced is not None else np.zeros(plan.count, bool)
     keep = np.zeros(plan.count, bool)
     units = range(len(plan.units))
