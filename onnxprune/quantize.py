@@ -1,0 +1,144 @@
+"""Stage 7, quantization: static int8 with ONNX Runtime's own quantizer, calibrated on the
+user's data, and the fake-quantizer that quantization-aware fine-tuning trains against.
+
+Weights are per-channel symmetric int8 (zero point 0), so pruned weights stay exactly zero.
+  --target ort: QDQ with uint8 activations and int8 weights (U8S8), the pair ORT's CPU kernels
+                run fastest; ORT fuses each DequantizeLinear → op → QuantizeLinear into QLinear ops.
+  --target trt: QDQ with symmetric int8 activations and weights and float biases, Q/DQ on the
+                inputs of Conv/Gemm/MatMul only: TensorRT's explicit-quantization form.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import OnnxPruneError
+from .layers import PrunableLayer
+from .loading import default_opset
+
+TARGETS = ("ort", "trt")
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                 "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul", "MatMulNBits",
+                 "DynamicQuantizeMatMul", "QAttention"}
+INT8_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+CALIBRATION_SAMPLES = 256
+
+
+def check_not_quantized(model: onnx.ModelProto) -> None:
+    """An already-quantized graph has no float weights left to prune or quantize."""
+    found = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
+    if found:
+        raise OnnxPruneError(f"the model is already quantized ({', '.join(found)} nodes); "
+                             "onnxprune needs the float model it was quantized from")
+
+
+def kept_in_float(model: onnx.ModelProto, layers: list[PrunableLayer], target: str,
+                  shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
+    """Layers left in float32, by node name, with the reason. On x86 CPUs (ORT's MLAS), an int8
+    Conv that reads fewer than 8 channels per group (an image's first layer) runs slower than the
+    float one; a depthwise Conv has its own int8 kernel and is kept."""
+    if target != "ort":
+        return {}
+    nodes = {n.name: n for n in model.graph.node}
+    out = {}
+    for layer in layers:
+        node = nodes.get(layer.name)
+        if node is None or layer.op != "Conv":
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        per_group = layer.shape[1]
+        depthwise = per_group == 1 and group > 1
+        if per_group < 8 and not depthwise:
+            out[layer.name] = (f"{per_group} input channel(s) per group: ORT's int8 Conv is slower than float "
+                               "on so few")
+    return out
+
+
+def fake_int8(w: np.ndarray, axis: int) -> np.ndarray:
+    """W quantized and dequantized exactly as ORT's quantizer does for a per-channel symmetric
+    int8 weight: scale = max|W| / 127 along `axis`, values rounded and clipped to ±127."""
+    moved = np.moveaxis(w, axis, 0)
+    flat = moved.reshape(len(moved), -1)
+    scale = (np.abs(flat).max(axis=1) / np.float32(127)).astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1))[:, None]
+    q = np.clip(np.round(flat / safe), -127, 127) * safe
+    return np.moveaxis(q.reshape(moved.shape), 0, axis).astype(np.float32)
+
+
+class _Reader:
+    """ORT's CalibrationDataReader protocol over arrays: batches of the model's inputs."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], names: list[str], batch: int) -> None:
+        n = min(len(arrays[names[0]]), CALIBRATION_SAMPLES)
+        self.batches = iter([{k: arrays[k][i:i + batch] for k in names} for i in range(0, n, batch)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def int8(model: onnx.ModelProto, calibration: dict[str, np.ndarray], input_names: list[str], target: str,
+         layers: list[PrunableLayer], keep_float: dict[str, str], batch: int | None = None) -> onnx.ModelProto:
+    """`model` statically quantized to int8 by ONNX Runtime's quantizer, calibrated (min/max) on
+    up to 256 samples of `calibration`. Only the prunable layers' nodes, less `keep_float`, are
+    quantized as layers; ORT adds what its format needs around them."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if target not in TARGETS:
+        raise OnnxPruneError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+    wanted = [layer.name for layer in layers if layer.name not in keep_float]
+    if not wanted:
+        raise OnnxPruneError("--quantize int8 has nothing to quantize: " + (
+            "; ".join(f"{k}: {v}" for k, v in keep_float.items()) or "no Conv, Gemm or MatMul layer"))
+    if default_opset(model) < 13:  # per-channel Q/DQ needs the axis attribute of opset 13
+        model = onnx.version_converter.convert_version(model, 13)
+    trt = target == "trt"
+    options = {"ActivationSymmetric": trt, "WeightSymmetric": True,
+               # TensorRT takes float biases; ORT's CPU kernels want int32 ones
+               "QuantizeBias": not trt}
+    with tempfile.TemporaryDirectory(prefix="onnxprune-quant-") as tmp, _quiet():
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save_model(model, src)
+        try:
+            quantize_static(
+                str(src), str(dst), _Reader(calibration, input_names, batch or 32),
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(INT8_OPS) if trt else None,
+                nodes_to_quantize=wanted if trt else None,
+                nodes_to_exclude=None if trt else [n.name for n in model.graph.node
+                                                   if n.op_type in INT8_OPS and n.name not in wanted],
+                per_channel=True, reduce_range=False,
+                activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax, extra_options=options)
+        except Exception as e:
+            raise OnnxPruneError(f"ONNX Runtime's quantizer failed: {str(e).strip().splitlines()[0][:300]}") from None
+        out = onnx.load(str(dst))
+    if not quantized_layers(out, wanted):
+        raise OnnxPruneError("--quantize int8 has nothing to quantize: ONNX Runtime's quantizer left every layer "
+                             "in float")
+    return out
+
+
+def quantized_layers(model: onnx.ModelProto, names: list[str]) -> list[str]:
+    """The nodes among `names` whose weight input is now DequantizeLinear of an integer tensor."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    done = []
+    for node in model.graph.node:
+        if node.name in names and len(node.input) > 1:
+            src = producer.get(node.input[1])
+            if src is not None and src.op_type == "DequantizeLinear":
+                done.append(node.name)
+    return done
+
+
+class _quiet:
+    """ORT's quantizer logs advice through the root logger at WARNING; keep the CLI's output clean."""
+
+    def __enter__(self):
+        self.level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        logging.getLogger().setLevel(self.level)
