@@ -21,17 +21,23 @@ from . import data as D
 from .errors import OnnxPruneError
 from .channels import tensor_shapes
 from .costs import count_macs, latencies, macs_per_weight, param_count
-from .export import check_output_path, matmul_to_gemm, nonzeros, save_atomic, verify, with_weights
+from .cluster import Codebooks
+from .export import check_output_path, matmul_to_gemm, save_atomic, verify, with_weights
 from .groups import make_structure
 from .layers import find_prunable, trainable_parameters
 from .loading import default_opset, initializer_map, prepare, read_model
 from .masking import check_rate, hard_prune
+from .optimize import optimize as optimize_graph
+from .quantize import TARGETS, FakeInt8, check_not_quantized, int8, kept_in_float, quantized_layers
 from .report import format_table, layer_rows, totals
 from .shrink import shrink as shrink_graph
+from .storage import FORMS, encode, weight_storage
 from .schedule import Phase, Schedule, current_weights, finetune, reweighted
-from .training import LossTerm, Trainer, build_training_graph, coef_name, logits_of, mask_name, session_options
+from .training import (LossTerm, Trainer, build_training_graph, coef_name, correction_name, logits_of, mask_name,
+                       session_options)
 
 METHODS = ("reweighted", "magnitude")
+QUANTIZE = ("int8", "cluster")
 
 
 @dataclass
@@ -53,6 +59,8 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
           channel_multiple: int = 8, rate_of: str = "weights",
           exclude=(), schedule: Schedule | None = None, val_fraction: float = 0.1, input_shapes=(),
           synth_samples: int = 2048, seed: int = 0, simplify: bool = True, workdir=None, threads: int | None = None,
+          quantize: str | None = None, target: str = "ort", qat: bool = False, bits: int = 4,
+          storage: str | None = None, optimize: bool = False,
           latency: bool = True, progress: bool = False, log=None) -> PruneResult:
     """Prune `model` (a path or an onnx.ModelProto) to `rate` and recover accuracy by training.
 
@@ -61,7 +69,12 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     data: synthesized inputs. `out`: where to write the pruned model (atomically).
     structure: unstructured | filter | channel | column | pattern | block (`block` 'RxC') |
     nm (`nm` 'N:M', rate 1 − N/M). Filter and channel models are shrunk physically unless
-    `shrink=False`; with them, `rate_of='macs'` makes the rate a share of the MACs per sample. `latency`: time dense vs compressed in ORT for the report. Mirrors the CLI.
+    `shrink=False`; with them, `rate_of='macs'` makes the rate a share of the MACs per sample.
+    quantize: None | 'int8' (ORT static quantization for `target` 'ort' or 'trt'; `qat` trains
+    against it) | 'cluster' (`bits`-bit k-means codebooks per layer, refined by fine-tuning).
+    storage: 'compact' | 'sparse' | 'dense' (default: dense for target 'trt', else compact).
+    optimize: onnxsim + ORT basic graph optimizations. `latency`: time dense vs compressed in
+    ORT for the report. Mirrors the CLI.
     """
     started = time.perf_counter()
     say = log or (lambda msg: None)
@@ -75,11 +88,14 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
         rate = implied
     rate = 0.9 if rate is None else rate
     _check_options(rate, method, scope, val_fraction, layer_floor, channel_multiple, sched)
+    storage = storage or ("dense" if target == "trt" else "compact")
+    _check_compression(quantize, target, qat, bits, storage, method, finetune_baseline)
     rng = np.random.default_rng(seed)
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if out is not None:
         check_output_path(Path(out), source)
     original = read_model(source) if source else _checked_proto(model)
+    check_not_quantized(original)
     prepared = prepare(original, simplify=simplify)
     base = prepared.export_base
 
@@ -119,6 +135,13 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     elif rate_of != "weights":
         raise OnnxPruneError(f"rate-of must be 'weights' or 'macs', not {rate_of!r}")
     check_rate(plan, rate)  # before any training
+    keep_float = kept_in_float(base, layers, target, shapes) if quantize == "int8" else {}
+    quantizer = None
+    if quantize == "cluster":
+        quantizer = Codebooks([layer.weight for layer in layers if layer.weight in plan.tensors], bits)
+    elif quantize == "int8" and qat:
+        quantizer = FakeInt8({layer.weight: layer.out_axis for layer in layers
+                              if layer.name not in keep_float and layer.weight in plan.tensors})
 
     def select(weights):
         return hard_prune(weights, plan, rate, scope, layer_floor, channel_multiple)
@@ -130,38 +153,69 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
         arrays = {**{s.name: train[s.name] for s in specs}, **targets}
         wanted = set(plan.tensors) | set(trainable_parameters(prepared.train_base, layers))
         trainable = [t.name for t in prepared.train_base.graph.initializer if t.name in wanted]
-        graph = build_training_graph(prepared.train_base, plan.tensors, set(plan.penalized), terms, target_infos)
-        frozen = [mask_name(w) for w in plan.tensors] + [coef_name(w) for w in plan.penalized]
+        corrected = set(quantizer.names) if quantizer else set()
+        graph = build_training_graph(prepared.train_base, plan.tensors, set(plan.penalized), terms, target_infos,
+                                     corrected)
+        frozen = ([mask_name(w) for w in plan.tensors] + [coef_name(w) for w in plan.penalized]
+                  + [correction_name(w) for w in plan.tensors if w in corrected])
         bars = _progress_bars if progress else _no_progress
         with _workdir(workdir) as wd:
             trainer = Trainer(graph, trainable, frozen, wd, sched.lr, threads)
             if method == "reweighted":
-                masks, phases = reweighted(trainer, arrays, plan, select, sched, rng, bars)
+                masks, phases = reweighted(trainer, arrays, plan, select, sched, rng, bars, quantizer)
             else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
                 masks = select(dense_weights)
                 phases = [finetune(trainer, arrays, masks, Phase("fine-tune", sched.epochs + sched.finetune_epochs),
-                                   sched, rng, bars)]
+                                   sched, rng, bars, quantizer)]
             new_weights = {n: trainer.get(n) for n in trainable}
             new_weights.update(current_weights(trainer, plan))  # fold W·M: pruned weights exactly zero
     else:
         masks = select(dense_weights)
         new_weights = {w: dense_weights[w] * masks[w] for w in dense_weights}
+        if quantizer:
+            quantizer.start({n: new_weights[n] for n in quantizer.names}, masks)
+    if quantizer:  # what training saw: Q(W·M) (int8 values ORT's quantizer reproduces, or codebook entries)
+        for n in quantizer.names:
+            new_weights[n] = quantizer(n, new_weights[n], masks[n])
 
     masked_model = with_weights(base, new_weights)
     masked_out = D.run_model(_session(masked_model), val, input_names)
     pruned_model, rewrites, outs = _rewrite(masked_model, masked_out, plan, masks, structure, shrink, shapes, val,
                                             input_names, warnings, say)
     pruned_out = dict(zip(output_names, outs))
-    metric = _metric(selected, has_labels, val, dense_val, pruned_out, split_name)
+    float_metric = _metric(selected, has_labels, val, dense_val, pruned_out, split_name)
+
+    # compression of the pruned float model: optimize → int8 → compact storage
+    slots = _weight_slots(base, layers)
+    final, notes = pruned_model, []
+    if optimize:
+        final, notes = optimize_graph(final)
+        outs = _same_outputs(final, outs, val, input_names, 1e-4, "--optimize")
+    quantized = []
+    if quantize == "int8":
+        final = int8(final, train, input_names, target, layers, keep_float, fixed)
+        quantized = quantized_layers(final, [layer.name for layer in layers])
+        outs = D.run_model(_session(final), val, input_names)
+    stored = _stored_tensors(final, slots)
+    kept = {layer.weight: int(np.count_nonzero(numpy_helper.to_array(stored[layer.name]))) if layer.name in stored
+            else 0 for layer in layers}
+    _check_zeros_kept(pruned_model, final, slots, stored)
+    encoded, forms = encode(final, [t.name for t in stored.values()], storage)
+    if encoded is not final:
+        _same_outputs(encoded, outs, val, input_names, 0.0, f"--storage {storage}")
+    final = encoded
+    final_out = dict(zip(output_names, outs))
+    metric = _metric(selected, has_labels, val, dense_val, final_out, split_name)
 
     written = None
     if out is not None:
-        save_atomic(pruned_model, Path(out))
+        save_atomic(final, Path(out))
         written = verify(Path(out), original)
-    kept = nonzeros(written if written is not None else pruned_model, [layer.weight for layer in layers])
     rows = layer_rows(layers, kept)
+    storage_report = _storage_report(written if written is not None else final, layers, slots, stored, forms, storage)
     all_params = sum(int(np.prod(t.dims)) for t in base.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
-    costs = _costs(base, pruned_model, probe, train, input_names, fixed, latency, threads, shapes)
+    costs = _costs(base, pruned_model, probe, train, input_names, fixed, latency, threads, shapes,
+                   final if final is not pruned_model else None)
     masked_sparsity = 1 - sum(float(masks[w].sum()) for w in plan.counted) / sum(masks[w].size for w in plan.counted)
     report = {
         "input": str(source) if source else None, "output": str(out) if out is not None else None,
@@ -169,6 +223,13 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
         "structure": structure, "structure_detail": _structure_detail(structure_, structure),
         "rate": rate, "rate_of": rate_of, "masked_sparsity": masked_sparsity, "scope": scope, "seed": seed,
         "rewrites": rewrites, "left_alone": plan.notes, "costs": costs,
+        "compression": {"quantize": quantize, "target": target if quantize == "int8" else None,
+                        "qat": qat if quantize == "int8" else None, "bits": bits if quantize == "cluster" else None,
+                        "quantized_layers": quantized if quantize == "int8" else
+                        ([layer.name for layer in layers if quantizer and layer.weight in quantizer.names]),
+                        "kept_float": keep_float, "float_metric": float_metric if quantize else None,
+                        "optimize": notes},
+        "storage": storage_report,
         "layers": rows, "totals": totals(rows, all_params),
         "skipped": [s.__dict__ for s in skipped], "metric": metric,
         "loss": "; ".join(t.describe() for t in terms) if terms else "none (no training)",
@@ -222,8 +283,74 @@ def _rewrite(masked, want, plan, masks, structure, shrink, shapes, val, names, w
     return model, done, got
 
 
-def _costs(dense, pruned, one, arrays, names, fixed, latency, threads, dense_shapes) -> dict:
-    """`one`: a batch of `fixed or 1` samples, the one `dense_shapes` were measured on."""
+def _weight_slots(base: onnx.ModelProto, layers) -> dict[str, int]:
+    """Which input of each layer's node holds its weight: quantization and compact storage
+    rename or replace the weight, the node and the slot stay."""
+    nodes = {n.name: n for n in base.graph.node}
+    return {layer.name: list(nodes[layer.name].input).index(layer.weight) for layer in layers if layer.name in nodes}
+
+
+def _stored_tensors(model: onnx.ModelProto, slots: dict[str, int]) -> dict[str, onnx.TensorProto]:
+    """The initializer that stores each layer's weight: the weight itself, or the integer tensor
+    under its DequantizeLinear."""
+    inits = initializer_map(model.graph)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = {}
+    for node in model.graph.node:
+        if node.name in slots and slots[node.name] < len(node.input):
+            name = node.input[slots[node.name]]
+            src = producer.get(name)
+            if src is not None and src.op_type == "DequantizeLinear":
+                name = src.input[0]
+            if name in inits:
+                out[node.name] = inits[name]
+    return out
+
+
+def _check_zeros_kept(pruned, final, slots, stored) -> None:
+    """Every weight pruned to zero must still be exactly zero after quantization."""
+    if final is pruned:
+        return
+    before = _stored_tensors(pruned, slots)
+    for name, t in stored.items():
+        if name in before and before[name].dims == t.dims:
+            was_zero = numpy_helper.to_array(before[name]) == 0
+            if np.any(numpy_helper.to_array(t)[was_zero] != 0):
+                raise OnnxPruneError(f"quantization made pruned weights of {name} non-zero; nothing was written")
+
+
+def _same_outputs(model, want, val, names, tolerance, what):
+    """`model`'s outputs on the eval samples, which must match `want` within `tolerance` (relative)."""
+    got = D.run_model(_session(model), val, names)
+    err = max(float(np.abs(g.astype(np.float64) - w).max() / max(np.abs(w).max(), 1e-12)) if g.size else 0.0
+              for g, w in zip(got, want))
+    if err > tolerance:
+        raise OnnxPruneError(f"{what} changed the model's outputs by {err:.2g} (relative); nothing was written")
+    return got
+
+
+def _storage_report(model, layers, slots, stored, forms, mode) -> dict:
+    """Bytes that store each layer's weight in the written graph (values, indices or gaps, codes,
+    codebooks, quantization scales and zero points) against its float32 dense size."""
+    nodes = {n.name: n for n in model.graph.node}
+    rows = []
+    for layer in layers:
+        node = nodes.get(layer.name)
+        if node is None or layer.name not in stored:
+            continue
+        nbytes, tensors = weight_storage(model, node.input[slots[layer.name]])
+        rows.append({"name": layer.name, "form": forms.get(stored[layer.name].name, "dense"),
+                     "dtype": onnx.helper.tensor_dtype_to_np_dtype(stored[layer.name].data_type).name,
+                     "bytes": nbytes, "dense_fp32_bytes": 4 * layer.size, "tensors": tensors})
+    total = sum(r["bytes"] for r in rows)
+    dense = sum(r["dense_fp32_bytes"] for r in rows)
+    return {"mode": mode, "layers": rows, "bytes": total, "dense_fp32_bytes": dense,
+            "reduction": dense / total if total else float("inf")}
+
+
+def _costs(dense, pruned, one, arrays, names, fixed, latency, threads, dense_shapes, final=None) -> dict:
+    """`one`: a batch of `fixed or 1` samples, the one `dense_shapes` were measured on. `final`:
+    the quantized or re-stored model, timed beside the pruned float one."""
     macs_d, _ = count_macs(dense, one, dense_shapes)
     macs_p, sparse_p = count_macs(pruned, one)
     out = {"params": {"dense": param_count(dense), "compressed": param_count(pruned)},
@@ -231,9 +358,27 @@ def _costs(dense, pruned, one, arrays, names, fixed, latency, threads, dense_sha
            "latency_ms": {}}
     if latency:
         for b in sorted({fixed} if fixed else {1, 32}):
-            t = latencies({"dense": dense, "compressed": pruned}, _feed(arrays, names, b), threads=threads)
+            models = {"dense": dense, "compressed": pruned} if final is None else \
+                {"dense": dense, "pruned float": pruned, "compressed": final}
+            t = latencies(models, _feed(arrays, names, b), threads=threads)
             out["latency_ms"][f"batch {b}"] = t
     return out
+
+
+def _check_compression(quantize, target, qat, bits, storage, method, finetune_baseline) -> None:
+    if quantize not in (None, *QUANTIZE):
+        raise OnnxPruneError(f"quantize must be one of {', '.join(QUANTIZE)}, not {quantize!r}")
+    if target not in TARGETS:
+        raise OnnxPruneError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+    if storage not in FORMS:
+        raise OnnxPruneError(f"storage must be one of {', '.join(FORMS)}, not {storage!r}")
+    if not 1 <= bits <= 8:
+        raise OnnxPruneError(f"--bits must be between 1 and 8, not {bits}")
+    if qat and quantize != "int8":
+        raise OnnxPruneError("--qat trains against the int8 quantizer: add --quantize int8 "
+                             "(--quantize cluster always fine-tunes its codebooks)")
+    if qat and method == "magnitude" and not finetune_baseline:
+        raise OnnxPruneError("--qat needs training: use --method reweighted, or --method magnitude --finetune")
 
 
 def _structure_detail(s, name: str) -> str:

@@ -62,6 +62,30 @@ _D = Schedule()
                    "to run; the way to ask for speed.")
 @click.option("--no-shrink", is_flag=True,
               help="With filter/channel: write the masked model (zeroed channels) instead of removing them.")
+@click.option("--quantize", type=click.Choice(["int8", "cluster"]), default=None,
+              help="After pruning, also quantize. int8: static int8 by ONNX Runtime's quantizer, calibrated on "
+                   "--data (per-channel symmetric weights, so pruned weights stay exactly zero). cluster: each "
+                   "layer's surviving weights share a codebook of 2^--bits values (k-means, refined during "
+                   "fine-tuning), stored as codes + codebook. [default: no quantization]")
+@click.option("--target", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+              help="Runtime the int8 model is for. ort: uint8 activations x int8 weights in QDQ form, which "
+                   "ORT's CPU kernels run fastest (Convs with < 8 input channels stay float: slower in int8). "
+                   "trt: symmetric int8 Q/DQ on every Conv/Gemm/MatMul input and float biases, TensorRT's "
+                   "explicit quantization; implies --storage dense.")
+@click.option("--qat", is_flag=True,
+              help="With --quantize int8: fine-tune against the int8 weights (quantization-aware training with "
+                   "a straight-through estimator), so accuracy recovers under the quantizer too.")
+@click.option("--bits", type=int, default=4, show_default=True,
+              help="With --quantize cluster: codebook size 2^bits per layer (entry 0 is reserved for 0).")
+@click.option("--storage", type=click.Choice(["compact", "sparse", "dense"]), default=None,
+              help="How weights are written. compact: per weight the smallest of dense, sparse_initializer, "
+                   "non-zeros + 8-bit gaps, or codes + codebook, decoded by constant nodes that ORT folds when "
+                   "it loads the model (identical outputs and speed). sparse: dense or a standard "
+                   "sparse_initializer, whichever is smaller. dense: plain initializers (for tools that read "
+                   "weights). [default: compact; dense with --target trt]")
+@click.option("--optimize", is_flag=True,
+              help="Simplify the final graph with onnxsim and apply ONNX Runtime's basic (portable across "
+                   "execution providers) offline graph optimizations.")
 @click.option("--scope", type=click.Choice(["global", "layer"]), default="global", show_default=True,
               help="global: rank weights across all layers (each layer keeps a floor, see --layer-floor); "
                    "layer: every layer pruned to exactly --rate.")
@@ -102,7 +126,7 @@ _D = Schedule()
               help="Also write the summary as JSON to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary table (errors still print).")
 def main(model, rate, out, data, eval_data, val_fraction, output_name, method, finetune, structure, block, nm,
-         channel_multiple, rate_of, no_shrink, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
+         channel_multiple, rate_of, no_shrink, quantize, target, qat, bits, storage, optimize, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
          lr, finetune_lr, batch_size, input_shape, synth_samples, seed, no_simplify, workdir, threads, no_latency,
          report_path, quiet):
     """Prune an ONNX model to --rate with reweighted group-lasso training in ONNX Runtime,
@@ -113,6 +137,7 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, f
     Example:
       onnxprune models/lenet5.onnx --rate 0.9 --data models/mnist_train.npz --eval-data models/mnist_test.npz
       onnxprune models/resnet_mnist.onnx --structure filter --rate 0.5 --data models/mnist_train.npz
+      onnxprune models/lenet5.onnx --rate 0.97 --quantize int8 --qat --data models/mnist_train.npz
     """
     from .api import prune
     from .report import write_json
@@ -127,7 +152,8 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, f
         result = prune(model, rate, data=data, eval_data=eval_data, out=out, output_name=output_name,
                        method=method, finetune_baseline=finetune, scope=scope, layer_floor=layer_floor,
                        structure=structure, block=block, nm=nm, channel_multiple=channel_multiple, rate_of=rate_of,
-                       shrink=not no_shrink, latency=not no_latency, exclude=exclude, schedule=sched, val_fraction=val_fraction,
+                       shrink=not no_shrink, quantize=quantize, target=target, qat=qat, bits=bits,
+                       storage=storage, optimize=optimize, latency=not no_latency, exclude=exclude, schedule=sched, val_fraction=val_fraction,
                        input_shapes=input_shape, synth_samples=synth_samples, seed=seed,
                        simplify=not no_simplify, workdir=workdir, threads=threads, progress=not quiet, log=say)
         if report_path is not None:

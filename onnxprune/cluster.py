@@ -53,3 +53,24 @@ def _means(sorted_values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     sums = np.bincount(idx, weights=sorted_values, minlength=len(centroids))
     counts = np.bincount(idx, minlength=len(centroids))
     return np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+
+
+class Codebooks:
+    """Clustering's quantizer for fine-tuning (`schedule.finetune`): one codebook per weight,
+    fitted when fine-tuning starts and refined as the weights move."""
+
+    def __init__(self, names: list[str], bits: int) -> None:
+        self.names, self.bits = list(names), bits
+        self.books: dict[str, np.ndarray] = {}
+        self.label = f"{bits}-bit clusters"
+
+    def start(self, weights: dict[str, np.ndarray], masks) -> None:
+        for n in self.names:
+            if n in weights:
+                self.books[n] = fit(weights[n][masks[n] != 0], self.bits)
+
+    def refine(self, name: str, w: np.ndarray, mask: np.ndarray) -> None:
+        self.books[name] = refine(w, mask, self.books[name])
+
+    def __call__(self, name: str, w: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return snap(w, mask, self.books[name])

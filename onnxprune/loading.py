@@ -69,6 +69,7 @@ def prepare(model: onnx.ModelProto, simplify: bool = True) -> PreparedModel:
     _drop_initializer_inputs(work, changes)
     if simplify:
         work = _simplify(work, changes)
+    _name_nodes(work)
     if work.ir_version > MAX_IR_VERSION and default_opset(work) <= MAX_TRAIN_OPSET:
         changes.append(f"IR version {work.ir_version} lowered to {MAX_IR_VERSION} so ONNX Runtime 1.19 loads it")
         work.ir_version = MAX_IR_VERSION
@@ -85,6 +86,18 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def initializer_map(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in graph.initializer}
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Unnamed nodes get unique names: layers, quantization and storage find nodes by name."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
 
 
 def _constants_to_initializers(model: onnx.ModelProto, changes: list[str]) -> None:

@@ -142,3 +142,22 @@ class _quiet:
 
     def __exit__(self, *exc):
         logging.getLogger().setLevel(self.level)
+
+
+class FakeInt8:
+    """Quantization-aware fine-tuning's int8 quantizer (`schedule.finetune`): per-channel
+    symmetric along each weight's output axis, as ORT's quantizer will do it."""
+    label = "int8-aware"
+
+    def __init__(self, axes: dict[str, int]) -> None:
+        self.axes = axes
+        self.names = list(axes)
+
+    def start(self, weights, masks) -> None:
+        pass
+
+    def refine(self, name, w, mask) -> None:
+        pass
+
+    def __call__(self, name: str, w: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return fake_int8(w, self.axes[name])

@@ -34,8 +34,15 @@ def format_table(report: dict) -> str:
              f"{100 * r['sparsity']:.2f}%") for r in rows]
     t = report["totals"]
     foot = ("total", "", "", f"{t['prunable_params']:,}", f"{t['kept']:,}", f"{100 * t['sparsity']:.2f}%")
-    widths = [max(len(str(x[i])) for x in [head, *body, foot]) for i in range(len(head))]
     align = ["<", "<", "<", ">", ">", ">"]
+    store = report.get("storage")
+    if store and store.get("layers"):  # bytes that store each weight, as written
+        by_name = {r["name"]: r for r in store["layers"]}
+        head += ("stored as", "bytes", "vs fp32")
+        body = [b + _storage_cells(by_name.get(r["name"])) for b, r in zip(body, rows)]
+        foot += ("", f"{store['bytes']:,}", f"{store['reduction']:.1f}x")
+        align += ["<", ">", ">"]
+    widths = [max(len(str(x[i])) for x in [head, *body, foot]) for i in range(len(head))]
 
     def line(cells):
         return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
@@ -51,6 +58,7 @@ def format_table(report: dict) -> str:
                    f"   (on {m['samples']} {m['split']} samples)")
         for k, v in m.get("extra", {}).items():
             out.append(f"{k:<17} {v:.4g}")
+    out += _compression_lines(report)
     sizes = report.get("file_size")
     if sizes and sizes.get("output"):
         out.append(f"file size         {sizes['input'] / 1e6:.2f} MB  ->  {sizes['output'] / 1e6:.2f} MB")
@@ -76,6 +84,33 @@ def format_table(report: dict) -> str:
     return "\n".join(out)
 
 
+def _storage_cells(row: dict | None) -> tuple[str, str, str]:
+    if row is None:
+        return ("", "", "")
+    return (f"{row['dtype']} {row['form']}", f"{row['bytes']:,}", f"{row['dense_fp32_bytes'] / max(row['bytes'], 1):.1f}x")
+
+
+def _compression_lines(report: dict) -> list[str]:
+    c = report.get("compression") or {}
+    out = []
+    if c.get("quantize"):
+        what = (f"int8 for {c['target']}" + (", quantization-aware fine-tuning" if c.get("qat") else ", post-training")
+                if c["quantize"] == "int8" else f"{c['bits']}-bit codebooks, refined by fine-tuning")
+        out.append(f"quantization      {what}: {len(c['quantized_layers'])} layer(s)")
+        for name, why in c.get("kept_float", {}).items():
+            out.append(f"kept float        {name}: {why}")
+        m = c.get("float_metric")
+        if m and m["name"] != "relative error":
+            out.append(f"before quantizing {m['name']} {_pct(m['pruned'])}")
+    store = report.get("storage")
+    if store and store.get("layers"):
+        out.append(f"weight storage    {store['dense_fp32_bytes']:,} B as fp32  ->  {store['bytes']:,} B written "
+                   f"({store['reduction']:.1f}x smaller; values, indices, codebooks, scales; --storage {store['mode']})")
+    for step in c.get("optimize", []):
+        out.append(f"optimized         {step}")
+    return out
+
+
 def _cost_lines(costs: dict | None) -> list[str]:
     """Dense vs compressed: parameters, MACs per sample, ORT CPU latency (medians, same run)."""
     if not costs:
@@ -85,8 +120,10 @@ def _cost_lines(costs: dict | None) -> list[str]:
              f"MACs per sample   {m['dense']:,}  ->  {m['compressed']:,}  ({_ratio(m['dense'], m['compressed'])})"
              + (f"; {m['compressed_nonzero']:,.0f} on non-zero weights" if m["compressed_nonzero"] < m["compressed"] else "")]
     for batch, t in costs.get("latency_ms", {}).items():
+        also = (f"; pruned float {t['pruned float']:.3f} ms, so quantized is {t['pruned float'] / t['compressed']:.2f}x"
+                if "pruned float" in t else "")
         lines.append(f"ORT CPU latency   {batch}: {t['dense']:.3f} ms  ->  {t['compressed']:.3f} ms  "
-                     f"({t['dense'] / t['compressed']:.2f}x faster, medians)")
+                     f"({t['dense'] / t['compressed']:.2f}x faster, medians{also})")
     return lines
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .groups import GroupPlan
-from .training import Trainer, coef_name, mask_name
+from .training import Trainer, coef_name, correction_name, mask_name
 
 
 @dataclass
@@ -49,8 +49,10 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr: float, batch_size: int,
-              rng: np.random.Generator, progress, every: int = 0, on_refresh=None, cosine: bool = False) -> Phase:
-    """Train `phase.epochs` epochs; calls `on_refresh()` every `every` steps (and at step 0)."""
+              rng: np.random.Generator, progress, every: int = 0, on_refresh=None, cosine: bool = False,
+              after_step=None) -> Phase:
+    """Train `phase.epochs` epochs; calls `on_refresh()` every `every` steps (and at step 0),
+    and `after_step(step)` after every optimizer step."""
     n = len(next(iter(arrays.values())))
     total = phase.epochs * steps_per_epoch(n, batch_size)
     start = time.perf_counter()
@@ -66,6 +68,8 @@ def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr:
                 if every and phase.steps % every == 0:
                     phase.history.append((phase.steps, task, penalty))
                 phase.steps += 1
+                if after_step:
+                    after_step(phase.steps)
                 bar.update(1, task)
     phase.seconds = time.perf_counter() - start
     phase.final_task_loss = task
@@ -77,8 +81,9 @@ def current_weights(trainer: Trainer, plan: GroupPlan) -> dict[str, np.ndarray]:
 
 
 def reweighted(trainer: Trainer, arrays, plan: GroupPlan, select, sched: Schedule, rng,
-               progress) -> tuple[dict, list[Phase]]:
-    """`select(weights) -> masks`: the hard-pruning rule applied after the reweighted phase."""
+               progress, quantizer=None) -> tuple[dict, list[Phase]]:
+    """`select(weights) -> masks`: the hard-pruning rule applied after the reweighted phase;
+    `quantizer`: what masked fine-tuning trains against (see `finetune`)."""
     penalized = plan.penalized
 
     def norms():
@@ -104,12 +109,30 @@ def reweighted(trainer: Trainer, arrays, plan: GroupPlan, select, sched: Schedul
     for w in penalized:
         trainer.set(coef_name(w), np.zeros(plan.tensors[w], np.float32))
     masks = select(current_weights(trainer, plan))
-    phases.append(finetune(trainer, arrays, masks, Phase("fine-tune", sched.finetune_epochs), sched, rng, progress))
+    phases.append(finetune(trainer, arrays, masks, Phase("fine-tune", sched.finetune_epochs), sched, rng, progress,
+                           quantizer))
     return masks, phases
 
 
 def finetune(trainer: Trainer, arrays, masks: dict[str, np.ndarray], phase: Phase, sched: Schedule, rng,
-             progress) -> Phase:
+             progress, quantizer=None) -> Phase:
+    """Masked fine-tuning. With a `quantizer` (quantization-aware: `quantize.FakeInt8` or
+    `cluster.Codebooks`), the forward pass uses Q(W·M): the correction Q(W·M) − W·M is refreshed
+    after every step, and the quantizer itself (codebooks) every `reweight_every` steps."""
     for w, m in masks.items():
         trainer.set(mask_name(w), m)
-    return run_phase(trainer, arrays, phase, sched.finetune_lr, sched.batch_size, rng, progress, cosine=True)
+    if quantizer is None:
+        return run_phase(trainer, arrays, phase, sched.finetune_lr, sched.batch_size, rng, progress, cosine=True)
+    names = [n for n in quantizer.names if n in masks]
+    quantizer.start({n: trainer.get(n) * masks[n] for n in names}, masks)
+
+    def correct(step: int) -> None:
+        for n in names:
+            w = trainer.get(n) * masks[n]
+            if step and step % sched.reweight_every == 0:
+                quantizer.refine(n, w, masks[n])
+            trainer.set(correction_name(n), quantizer(n, w, masks[n]) - w)
+    correct(0)
+    phase.name = f"{phase.name} ({quantizer.label})"
+    return run_phase(trainer, arrays, phase, sched.finetune_lr, sched.batch_size, rng, progress, cosine=True,
+                     after_step=correct)

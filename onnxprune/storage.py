@@ -68,7 +68,8 @@ def encode(model: onnx.ModelProto, weights: list[str], storage: str) -> tuple[on
         body = list(m.graph.node)
         del m.graph.node[:]
         m.graph.node.extend(decode + body)
-        m.graph.initializer.extend(_shared())
+        used = {i for n in decode for i in n.input}
+        m.graph.initializer.extend(t for t in _shared() if t.name in used)
     return m, forms
 
 

@@ -31,6 +31,10 @@ def coef_name(weight: str) -> str:
     return f"{weight}__{PREFIX}_coef"
 
 
+def correction_name(weight: str) -> str:
+    return f"{weight}__{PREFIX}_qcorr"
+
+
 @dataclass
 class LossTerm:
     """One task-loss term. kind: 'ce' (labels), 'kl' (teacher probabilities), 'mse' (teacher outputs)."""
@@ -57,9 +61,13 @@ def logits_of(model: onnx.ModelProto, output: str) -> str:
 
 
 def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ...]], penalized: set[str],
-                         terms: list[LossTerm], target_infos: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
+                         terms: list[LossTerm], target_infos: list[onnx.ValueInfoProto],
+                         corrected: set[str] = frozenset()) -> onnx.ModelProto:
     """`tensors`: every masked tensor (prunable weights, and the biases and norms that
-    channel groups take with them); `penalized`: those the group penalty covers."""
+    channel groups take with them); `penalized`: those the group penalty covers; `corrected`:
+    those trained against a quantizer. Their forward value is W·M + C, with C = Q(W·M) − W·M a
+    frozen tensor refreshed after every step: the forward pass sees the quantized weight and
+    the gradient reaches W unchanged (a straight-through estimator; ORT has no stop-gradient)."""
     model = copy.deepcopy(base)
     graph = model.graph
     weights = set(tensors)
@@ -79,6 +87,13 @@ def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ..
         graph.initializer.append(numpy_helper.from_array(np.ones(shape, np.float32), mask_name(w)))
         if w in penalized:
             graph.initializer.append(numpy_helper.from_array(np.zeros(shape, np.float32), coef_name(w)))
+        if w in corrected:
+            graph.initializer.append(numpy_helper.from_array(np.zeros(shape, np.float32), correction_name(w)))
+            masked_nodes.append(helper.make_node("Mul", [w, mask_name(w)], [f"{w}__{PREFIX}_premask"],
+                                                 name=f"{PREFIX}/mask/{w}"))
+            masked_nodes.append(helper.make_node("Add", [f"{w}__{PREFIX}_premask", correction_name(w)],
+                                                 [f"{w}__{PREFIX}_masked"], name=f"{PREFIX}/quant/{w}"))
+            continue
         masked_nodes.append(helper.make_node("Mul", [w, mask_name(w)], [f"{w}__{PREFIX}_masked"], name=f"{PREFIX}/mask/{w}"))
     body = list(graph.node)
     del graph.node[:]
