@@ -65,6 +65,8 @@ def encode(model: onnx.ModelProto, weights: list[str], storage: str) -> tuple[on
             m.graph.initializer.extend(tensors)
             decode.extend(nodes)
     if decode:  # they read only initializers, so they may come first
+        for i, n in enumerate(decode):
+            n.name = f"{P}/{i}"
         body = list(m.graph.node)
         del m.graph.node[:]
         m.graph.node.extend(decode + body)
@@ -240,6 +242,31 @@ def weight_storage(model: onnx.ModelProto, weight_tensor: str) -> tuple[int, lis
     shared = {t.name for t in _shared()}
     names = [n for n in seen if n not in shared]
     return sum(seen[n] for n in names), names
+
+
+def decoded_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every initializer as the array the model computes with: plain ones as they are, sparse
+    ones densified, compactly stored ones decoded (by ONNX Runtime, running the decode nodes)."""
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for s in model.graph.sparse_initializer:
+        dense = np.zeros(int(np.prod(s.dims)), onnx.helper.tensor_dtype_to_np_dtype(s.values.data_type))
+        dense[numpy_helper.to_array(s.indices).astype(np.int64)] = numpy_helper.to_array(s.values)
+        out[s.values.name] = dense.reshape(tuple(s.dims))
+    decode = [n for n in model.graph.node if n.name.startswith(f"{P}/")]
+    if decode:
+        import onnxruntime as ort
+
+        read = {i for n in decode for i in n.input}
+        names = [o for n in decode for o in n.output if o not in read]
+        g = helper.make_graph(decode, "decode", [], [onnx.ValueInfoProto(name=n) for n in names],
+                              list(model.graph.initializer))
+        m = helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
+        values = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(names, {})
+        out.update(zip(names, values))
+        for n in decode:
+            for i in n.input:
+                out.pop(i, None)
+    return out
 
 
 def tensor_bytes(t: onnx.TensorProto) -> int:

@@ -47,4 +47,7 @@ def small_model(op_after=None, opset=17, ir=8):
 
 
 def weights_of(model):
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    """Weights as the model computes with them (compact storage decoded)."""
+    from onnxprune.storage import decoded_weights
+
+    return decoded_weights(model)
