@@ -27,7 +27,6 @@ from .groups import make_structure
 from .layers import find_prunable, trainable_parameters
 from .loading import default_opset, initializer_map, prepare, read_model
 from .masking import check_rate, hard_prune
-from .optimize import optimize as optimize_graph
 from .quantize import TARGETS, FakeInt8, check_not_quantized, int8, kept_in_float, quantized_layers
 from .report import format_table, layer_rows, totals
 from .shrink import shrink as shrink_graph
@@ -96,7 +95,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
         check_output_path(Path(out), source)
     original = read_model(source) if source else _checked_proto(model)
     check_not_quantized(original)
-    prepared = prepare(original, simplify=simplify)
+    prepared = prepare(original, simplify=simplify, optimize=optimize)
     base = prepared.export_base
 
     layers, skipped = find_prunable(base, tuple(exclude))
@@ -136,6 +135,9 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
         raise OnnxPruneError(f"rate-of must be 'weights' or 'macs', not {rate_of!r}")
     check_rate(plan, rate)  # before any training
     keep_float = kept_in_float(base, layers, target, shapes) if quantize == "int8" else {}
+    if quantize == "int8" and len(keep_float) == len(layers):  # before any training
+        raise OnnxPruneError("--quantize int8 has nothing to quantize: "
+                             + "; ".join(f"{k}: {v}" for k, v in keep_float.items()))
     quantizer = None
     if quantize == "cluster":
         quantizer = Codebooks([layer.weight for layer in layers if layer.weight in plan.tensors], bits)
@@ -187,10 +189,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
 
     # compression of the pruned float model: optimize → int8 → compact storage
     slots = _weight_slots(base, layers)
-    final, notes = pruned_model, []
-    if optimize:
-        final, notes = optimize_graph(final)
-        outs = _same_outputs(final, outs, val, input_names, 1e-4, "--optimize")
+    final = pruned_model
     quantized = []
     if quantize == "int8":
         final = int8(final, train, input_names, target, layers, keep_float, fixed)
@@ -228,7 +227,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
                         "quantized_layers": quantized if quantize == "int8" else
                         ([layer.name for layer in layers if quantizer and layer.weight in quantizer.names]),
                         "kept_float": keep_float, "float_metric": float_metric if quantize else None,
-                        "optimize": notes},
+                        "optimize": [c for c in prepared.changes if c.startswith("ORT basic")]},
         "storage": storage_report,
         "layers": rows, "totals": totals(rows, all_params),
         "skipped": [s.__dict__ for s in skipped], "metric": metric,

@@ -62,13 +62,20 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
-def prepare(model: onnx.ModelProto, simplify: bool = True) -> PreparedModel:
+def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = False) -> PreparedModel:
+    """`optimize`: ORT's basic graph optimizations too, before anything else sees the graph, so
+    every later stage (training, quantization, storage) works on the nodes that are written."""
     changes: list[str] = []
     work = copy.deepcopy(model)
     _constants_to_initializers(work, changes)
     _drop_initializer_inputs(work, changes)
-    if simplify:
+    if simplify or optimize:
         work = _simplify(work, changes)
+    if optimize:
+        from .optimize import optimize as ort_basic
+
+        work, steps = ort_basic(work)
+        changes.extend(steps)
     _name_nodes(work)
     if work.ir_version > MAX_IR_VERSION and default_opset(work) <= MAX_TRAIN_OPSET:
         changes.append(f"IR version {work.ir_version} lowered to {MAX_IR_VERSION} so ONNX Runtime 1.19 loads it")

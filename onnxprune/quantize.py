@@ -108,7 +108,8 @@ def int8(model: onnx.ModelProto, calibration: dict[str, np.ndarray], input_names
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=list(INT8_OPS) if trt else None,
                 nodes_to_quantize=wanted if trt else None,
                 nodes_to_exclude=None if trt else [n.name for n in model.graph.node
-                                                   if n.op_type in INT8_OPS and n.name not in wanted],
+                                                   if n.op_type in INT8_OPS and n.name not in wanted
+                                                   and n.name in {layer.name for layer in layers}],
                 per_channel=True, reduce_range=False,
                 activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax, extra_options=options)

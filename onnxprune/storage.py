@@ -39,9 +39,12 @@ def encode(model: onnx.ModelProto, weights: list[str], storage: str) -> tuple[on
     versions under DequantizeLinear). Returns the model and each weight's form."""
     if storage not in FORMS:
         raise OnnxPruneError(f"storage must be one of {', '.join(FORMS)}, not {storage!r}")
-    if storage == "dense":
-        return model, {w: "dense" for w in weights}
     m = copy.deepcopy(model)
+    for t in m.graph.initializer:  # raw bytes throughout: the storage figures count exactly what is written
+        if not t.HasField("raw_data") and t.data_location != onnx.TensorProto.EXTERNAL:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
+    if storage == "dense":
+        return m, {w: "dense" for w in weights}
     inits = initializer_map(m.graph)
     decode: list[onnx.NodeProto] = []
     forms = {}
