@@ -240,7 +240,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
         "workdir": str(workdir) if workdir is not None and trains else None,
         "wall_time_s": time.perf_counter() - started,
     }
-    return PruneResult(pruned_model, report, masks)
+    return PruneResult(final, report, masks)
 
 
 def _feed(arrays: dict[str, np.ndarray], names: list[str], batch: int) -> dict[str, np.ndarray]:

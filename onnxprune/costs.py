@@ -78,6 +78,8 @@ def latencies(models: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray], r
     share of `budget_s`, whichever ends first, after warm-up."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # idle threads of one session must not spin on the cores the next session's run needs
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = threads
     sessions = {k: ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
