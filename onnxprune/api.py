@@ -215,6 +215,13 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     all_params = sum(int(np.prod(t.dims)) for t in base.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
     costs = _costs(base, pruned_model, probe, train, input_names, fixed, latency, threads, shapes,
                    final if final is not pruned_model else None)
+    slower = [b for b, t in costs["latency_ms"].items() if quantize == "int8" and t["compressed"] > t["pruned float"]]
+    if slower:
+        msg = (f"the int8 model ran slower than the pruned float one here ({', '.join(slower)}): ORT's int8 kernels "
+               "beat float on CPUs with VNNI (AVX512-VNNI, AVX-VNNI) or ARM dot-product instructions; "
+               "on others int8 mainly saves storage")
+        warnings.append(msg)
+        say("warning: " + msg)
     masked_sparsity = 1 - sum(float(masks[w].sum()) for w in plan.counted) / sum(masks[w].size for w in plan.counted)
     report = {
         "input": str(source) if source else None, "output": str(out) if out is not None else None,

@@ -1,4 +1,4 @@
-"""Stage 7, report: the per-layer table and totals printed at the end, and the same
+"""Stage 9, report: the per-layer table and totals printed at the end, and the same
 facts as JSON for pipelines (`--report out.json`).
 """
 from __future__ import annotations
