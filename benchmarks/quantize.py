@@ -6,7 +6,9 @@ For each model, at one rate (LeNet-5 0.97, the residual CNN 0.8; unstructured):
   onnxprune reweighted, float (compact storage);
   + int8 post-training (ORT quantize_static, calibrated, --target ort);
   + int8 with quantization-aware fine-tuning (--qat);
-  + 4-bit k-means codebooks refined by fine-tuning (--quantize cluster --bits 4);
+  + 4-bit and 2-bit k-means codebooks refined by fine-tuning (--quantize cluster --bits K), and
+    the same 2-bit k-means applied after training (post-training), to show what the
+    quantization-aware fine-tuning recovers;
   the plain sequence: magnitude prune -> fine-tune (same epochs) -> ORT quantize_static with its
   defaults, written as ORT writes it, and the same model in onnxprune's compact storage (equal size).
 Test accuracy on models/mnist_test.npz (never trained on). Weight storage: bytes of every tensor
@@ -37,7 +39,9 @@ from onnxprune.costs import latencies  # noqa: E402
 from onnxprune.data import accuracy, load_npz, run_model  # noqa: E402
 from onnxprune.layers import find_prunable  # noqa: E402
 from onnxprune.loading import prepare, read_model  # noqa: E402
-from onnxprune.storage import encode, weight_storage  # noqa: E402
+from onnxprune.cluster import fit, snap  # noqa: E402
+from onnxprune.export import with_weights  # noqa: E402
+from onnxprune.storage import decoded_weights, encode, weight_storage  # noqa: E402
 
 TRAIN = ROOT / "models" / "mnist_train.npz"
 TEST = ROOT / "models" / "mnist_test.npz"
@@ -90,7 +94,8 @@ def main() -> None:
         models, notes, float_acc = {"dense": dense}, {"dense": ""}, {}
         variants = [("onnxprune float", {}), ("onnxprune + int8 (post-training)", {"quantize": "int8"}),
                     ("onnxprune + int8 (QAT)", {"quantize": "int8", "qat": True}),
-                    ("onnxprune + 4-bit clusters", {"quantize": "cluster", "bits": 4})]
+                    ("onnxprune + 4-bit clusters", {"quantize": "cluster", "bits": 4}),
+                    ("onnxprune + 2-bit clusters", {"quantize": "cluster", "bits": 2})]
         for label, kw in variants:
             t = time.perf_counter()
             r = onnxprune.prune(path, rate, data=TRAIN, eval_data=TEST, schedule=sched, seed=args.seed,
@@ -100,6 +105,12 @@ def main() -> None:
             float_acc[label] = fm["pruned"] if fm else None
             notes[label] = f"{time.perf_counter() - t:.0f} s"
             print(f"{name} {label}: {notes[label]}", flush=True)
+        # quantization-aware vs post-training where the latter loses: 2-bit k-means on the float result
+        w = decoded_weights(models["onnxprune float"])
+        snapped = with_weights(dense, {layer.weight: snap(w[layer.weight], w[layer.weight] != 0, fit(w[layer.weight], 2))
+                                       for layer in layers})
+        models["2-bit clusters, post-training"] = encode(snapped, [layer.weight for layer in layers], "compact")[0]
+        notes["2-bit clusters, post-training"] = "k-means on onnxprune float, no fine-tuning"
         t = time.perf_counter()
         plain = plain_sequence(path, rate, sched, args.seed, train)
         models["magnitude -> fine-tune -> quantize_static"] = plain

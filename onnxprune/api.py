@@ -213,8 +213,8 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     rows = layer_rows(layers, kept)
     storage_report = _storage_report(written if written is not None else final, layers, slots, stored, forms, storage)
     all_params = sum(int(np.prod(t.dims)) for t in base.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
-    costs = _costs(base, pruned_model, probe, train, input_names, fixed, latency, threads, shapes,
-                   final if final is not pruned_model else None)
+    costs = _costs(base, pruned_model, probe, train, input_names, fixed, latency, threads, shapes, final,
+                   quantize == "int8")
     slower = [b for b, t in costs["latency_ms"].items() if quantize == "int8" and t["compressed"] > t["pruned float"]]
     if slower:
         msg = (f"the int8 model ran slower than the pruned float one here ({', '.join(slower)}): ORT's int8 kernels "
@@ -354,9 +354,9 @@ def _storage_report(model, layers, slots, stored, forms, mode) -> dict:
             "reduction": dense / total if total else float("inf")}
 
 
-def _costs(dense, pruned, one, arrays, names, fixed, latency, threads, dense_shapes, final=None) -> dict:
-    """`one`: a batch of `fixed or 1` samples, the one `dense_shapes` were measured on. `final`:
-    the quantized or re-stored model, timed beside the pruned float one."""
+def _costs(dense, pruned, one, arrays, names, fixed, latency, threads, dense_shapes, final, int8) -> dict:
+    """`one`: a batch of `fixed or 1` samples, the one `dense_shapes` were measured on. `pruned`:
+    the float model (counted), `final`: the one written (timed; with `int8`, beside `pruned`)."""
     macs_d, _ = count_macs(dense, one, dense_shapes)
     macs_p, sparse_p = count_macs(pruned, one)
     out = {"params": {"dense": param_count(dense), "compressed": param_count(pruned)},
@@ -364,8 +364,8 @@ def _costs(dense, pruned, one, arrays, names, fixed, latency, threads, dense_sha
            "latency_ms": {}}
     if latency:
         for b in sorted({fixed} if fixed else {1, 32}):
-            models = {"dense": dense, "compressed": pruned} if final is None else \
-                {"dense": dense, "pruned float": pruned, "compressed": final}
+            models = {"dense": dense, "pruned float": pruned, "compressed": final} if int8 else \
+                {"dense": dense, "compressed": final}
             t = latencies(models, _feed(arrays, names, b), threads=threads)
             out["latency_ms"][f"batch {b}"] = t
     return out

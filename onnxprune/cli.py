@@ -71,7 +71,7 @@ _D = Schedule()
               help="Runtime the int8 model is for. ort: uint8 activations x int8 weights in QDQ form, which "
                    "ORT's CPU kernels run fastest (Convs with < 8 input channels stay float: slower in int8). "
                    "trt: symmetric int8 Q/DQ on every Conv/Gemm/MatMul input and float biases, TensorRT's "
-                   "explicit quantization; implies --storage dense.")
+                   "explicit quantization; its default storage is dense.")
 @click.option("--qat", is_flag=True,
               help="With --quantize int8: fine-tune against the int8 weights (quantization-aware training with "
                    "a straight-through estimator), so accuracy recovers under the quantizer too.")
@@ -84,8 +84,9 @@ _D = Schedule()
                    "sparse_initializer, whichever is smaller. dense: plain initializers (for tools that read "
                    "weights). [default: compact; dense with --target trt]")
 @click.option("--optimize", is_flag=True,
-              help="Simplify the final graph with onnxsim and apply ONNX Runtime's basic (portable across "
-                   "execution providers) offline graph optimizations.")
+              help="Apply ONNX Runtime's basic offline graph optimizations (constant folding, Conv+BN/Add/Mul and "
+                   "MatMul+Add fusion; standard ops only, so portable across execution providers) after onnxsim, "
+                   "before training: the written graph is the optimized one.")
 @click.option("--scope", type=click.Choice(["global", "layer"]), default="global", show_default=True,
               help="global: rank weights across all layers (each layer keeps a floor, see --layer-floor); "
                    "layer: every layer pruned to exactly --rate.")

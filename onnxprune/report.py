@@ -120,7 +120,7 @@ def _cost_lines(costs: dict | None) -> list[str]:
              f"MACs per sample   {m['dense']:,}  ->  {m['compressed']:,}  ({_ratio(m['dense'], m['compressed'])})"
              + (f"; {m['compressed_nonzero']:,.0f} on non-zero weights" if m["compressed_nonzero"] < m["compressed"] else "")]
     for batch, t in costs.get("latency_ms", {}).items():
-        also = (f"; pruned float {t['pruned float']:.3f} ms, so quantized is {t['pruned float'] / t['compressed']:.2f}x"
+        also = (f"; pruned float {t['pruned float']:.3f} ms, so int8 is {t['pruned float'] / t['compressed']:.2f}x"
                 if "pruned float" in t else "")
         lines.append(f"ORT CPU latency   {batch}: {t['dense']:.3f} ms  ->  {t['compressed']:.3f} ms  "
                      f"({t['dense'] / t['compressed']:.2f}x faster, medians{also})")
