@@ -79,7 +79,11 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(RATES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from the saved JSON")
     args = ap.parse_args()
+    if args.replot:
+        _plot(json.loads((args.out_dir / "quantize.json").read_text()), args.out_dir / "quantize.png")
+        return
     test, train = load_npz(TEST), load_npz(TRAIN)
     feeds = {"1": {"input": test["input"][:1]}, "32": {"input": test["input"][:32]}}
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -161,18 +165,19 @@ def _plot(results, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results["models"]), figsize=(6 * len(results["models"]), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(results["models"]), figsize=(6 * len(results["models"]), 5.5), squeeze=False)
     for ax, (name, r) in zip(axes[0], results["models"].items()):
-        for row in r["rows"]:
-            ax.scatter(row["weight_bytes"], 100 * row["accuracy"], s=40)
-            ax.annotate(row["method"], (row["weight_bytes"], 100 * row["accuracy"]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+        for i, row in enumerate(r["rows"]):
+            ax.scatter(row["weight_bytes"], 100 * row["accuracy"], s=45, marker="osD^v<>ph"[i % 9],
+                       label=row["method"])
         ax.set_xscale("log")
         ax.set_xlabel("weight storage (bytes, log)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{name}, rate {r['rate']}")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     fig.savefig(path, dpi=120)
 
 
