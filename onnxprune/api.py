@@ -24,7 +24,7 @@ from .costs import count_macs, latencies, macs_per_weight, param_count
 from .cluster import Codebooks
 from .export import check_output_path, matmul_to_gemm, save_atomic, verify, with_weights
 from .groups import make_structure
-from .layers import find_prunable, trainable_parameters
+from .layers import find_prunable, made_at_run_time, trainable_parameters
 from .loading import default_opset, initializer_map, prepare, read_model
 from .masking import check_rate, hard_prune
 from .quantize import TARGETS, FakeInt8, check_not_quantized, int8, kept_in_float, quantized_layers
@@ -95,10 +95,14 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
         check_output_path(Path(out), source)
     original = read_model(source) if source else _checked_proto(model)
     check_not_quantized(original)
+    made = made_at_run_time(original)
+    if made:
+        raise OnnxPruneError(f"no prunable weights in the model: every layer weight is computed when it runs, "
+                             f"not stored ({'; '.join(made[:3])}{' …' if len(made) > 3 else ''})")
     prepared = prepare(original, simplify=simplify, optimize=optimize)
     base = prepared.export_base
 
-    layers, skipped = find_prunable(base, tuple(exclude))
+    layers, skipped = find_prunable(base, tuple(exclude), prepared.computed)
     if not layers:
         why = "; ".join(sorted({s.reason for s in skipped})) or "no Conv, ConvTranspose, Gemm or MatMul with a constant weight"
         raise OnnxPruneError(f"no prunable weights in the model ({why})")

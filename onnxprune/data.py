@@ -56,13 +56,17 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
         raise OnnxPruneError(f"data file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as z:  # pickles could run code: never load them
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
     except ValueError as e:
         if "pickle" in str(e).lower():
             raise OnnxPruneError(f"{path} holds pickled objects; only plain numeric arrays are accepted") from None
         raise OnnxPruneError(f"{path} is not a readable .npz file: {e}") from None
     except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
         raise OnnxPruneError(f"{path} is not a readable .npz file: {e}") from None
+    odd = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))  # np.load hands back raw bytes
+    if odd:
+        raise OnnxPruneError(f"{path} is not a readable .npz file: member(s) {', '.join(odd)} are not .npy arrays")
+    return arrays
 
 
 def check_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], source: str,
@@ -86,6 +90,8 @@ def check_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], source: 
         if a.ndim != len(spec.dims) or any(isinstance(d, int) and i > 0 and a.shape[i] != d for i, d in enumerate(spec.dims)):
             want = "x".join(str(d) if isinstance(d, int) else "?" for d in spec.dims)
             raise OnnxPruneError(f"{source}: array {spec.name} has shape {'x'.join(map(str, a.shape))}, the model input wants {want} (first axis = samples)")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise OnnxPruneError(f"{source}: array {spec.name} holds NaN or infinite values")
     bad = {k: c for k, c in counts.items() if c != n}
     if bad:
         raise OnnxPruneError(f"{source}: arrays disagree on the sample count ({n} in {specs[0].name}, {bad})")

@@ -44,7 +44,9 @@ class Skipped:
     reason: str
 
 
-def find_prunable(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> tuple[list[PrunableLayer], list[Skipped]]:
+def find_prunable(model: onnx.ModelProto, exclude: tuple[str, ...] = (),
+                  computed: frozenset[str] | set[str] = frozenset()) -> tuple[list[PrunableLayer], list[Skipped]]:
+    """`computed`: names the input graph computed at run time (`PreparedModel.computed`)."""
     graph = model.graph
     inits = initializer_map(graph)
     in_subgraphs = _names_used_in_subgraphs(graph)
@@ -63,6 +65,8 @@ def find_prunable(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> tupl
 
         if weight not in inits:
             skip("weight is computed at run time, not a stored constant")
+        elif weight in computed:
+            skip("weight is made when the model runs (e.g. by ConstantOfShape), not stored trained values")
         elif inits[weight].data_type != FLOAT:
             skip(f"weight type is {onnx.TensorProto.DataType.Name(inits[weight].data_type)}, not float32")
         elif not rank_ok(len(inits[weight].dims)):
@@ -114,6 +118,31 @@ def _weight_of(node: onnx.NodeProto, inits: dict):
             return node.input[0], 0, lambda r: r == 2
         return node.input[1], 1, lambda r: r == 2
     return None
+
+
+def made_at_run_time(model: onnx.ModelProto) -> list[str]:
+    """The layers of a graph that stores none of its layer weights (every weight is computed when
+    it runs, e.g. by ConstantOfShape, as in the onnx wheel's `light` model-zoo files): checked
+    before onnxsim, which would materialise such weights at full size only to find nothing
+    trained. Empty when any layer reads a stored weight (directly or through one cheap op)."""
+    stored = {t.name for t in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    made = []
+    for node in model.graph.node:
+        found = _weight_of(node, stored)
+        if found is None:
+            continue
+        src = producer.get(found[0])
+        if found[0] in stored or (src is not None and src.op_type in PASS_THROUGH and src.input
+                                  and src.input[0] in stored):
+            return []
+        if src is not None:  # a weight fed as a graph input is the caller's business, not "made"
+            made.append(f"{node.name or node.op_type}: {src.op_type}")
+    return made
+
+
+PASS_THROUGH = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Cast", "DequantizeLinear", "Flatten")
 
 
 def _names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:

@@ -30,6 +30,9 @@ class PreparedModel:
     export_base: onnx.ModelProto
     train_base: onnx.ModelProto
     changes: list[str] = field(default_factory=list)  # what preparation did, for the report
+    # tensors the input graph computes when it runs (ConstantOfShape, Transpose of a weight…):
+    # folded into constants by onnxsim, they are not trained weights anyone stored
+    computed: set[str] = field(default_factory=set)
 
 
 def read_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -51,6 +54,7 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxPruneError(f"{path} is not an ONNX model (corrupt or truncated protobuf: {_first_line(e)})") from None
     if not model.graph.node or not model.opset_import:
         raise OnnxPruneError(f"{path} is not an ONNX model (no graph nodes or no opset after parsing)")
+    _check_external_paths(model, path)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as e:
@@ -69,6 +73,7 @@ def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = Fals
     work = copy.deepcopy(model)
     _constants_to_initializers(work, changes)
     _drop_initializer_inputs(work, changes)
+    computed = {o for n in work.graph.node for o in n.output}
     if simplify or optimize:
         work = _simplify(work, changes)
     if optimize:
@@ -81,7 +86,24 @@ def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = Fals
         changes.append(f"IR version {work.ir_version} lowered to {MAX_IR_VERSION} so ONNX Runtime 1.19 loads it")
         work.ir_version = MAX_IR_VERSION
     train = _trainable_opset(work, changes)
-    return PreparedModel(original=model, export_base=work, train_base=train, changes=changes)
+    return PreparedModel(original=model, export_base=work, train_base=train, changes=changes, computed=computed)
+
+
+def _check_external_paths(model: onnx.ModelProto, path: Path) -> None:
+    """External data must lie in the model's folder: a location that is absolute, climbs out
+    with '..', or is a link leading elsewhere could read any file on the machine (the
+    path-traversal class of ONNX CVEs)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    folder = path.parent.resolve()
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise OnnxPruneError(f"{path}: external data of tensor {tensor.name!r} points outside the model's "
+                                 f"folder ({location!r}); refused")
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -1,0 +1,143 @@
+"""ONNX files as people have them, and hostile ones: model-zoo topologies whose weights are made
+at run time, external data that points outside the model's folder, fuzzed protobuf and npz."""
+import io
+import os
+import zipfile
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import MODELS, ONNX_DATA, small_model
+from onnxprune.cli import main
+
+LIGHT = sorted((ONNX_DATA / "light").glob("*.onnx"))
+
+
+def _cli(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+    return r.exit_code, r.stderr, r.exception
+
+
+@pytest.mark.parametrize("path", LIGHT, ids=[p.stem for p in LIGHT])
+def test_model_zoo_files_with_run_time_weights_get_a_clean_answer(path, tmp_path):
+    assert len(LIGHT) >= 8
+    code, stderr, _ = _cli(path, "-o", tmp_path / "x.onnx", "-q")
+    assert code == 2 and "no prunable weights" in stderr and "ConstantOfShape" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "x.onnx").exists()
+
+
+def _external_model(folder, location):
+    m = small_model()
+    onnx.save_model(m, folder / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="w.bin", size_threshold=0)
+    m = onnx.load(str(folder / "m.onnx"), load_external_data=False)
+    for entry in m.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    onnx.save_model(m, folder / "m.onnx")
+    return folder / "m.onnx"
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "/etc/passwd", "sub/../../secret.bin", "link.bin"])
+def test_external_data_outside_the_model_folder_is_refused(tmp_path, location):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (tmp_path / "secret.bin").write_bytes(np.ones(12, np.float32).tobytes())
+    os.symlink(tmp_path / "secret.bin", folder / "link.bin")
+    path = _external_model(folder, location)
+    code, stderr, _ = _cli(path, "-o", tmp_path / "x.onnx", "-q")
+    assert code == 2 and "outside the model's folder" in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_external_data_inside_the_folder_loads(tmp_path):
+    path = _external_model(tmp_path, "w.bin")
+    code, stderr, _ = _cli(path, "--rate", "0.5", "--method", "magnitude", "-o", tmp_path / "x.onnx", "-q",
+                           "--no-latency")
+    assert code == 0, stderr
+
+
+def test_fuzzed_protobuf_gives_clean_errors(tmp_path):
+    """Truncations and byte flips of a real model: each run ends in a result or a one-line error,
+    never a traceback."""
+    raw = (MODELS / "digits_mlp.onnx").read_bytes()
+    rng = np.random.default_rng(0)
+    variants = [raw[:n] for n in rng.integers(1, len(raw), 12)]
+    for _ in range(18):
+        b = bytearray(raw)
+        for i in rng.integers(0, min(len(b), 600), 3):  # the graph's structure sits before the weights
+            b[i] = int(rng.integers(0, 256))
+        variants.append(bytes(b))
+    for i, data in enumerate(variants):
+        path = tmp_path / f"f{i}.onnx"
+        path.write_bytes(data)
+        code, stderr, exc = _cli(path, "--rate", "0.5", "--method", "magnitude", "-o", tmp_path / f"o{i}.onnx",
+                                 "-q", "--no-latency", "--synth-samples", "64")
+        assert code in (0, 2) and (exc is None or isinstance(exc, SystemExit)), (i, stderr, exc)
+        if code == 2:
+            assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("onnxprune: error:"), (i, stderr)
+            assert not (tmp_path / f"o{i}.onnx").exists()
+
+
+def _npz_bytes(**arrays):
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_malformed_npz_gives_clean_errors(tmp_path):
+    good = _npz_bytes(input=np.zeros((8, 64), np.float32), labels=np.zeros(8, np.int64))
+    bad = {
+        "truncated": good[: len(good) // 2],
+        "random": np.random.default_rng(1).bytes(500),
+        "empty": b"",
+        "not_npy_inside": _zip({"input.npy": b"not an array"}),
+        "pickled": _npz_bytes(input=np.array([{"a": 1}] * 8, dtype=object)),
+        "wrong_shape": _npz_bytes(input=np.zeros((8, 3), np.float32)),
+        "string_labels": _npz_bytes(input=np.zeros((8, 64), np.float32), labels=np.array(["a"] * 8)),
+        "nan_inputs": _npz_bytes(input=np.full((8, 64), np.nan, np.float32)),
+    }
+    for name, data in bad.items():
+        path = tmp_path / f"{name}.npz"
+        path.write_bytes(data)
+        code, stderr, exc = _cli(MODELS / "digits_mlp.onnx", "--data", path, "-o", tmp_path / "x.onnx", "-q",
+                                 "--no-latency", "--epochs", "1", "--finetune-epochs", "1")
+        assert code == 2 and (exc is None or isinstance(exc, SystemExit)), (name, stderr, exc)
+        assert len(stderr.strip().splitlines()) == 1, (name, stderr)
+        assert not (tmp_path / "x.onnx").exists()
+
+
+def _zip(members: dict) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for k, v in members.items():
+            z.writestr(k, v)
+    return buf.getvalue()
+
+
+def test_weights_in_constant_nodes_and_shared_weights_are_handled(tmp_path):
+    """A weight held in a Constant node is pruned; a weight two MatMuls share is pruned once
+    (at its first reader) and the report says so for the other."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(size=(4, 8)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Constant", [], ["w1c"], value=w1),
+             helper.make_node("MatMul", ["x", "w1c"], ["h"], name="fc1"),
+             helper.make_node("MatMul", ["h", "w2"], ["h2"], name="fc2"),
+             helper.make_node("MatMul", ["h2", "w2"], ["y"], name="fc3")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [w2])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "m.onnx")
+    import onnxprune
+
+    r = onnxprune.prune(tmp_path / "m.onnx", 0.5, method="magnitude", out=tmp_path / "o.onnx", latency=False,
+                        storage="dense", synth_samples=64, scope="layer")
+    assert [row["name"] for row in r.report["layers"]] == ["fc1", "fc2"]
+    assert any("shared with layer fc2" in s["reason"] for s in r.report["skipped"])
+    w = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "o.onnx")).graph.initializer}
+    assert np.count_nonzero(w["w1c"]) == 16 and np.count_nonzero(w["w2"]) == 32
