@@ -18,6 +18,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from . import data as D
+from . import layerwise
 from .errors import OnnxPruneError
 from .channels import tensor_shapes
 from .costs import count_macs, latencies, macs_per_weight, param_count
@@ -37,6 +38,7 @@ from .training import (LossTerm, Trainer, build_training_graph, coef_name, corre
 
 METHODS = ("reweighted", "magnitude")
 QUANTIZE = ("int8", "cluster")
+MODES = ("endtoend", "layerwise")
 
 
 @dataclass
@@ -59,7 +61,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
           exclude=(), schedule: Schedule | None = None, val_fraction: float = 0.1, input_shapes=(),
           synth_samples: int = 2048, seed: int = 0, simplify: bool = True, workdir=None, threads: int | None = None,
           quantize: str | None = None, target: str = "ort", qat: bool = False, bits: int = 4,
-          storage: str | None = None, optimize: bool = False,
+          storage: str | None = None, optimize: bool = False, mode: str = "endtoend",
           latency: bool = True, progress: bool = False, log=None) -> PruneResult:
     """Prune `model` (a path or an onnx.ModelProto) to `rate` and recover accuracy by training.
 
@@ -72,7 +74,9 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     quantize: None | 'int8' (ORT static quantization for `target` 'ort' or 'trt'; `qat` trains
     against it) | 'cluster' (`bits`-bit k-means codebooks per layer, refined by fine-tuning).
     storage: 'compact' | 'sparse' | 'dense' (default: dense for target 'trt', else compact).
-    optimize: onnxsim + ORT basic graph optimizations. `latency`: time dense vs compressed in
+    optimize: ORT basic graph optimizations. mode: 'endtoend' (train the whole graph) or
+    'layerwise' (reconstruct each layer's dense output alone: no labels, no gradient through the
+    rest of the graph). `latency`: time dense vs compressed in
     ORT for the report. Mirrors the CLI.
     """
     started = time.perf_counter()
@@ -154,7 +158,30 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     trains = method == "reweighted" or finetune_baseline
     phases: list[Phase] = []
     terms: list[LossTerm] = []
-    if trains:
+    bars = _progress_bars if progress else _no_progress
+    if mode not in MODES:
+        raise OnnxPruneError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "layerwise":
+        if plan.removes is not None:
+            raise OnnxPruneError("--mode layerwise prunes each layer alone; filter/channel pruning couples layers "
+                                 "(use --mode endtoend)")
+        if method != "reweighted":
+            raise OnnxPruneError("--mode layerwise trains with the reweighted method (leave out --method)")
+        # each layer's share comes from the chosen scope over the dense weights (global: magnitude
+        # ranking with floors), then each layer is reconstructed at exactly its share
+        shares = {w: 1 - float(m.sum()) / m.size for w, m in select(dense_weights).items()}
+
+        def plan_of(layer):
+            return structure_.plan([layer], {layer.weight: weights_of[layer.weight]}, model=base, shapes=shapes)
+
+        def select_of(p):
+            return lambda w: hard_prune(w, p, max(shares[t] for t in p.counted), "layer", layer_floor,
+                                        channel_multiple)
+        with _workdir(workdir) as wd:
+            masks, new_weights, phases = layerwise.run(
+                prepared.train_base, layers, plan_of, select_of, {s.name: train[s.name] for s in specs},
+                input_names, sched, rng, bars, wd, threads, quantizer)
+    elif trains:
         terms, targets, target_infos = _loss_terms(prepared.train_base, selected, has_labels, train, dense_train)
         arrays = {**{s.name: train[s.name] for s in specs}, **targets}
         wanted = set(plan.tensors) | set(trainable_parameters(prepared.train_base, layers))
@@ -164,7 +191,6 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
                                      corrected)
         frozen = ([mask_name(w) for w in plan.tensors] + [coef_name(w) for w in plan.penalized]
                   + [correction_name(w) for w in plan.tensors if w in corrected])
-        bars = _progress_bars if progress else _no_progress
         with _workdir(workdir) as wd:
             trainer = Trainer(graph, trainable, frozen, wd, sched.lr, threads)
             if method == "reweighted":
@@ -242,7 +268,9 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
         "storage": storage_report,
         "layers": rows, "totals": totals(rows, all_params),
         "skipped": [s.__dict__ for s in skipped], "metric": metric,
-        "loss": "; ".join(t.describe() for t in terms) if terms else "none (no training)",
+        "mode": mode,
+        "loss": ("mean squared error to each layer's dense output (layer-wise reconstruction)" if mode == "layerwise"
+                 else "; ".join(t.describe() for t in terms) if terms else "none (no training)"),
         "file_size": {"input": source.stat().st_size if source else original.ByteSize(),
                       "output": Path(out).stat().st_size if out is not None else pruned_model.ByteSize()},
         "phases": [{"name": p.name, "epochs": p.epochs, "steps": p.steps, "seconds": p.seconds,

@@ -38,6 +38,12 @@ _D = Schedule()
 @click.option("--method", type=click.Choice(["reweighted", "magnitude"]), default="reweighted", show_default=True,
               help="reweighted: reweighted group-lasso training, hard pruning, masked fine-tuning. "
                    "magnitude: one-shot magnitude pruning of the dense weights (a baseline).")
+@click.option("--mode", type=click.Choice(["endtoend", "layerwise"]), default="endtoend", show_default=True,
+              help="endtoend: train the whole graph on the task loss. layerwise: prune one layer at a time, "
+                   "training it alone to reproduce its dense output on --data (or synthesized inputs), with the "
+                   "layers before it already pruned: needs no labels and no gradient through the rest of the "
+                   "graph, so ops ONNX Runtime cannot differentiate elsewhere do not matter, and memory stays "
+                   "at one layer's size. Not for filter/channel.")
 @click.option("--finetune", is_flag=True,
               help="With --method magnitude: fine-tune with the mask held, for the same total epochs as a "
                    "reweighted run (--epochs + --finetune-epochs).")
@@ -126,7 +132,7 @@ _D = Schedule()
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
               help="Also write the summary as JSON to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary table (errors still print).")
-def main(model, rate, out, data, eval_data, val_fraction, output_name, method, finetune, structure, block, nm,
+def main(model, rate, out, data, eval_data, val_fraction, output_name, method, mode, finetune, structure, block, nm,
          channel_multiple, rate_of, no_shrink, quantize, target, qat, bits, storage, optimize, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
          lr, finetune_lr, batch_size, input_shape, synth_samples, seed, no_simplify, workdir, threads, no_latency,
          report_path, quiet):
@@ -151,7 +157,7 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, f
         sched = Schedule(epochs=epochs, finetune_epochs=finetune_epochs, lam=lam, eps=eps,
                          reweight_every=reweight_every, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size)
         result = prune(model, rate, data=data, eval_data=eval_data, out=out, output_name=output_name,
-                       method=method, finetune_baseline=finetune, scope=scope, layer_floor=layer_floor,
+                       method=method, mode=mode, finetune_baseline=finetune, scope=scope, layer_floor=layer_floor,
                        structure=structure, block=block, nm=nm, channel_multiple=channel_multiple, rate_of=rate_of,
                        shrink=not no_shrink, quantize=quantize, target=target, qat=qat, bits=bits,
                        storage=storage, optimize=optimize, latency=not no_latency, exclude=exclude, schedule=sched, val_fraction=val_fraction,

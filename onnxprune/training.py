@@ -197,7 +197,8 @@ class Trainer:
 
 
 def _explain_gradient_error(message: str) -> str:
-    advice = ("exclude the layers before it with --exclude, or prune without training (--method magnitude)")
+    advice = ("prune layer by layer with --mode layerwise (no gradient through the rest of the graph), "
+              "or exclude the layers before it with --exclude")
     m = re.search(r"gradient builder has not been registered: (\S+) for node (\S*)", message)
     if m:
         node = f" (node {m.group(2)})" if m.group(2) else ""

@@ -141,3 +141,41 @@ def test_weights_in_constant_nodes_and_shared_weights_are_handled(tmp_path):
     assert any("shared with layer fc2" in s["reason"] for s in r.report["skipped"])
     w = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "o.onnx")).graph.initializer}
     assert np.count_nonzero(w["w1c"]) == 16 and np.count_nonzero(w["w2"]) == 32
+
+
+def test_layerwise_prunes_a_graph_end_to_end_training_refuses(tmp_path):
+    """x -> MatMul -> Round -> y: ORT has no gradient for Round, so end-to-end training refuses
+    (and points to --mode layerwise); layer-wise reconstruction needs no gradient through it."""
+    path = tmp_path / "round.onnx"
+    onnx.save(small_model(op_after="Round"), str(path))
+    code, stderr, _ = _cli(path, "--rate", "0.5", "--synth-samples", "64", "-o", tmp_path / "e.onnx", "-q")
+    assert code == 2 and "cannot differentiate op Round" in stderr and "--mode layerwise" in stderr
+    code, stderr, _ = _cli(path, "--rate", "0.5", "--synth-samples", "256", "-o", tmp_path / "l.onnx", "-q",
+                           "--mode", "layerwise", "--epochs", "2", "--finetune-epochs", "2", "--no-latency",
+                           "--storage", "dense")
+    assert code == 0, stderr
+    w = numpy_helper.to_array(onnx.load(str(tmp_path / "l.onnx")).graph.initializer[0])
+    assert np.count_nonzero(w) == 6
+
+
+@pytest.mark.slow
+def test_layerwise_lenet_without_labels_keeps_accuracy(tmp_path):
+    """LeNet-5 at 0.9 from images alone (no labels): within 2 points of dense on the test set."""
+    import onnxprune
+    import onnxruntime as ort
+    from onnxprune.data import accuracy, load_npz, run_model
+
+    train = load_npz(MODELS / "mnist_train.npz")
+    np.savez(tmp_path / "images.npz", input=train["input"])
+    out = tmp_path / "lw.onnx"
+    r = onnxprune.prune(MODELS / "lenet5.onnx", 0.9, data=tmp_path / "images.npz", mode="layerwise", out=out,
+                        latency=False)
+    test = load_npz(MODELS / "mnist_test.npz")
+
+    def acc(path):
+        return accuracy(run_model(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), test,
+                                  ["input"])[0], test["labels"])
+    dense, pruned = acc(MODELS / "lenet5.onnx"), acc(out)
+    assert pruned >= dense - 0.02, (dense, pruned)
+    assert r.report["totals"]["kept"] == 43_050 and r.report["mode"] == "layerwise"
+    assert [p["name"] for p in r.report["phases"]][:2] == ["conv1 reweighted", "conv1 fine-tune"]
