@@ -28,6 +28,7 @@ from .groups import make_structure
 from .layers import find_prunable, made_at_run_time, trainable_parameters
 from .loading import default_opset, initializer_map, prepare, read_model
 from .masking import check_rate, hard_prune
+from .resume import Checkpoints, fingerprint
 from .quantize import TARGETS, FakeInt8, check_not_quantized, int8, kept_in_float, quantized_layers
 from .report import format_table, layer_rows, totals
 from .shrink import shrink as shrink_graph
@@ -61,7 +62,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
           exclude=(), schedule: Schedule | None = None, val_fraction: float = 0.1, input_shapes=(),
           synth_samples: int = 2048, seed: int = 0, simplify: bool = True, workdir=None, threads: int | None = None,
           quantize: str | None = None, target: str = "ort", qat: bool = False, bits: int = 4,
-          storage: str | None = None, optimize: bool = False, mode: str = "endtoend",
+          storage: str | None = None, optimize: bool = False, mode: str = "endtoend", resume: bool = False,
           latency: bool = True, progress: bool = False, log=None) -> PruneResult:
     """Prune `model` (a path or an onnx.ModelProto) to `rate` and recover accuracy by training.
 
@@ -76,10 +77,17 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     storage: 'compact' | 'sparse' | 'dense' (default: dense for target 'trt', else compact).
     optimize: ORT basic graph optimizations. mode: 'endtoend' (train the whole graph) or
     'layerwise' (reconstruct each layer's dense output alone: no labels, no gradient through the
-    rest of the graph). `latency`: time dense vs compressed in
+    rest of the graph). resume: continue from the checkpoint a run with the same `workdir` and
+    arguments left (after every epoch). `latency`: time dense vs compressed in
     ORT for the report. Mirrors the CLI.
     """
     started = time.perf_counter()
+    options = dict(  # everything that shapes training, for --resume's check
+        rate=rate, method=method, finetune_baseline=finetune_baseline, scope=scope, layer_floor=layer_floor,
+        structure=structure, block=block, nm=nm, channel_multiple=channel_multiple, rate_of=rate_of,
+        exclude=list(exclude), schedule=(schedule or Schedule()).__dict__, val_fraction=val_fraction, seed=seed,
+        simplify=simplify, quantize=quantize, target=target, qat=qat, bits=bits, optimize=optimize,
+        output_name=output_name, synth_samples=synth_samples, input_shapes=list(input_shapes))
     say = log or (lambda msg: None)
     sched = schedule or Schedule()
     structure_ = make_structure(structure, block, nm)
@@ -93,6 +101,8 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     _check_options(rate, method, scope, val_fraction, layer_floor, channel_multiple, sched)
     storage = storage or ("dense" if target == "trt" else "compact")
     _check_compression(quantize, target, qat, bits, storage, method, finetune_baseline)
+    if resume and workdir is None:
+        raise OnnxPruneError("--resume continues from the checkpoint in --workdir: give the same --workdir")
     rng = np.random.default_rng(seed)
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if out is not None:
@@ -162,6 +172,8 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     if mode not in MODES:
         raise OnnxPruneError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == "layerwise":
+        if resume:
+            raise OnnxPruneError("--resume is for --mode endtoend; layer-wise runs are short enough to rerun")
         if plan.removes is not None:
             raise OnnxPruneError("--mode layerwise prunes each layer alone; filter/channel pruning couples layers "
                                  "(use --mode endtoend)")
@@ -192,13 +204,16 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
         frozen = ([mask_name(w) for w in plan.tensors] + [coef_name(w) for w in plan.penalized]
                   + [correction_name(w) for w in plan.tensors if w in corrected])
         with _workdir(workdir) as wd:
-            trainer = Trainer(graph, trainable, frozen, wd, sched.lr, threads)
+            ckpt = None
+            if workdir is not None:  # a kept work folder gets a checkpoint after every epoch
+                ckpt = Checkpoints(wd, fingerprint(original.SerializeToString(), arrays, options), resume)
+            trainer = Trainer(graph, trainable, frozen, wd, sched.lr, threads, ckpt.checkpoint if ckpt else None)
             if method == "reweighted":
-                masks, phases = reweighted(trainer, arrays, plan, select, sched, rng, bars, quantizer)
+                masks, phases = reweighted(trainer, arrays, plan, select, sched, rng, bars, quantizer, ckpt)
             else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
                 masks = select(dense_weights)
                 phases = [finetune(trainer, arrays, masks, Phase("fine-tune", sched.epochs + sched.finetune_epochs),
-                                   sched, rng, bars, quantizer)]
+                                   sched, rng, bars, quantizer, ckpt)]
             new_weights = {n: trainer.get(n) for n in trainable}
             new_weights.update(current_weights(trainer, plan))  # fold W·M: pruned weights exactly zero
     else:

@@ -125,7 +125,11 @@ _D = Schedule()
 @click.option("--no-simplify", is_flag=True,
               help="Keep the graph node for node (no onnxsim: BatchNorm stays unfolded, constants unfolded).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
-              help="Keep the ORT training artifacts in this folder (default: a temporary folder, removed).")
+              help="Keep the ORT training artifacts and an after-every-epoch checkpoint in this folder, for --resume (default: a temporary folder, removed).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from the checkpoint it left in --workdir (one is saved after "
+                   "every epoch whenever --workdir is given). Same model, data and options required; the "
+                   "result is the model the uninterrupted run would have written.")
 @click.option("--threads", type=int, default=None, help="ORT intra-op threads for training (default: ORT's choice).")
 @click.option("--no-latency", is_flag=True,
               help="Skip timing dense vs compressed in ONNX Runtime (batch 1 and 32) for the report.")
@@ -134,7 +138,7 @@ _D = Schedule()
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary table (errors still print).")
 def main(model, rate, out, data, eval_data, val_fraction, output_name, method, mode, finetune, structure, block, nm,
          channel_multiple, rate_of, no_shrink, quantize, target, qat, bits, storage, optimize, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
-         lr, finetune_lr, batch_size, input_shape, synth_samples, seed, no_simplify, workdir, threads, no_latency,
+         lr, finetune_lr, batch_size, input_shape, synth_samples, seed, no_simplify, workdir, resume, threads, no_latency,
          report_path, quiet):
     """Prune an ONNX model to --rate with reweighted group-lasso training in ONNX Runtime,
     and write it back as the same graph: pruned weights exactly zero, or (filter/channel)
@@ -162,7 +166,7 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
                        shrink=not no_shrink, quantize=quantize, target=target, qat=qat, bits=bits,
                        storage=storage, optimize=optimize, latency=not no_latency, exclude=exclude, schedule=sched, val_fraction=val_fraction,
                        input_shapes=input_shape, synth_samples=synth_samples, seed=seed,
-                       simplify=not no_simplify, workdir=workdir, threads=threads, progress=not quiet, log=say)
+                       simplify=not no_simplify, workdir=workdir, resume=resume, threads=threads, progress=not quiet, log=say)
         if report_path is not None:
             write_json(result.report, report_path)
     except OnnxPruneError as e:

@@ -50,15 +50,21 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr: float, batch_size: int,
               rng: np.random.Generator, progress, every: int = 0, on_refresh=None, cosine: bool = False,
-              after_step=None) -> Phase:
+              after_step=None, ckpt=None) -> Phase:
     """Train `phase.epochs` epochs; calls `on_refresh()` every `every` steps (and at step 0),
-    and `after_step(step)` after every optimizer step."""
+    and `after_step(step)` after every optimizer step. `ckpt` (resume.Checkpoints): skip the
+    epochs a checkpoint already holds, and save one after every epoch."""
     n = len(next(iter(arrays.values())))
     total = phase.epochs * steps_per_epoch(n, batch_size)
+    first = ckpt.epochs_done(phase.name) if ckpt else 0
+    phase.steps = first * steps_per_epoch(n, batch_size)
+    if ckpt and first < phase.epochs:
+        ckpt.restore_rng(rng)
     start = time.perf_counter()
     task = penalty = float("nan")
     with progress(total, phase.name) as bar:
-        for _ in range(phase.epochs):
+        bar.update(phase.steps, task)
+        for epoch in range(first, phase.epochs):
             for idx in batches(n, batch_size, rng):
                 if on_refresh and every and phase.steps % every == 0:
                     on_refresh()
@@ -71,6 +77,8 @@ def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr:
                 if after_step:
                     after_step(phase.steps)
                 bar.update(1, task)
+            if ckpt:
+                ckpt.save(trainer, phase.name, epoch + 1, rng)
     phase.seconds = time.perf_counter() - start
     phase.final_task_loss = task
     return phase
@@ -81,7 +89,7 @@ def current_weights(trainer: Trainer, plan: GroupPlan) -> dict[str, np.ndarray]:
 
 
 def reweighted(trainer: Trainer, arrays, plan: GroupPlan, select, sched: Schedule, rng,
-               progress, quantizer=None) -> tuple[dict, list[Phase]]:
+               progress, quantizer=None, ckpt=None) -> tuple[dict, list[Phase]]:
     """`select(weights) -> masks`: the hard-pruning rule applied after the reweighted phase;
     `quantizer`: what masked fine-tuning trains against (see `finetune`)."""
     penalized = plan.penalized
@@ -105,24 +113,29 @@ def reweighted(trainer: Trainer, arrays, plan: GroupPlan, select, sched: Schedul
             trainer.set(coef_name(w), plan.expand(p, w))
 
     phases = [run_phase(trainer, arrays, Phase("reweighted", sched.epochs), sched.lr, sched.batch_size, rng,
-                        progress, every=sched.reweight_every, on_refresh=refresh)]
+                        progress, every=sched.reweight_every, on_refresh=refresh, ckpt=ckpt)]
     for w in penalized:
         trainer.set(coef_name(w), np.zeros(plan.tensors[w], np.float32))
-    masks = select(current_weights(trainer, plan))
+    masks = ckpt.masks() if ckpt else None  # chosen before the interruption: keep them
+    if masks is None:
+        masks = select(current_weights(trainer, plan))
+        if ckpt:
+            ckpt.save_masks(masks)
     phases.append(finetune(trainer, arrays, masks, Phase("fine-tune", sched.finetune_epochs), sched, rng, progress,
-                           quantizer))
+                           quantizer, ckpt))
     return masks, phases
 
 
 def finetune(trainer: Trainer, arrays, masks: dict[str, np.ndarray], phase: Phase, sched: Schedule, rng,
-             progress, quantizer=None) -> Phase:
+             progress, quantizer=None, ckpt=None) -> Phase:
     """Masked fine-tuning. With a `quantizer` (quantization-aware: `quantize.FakeInt8` or
     `cluster.Codebooks`), the forward pass uses Q(W·M): the correction Q(W·M) − W·M is refreshed
     after every step, and the quantizer itself (codebooks) every `reweight_every` steps."""
     for w, m in masks.items():
         trainer.set(mask_name(w), m)
     if quantizer is None:
-        return run_phase(trainer, arrays, phase, sched.finetune_lr, sched.batch_size, rng, progress, cosine=True)
+        return run_phase(trainer, arrays, phase, sched.finetune_lr, sched.batch_size, rng, progress, cosine=True,
+                         ckpt=ckpt)
     names = [n for n in quantizer.names if n in masks]
     quantizer.start({n: trainer.get(n) * masks[n] for n in names}, masks)
 
@@ -135,4 +148,4 @@ def finetune(trainer: Trainer, arrays, masks: dict[str, np.ndarray], phase: Phas
     correct(0)
     phase.name = f"{phase.name} ({quantizer.label})"
     return run_phase(trainer, arrays, phase, sched.finetune_lr, sched.batch_size, rng, progress, cosine=True,
-                     after_step=correct)
+                     after_step=correct, ckpt=ckpt)

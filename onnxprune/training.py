@@ -160,7 +160,8 @@ class Trainer:
     """ORT training artifacts for one training graph, and the step loop's primitives."""
 
     def __init__(self, graph: onnx.ModelProto, trainable: list[str], frozen: list[str], workdir: Path,
-                 learning_rate: float, threads: int | None = None) -> None:
+                 learning_rate: float, threads: int | None = None, checkpoint: Path | None = None) -> None:
+        """`checkpoint`: start from this saved state (weights, frozen tensors, optimizer) instead."""
         from . import ort_training as ot
 
         workdir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +171,7 @@ class Trainer:
                     graph, requires_grad=trainable, frozen_params=frozen, loss=None,
                     optimizer=ot.onnxblock.optim.AdamW(eps=1e-8, weight_decay=0.0),
                     artifact_directory=str(workdir))
-            self.state = ot.CheckpointState.load_checkpoint(str(workdir / "checkpoint"))
+            self.state = ot.CheckpointState.load_checkpoint(str(checkpoint or workdir / "checkpoint"))
             self.module = ot.Module(str(workdir / "training_model.onnx"), self.state,
                                     str(workdir / "eval_model.onnx"), session_options=session_options(threads))
             self.optimizer = ot.Optimizer(str(workdir / "optimizer_model.onnx"), self.module)

@@ -179,3 +179,41 @@ def test_layerwise_lenet_without_labels_keeps_accuracy(tmp_path):
     assert pruned >= dense - 0.02, (dense, pruned)
     assert r.report["totals"]["kept"] == 43_050 and r.report["mode"] == "layerwise"
     assert [p["name"] for p in r.report["phases"]][:2] == ["conv1 reweighted", "conv1 fine-tune"]
+
+
+def test_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of fine-tuning leaves no output; --resume from the work folder's
+    checkpoint finishes with the model an uninterrupted run writes."""
+    import onnxprune
+    from onnxprune.errors import OnnxPruneError
+    from onnxprune.training import Trainer
+
+    sched = onnxprune.Schedule(epochs=2, finetune_epochs=2, reweight_every=7)
+    kw = dict(data=MODELS / "digits_train.npz", schedule=sched, latency=False, storage="dense")
+    whole = onnxprune.prune(MODELS / "digits_mlp.onnx", 0.8, out=tmp_path / "whole.onnx", **kw)
+
+    steps = {"n": 0}
+    real_step = Trainer.step
+
+    def crashing_step(self, feed):
+        steps["n"] += 1
+        if steps["n"] == 60:  # past the reweighted phase (2 x 25 steps), inside fine-tuning
+            raise KeyboardInterrupt
+        return real_step(self, feed)
+    monkeypatch.setattr(Trainer, "step", crashing_step)
+    work, out = tmp_path / "work", tmp_path / "resumed.onnx"
+    with pytest.raises(KeyboardInterrupt):
+        onnxprune.prune(MODELS / "digits_mlp.onnx", 0.8, out=out, workdir=work, **kw)
+    assert not out.exists() and (work / "resume.ckpt").exists() and (work / "resume_masks.npz").exists()
+    monkeypatch.setattr(Trainer, "step", real_step)
+
+    with pytest.raises(OnnxPruneError, match="another job"):
+        onnxprune.prune(MODELS / "digits_mlp.onnx", 0.7, out=out, workdir=work, resume=True, **kw)
+    resumed = onnxprune.prune(MODELS / "digits_mlp.onnx", 0.8, out=out, workdir=work, resume=True, **kw)
+    assert [p["steps"] for p in resumed.report["phases"]] == [p["steps"] for p in whole.report["phases"]]
+    a = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "whole.onnx")).graph.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    code, stderr, _ = _cli(MODELS / "digits_mlp.onnx", "--resume", "-o", tmp_path / "x.onnx", "-q")
+    assert code == 2 and "--workdir" in stderr

@@ -1,0 +1,90 @@
+"""Never lose work: with `--workdir`, training leaves a checkpoint there after every epoch (ORT's
+checkpoint with the optimizer state, which also holds the masks, penalty coefficients and
+quantization corrections, since those are frozen parameters), the masks once hard pruning has
+chosen them, and a progress file with the random generator's state. `--resume` continues from
+it, and gives the same model an uninterrupted run would have. A fingerprint of the model, the
+data and every option that shapes training guards against resuming a different job.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OnnxPruneError
+
+PROGRESS, CHECKPOINT, MASKS = "resume.json", "resume.ckpt", "resume_masks.npz"
+
+
+def fingerprint(model_bytes: bytes, arrays: dict[str, np.ndarray], options: dict) -> str:
+    h = hashlib.sha256(model_bytes)
+    for k in sorted(arrays):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    h.update(json.dumps(options, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class Checkpoints:
+    """Epoch checkpoints of one training job in `folder`."""
+
+    def __init__(self, folder: Path, print_: str, resume: bool) -> None:
+        self.folder, self.print = Path(folder), print_
+        self.done: dict[str, int] = {}
+        self.rng_state = None
+        if resume:
+            self._load()
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The ORT checkpoint to start from, when resuming."""
+        path = self.folder / CHECKPOINT
+        return path if self.done and path.exists() else None
+
+    def _load(self) -> None:
+        try:
+            progress = json.loads((self.folder / PROGRESS).read_text())
+        except (OSError, ValueError):
+            raise OnnxPruneError(f"--resume: no checkpoint in {self.folder} (run with --workdir first)") from None
+        if progress.get("fingerprint") != self.print:
+            raise OnnxPruneError(f"--resume: the checkpoint in {self.folder} is of another job (model, data or "
+                                 "options differ); rerun without --resume, or with the same arguments")
+        self.done, self.rng_state = progress["done"], progress["rng"]
+
+    def epochs_done(self, phase: str) -> int:
+        return self.done.get(phase, 0)
+
+    def restore_rng(self, rng: np.random.Generator) -> None:
+        """The generator as it was at the last checkpoint (once: later phases go on from there)."""
+        if self.rng_state is not None:
+            rng.bit_generator.state = self.rng_state
+            self.rng_state = None
+
+    def save(self, trainer, phase: str, epochs: int, rng: np.random.Generator) -> None:
+        from . import ort_training as ot
+
+        self.done[phase] = epochs
+        tmp = self.folder / (CHECKPOINT + ".tmp")
+        ot.CheckpointState.save_checkpoint(trainer.state, str(tmp), include_optimizer_state=True)
+        os.replace(tmp, self.folder / CHECKPOINT)
+        self._write(PROGRESS, json.dumps({"fingerprint": self.print, "done": self.done,
+                                          "rng": rng.bit_generator.state}).encode())
+
+    def save_masks(self, masks: dict[str, np.ndarray]) -> None:
+        tmp = self.folder / (MASKS + ".tmp.npz")
+        np.savez(tmp, **{f"m{i}": m for i, m in enumerate(masks.values())}, names=np.array(list(masks)))
+        os.replace(tmp, self.folder / MASKS)
+
+    def masks(self) -> dict[str, np.ndarray] | None:
+        if not self.done or not (self.folder / MASKS).exists():
+            return None
+        with np.load(self.folder / MASKS, allow_pickle=False) as z:
+            return {str(n): z[f"m{i}"] for i, n in enumerate(z["names"])}
+
+    def _write(self, name: str, data: bytes) -> None:
+        tmp = self.folder / (name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.folder / name)
