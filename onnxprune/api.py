@@ -543,7 +543,9 @@ def _select_outputs(output_name, names, dense_train, has_labels, train) -> list[
         if output_name not in names:
             raise OnnxPruneError(f"--output {output_name!r} is not a model output ({', '.join(names)})")
         return [output_name]
-    floats = [n for n in names if dense_train[n].dtype.kind == "f"]
+    n = len(next(iter(train.values())))
+    floats = [k for k in names if dense_train[k].dtype.kind == "f" and dense_train[k].ndim
+              and dense_train[k].shape[0] == n]  # per-sample float outputs only
     if not floats:
         raise OnnxPruneError("the model has no float output to train against")
     return floats[:1] if has_labels else floats

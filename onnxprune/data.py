@@ -148,8 +148,15 @@ def run_model(session: ort.InferenceSession, arrays: dict[str, np.ndarray], inpu
         rows = np.arange(start, min(start + batch, n))
         take = np.resize(rows, batch) if fixed else rows
         outs = session.run(None, {k: arrays[k][take] for k in input_names})
-        parts.append([o[: len(rows)] for o in outs])
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+        parts.append([o[: len(rows)] if o.ndim and o.shape[0] == len(take) else o for o in outs])
+    # an output without a sample axis (a scalar, a constant) is the same for every batch: keep one
+    return [np.concatenate([p[i] for p in parts]) if parts[0][i].ndim and len(parts) > 1
+            and all(p[i].ndim for p in parts) and parts[0][i].shape[0] != 0 and _batched(parts, i) else parts[0][i]
+            for i in range(len(parts[0]))]
+
+
+def _batched(parts, i) -> bool:
+    return all(p[i].shape[1:] == parts[0][i].shape[1:] for p in parts)
 
 
 def session_batch(session: ort.InferenceSession) -> int | None:

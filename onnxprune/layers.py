@@ -93,6 +93,7 @@ def trainable_parameters(model: onnx.ModelProto, layers: list[PrunableLayer]) ->
                 t = inits[node.input[i]]
                 if t.data_type == FLOAT and int(np.prod(t.dims)) > 1:
                     names.add(t.name)
+    names -= _names_used_in_subgraphs(model.graph)  # ORT cannot train what an If/Loop body reads
     # keep the graph's own order, so artifacts and checkpoints are deterministic
     return [t.name for t in model.graph.initializer if t.name in names]
 

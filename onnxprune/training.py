@@ -70,6 +70,7 @@ def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ..
     the gradient reaches W unchanged (a straight-through estimator; ORT has no stop-gradient)."""
     model = copy.deepcopy(base)
     graph = model.graph
+    _batchnorm_as_affine(model)
     weights = set(tensors)
     new_nodes: list[onnx.NodeProto] = []
 
@@ -125,6 +126,48 @@ def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ..
     for name in (LOSS, TASK_LOSS, PENALTY):  # the first output is the loss ORT differentiates
         graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, []))
     return model
+
+
+def _batchnorm_as_affine(model: onnx.ModelProto) -> None:
+    """BatchNormalization that onnxsim could not fold becomes x·a + b with a = scale/√(var+ε) and
+    b = bias − mean·a, the op's inference semantics in plain ops. Otherwise ORT trains it in
+    training mode, on each batch's statistics, while the written model uses the running ones,
+    which training never updates: the model trained would not be the model written. scale and
+    bias stay trainable (and maskable); mean and var stay constants."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    bns = [n for n in graph.node if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")
+           and all(i in inits for i in n.input[1:5])]
+    if not bns:
+        return
+    ranks = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        for v in list(inferred.graph.value_info) + list(inferred.graph.input):
+            if v.type.tensor_type.HasField("shape"):
+                ranks[v.name] = len(v.type.tensor_type.shape.dim)
+    except Exception:  # no shapes: assume images (NCHW)
+        pass
+    replaced = {}
+    for n in bns:
+        x, scale, bias, mean, var = n.input[:5]
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
+        p = f"{PREFIX}_bn/{n.name or n.output[0]}"
+        inv = 1.0 / np.sqrt(numpy_helper.to_array(inits[var]).astype(np.float64) + eps)
+        shape = [-1] + [1] * (ranks.get(x, 4) - 2)
+        graph.initializer.extend([numpy_helper.from_array(inv.astype(np.float32), f"{p}/inv"),
+                                  numpy_helper.from_array(np.array(shape, np.int64), f"{p}/shape")])
+        replaced[id(n)] = [
+            helper.make_node("Mul", [scale, f"{p}/inv"], [f"{p}/a"], name=f"{p}/a"),
+            helper.make_node("Mul", [mean, f"{p}/a"], [f"{p}/ma"], name=f"{p}/ma"),
+            helper.make_node("Sub", [bias, f"{p}/ma"], [f"{p}/b"], name=f"{p}/b"),
+            helper.make_node("Reshape", [f"{p}/a", f"{p}/shape"], [f"{p}/a4"], name=f"{p}/a4"),
+            helper.make_node("Reshape", [f"{p}/b", f"{p}/shape"], [f"{p}/b4"], name=f"{p}/b4"),
+            helper.make_node("Mul", [x, f"{p}/a4"], [f"{p}/xa"], name=f"{p}/xa"),
+            helper.make_node("Add", [f"{p}/xa", f"{p}/b4"], [n.output[0]], name=f"{p}/y")]
+    body = [m for n in graph.node for m in replaced.get(id(n), [n])]
+    del graph.node[:]
+    graph.node.extend(body)
 
 
 def _loss_term(t: LossTerm, node, i: int) -> str:

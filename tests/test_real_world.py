@@ -217,3 +217,57 @@ def test_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     code, stderr, _ = _cli(MODELS / "digits_mlp.onnx", "--resume", "-o", tmp_path / "x.onnx", "-q")
     assert code == 2 and "--workdir" in stderr
+
+
+def test_unfolded_batchnorm_trains_as_it_runs(tmp_path):
+    """BatchNorm left in the graph (here by --no-simplify) is trained with its inference
+    semantics, so the model written is the model trained (ORT's training-mode BN would train on
+    batch statistics the written model never uses: 91.8% instead of 97.0% in this setting)."""
+    import onnxprune
+
+    r = onnxprune.prune(MODELS / "resnet_mnist.onnx", 0.5, method="magnitude", finetune_baseline=True,
+                        data=MODELS / "mnist_train.npz", eval_data=MODELS / "mnist_test.npz", latency=False,
+                        simplify=False, schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1))
+    assert sum(n.op_type == "BatchNormalization" for n in r.model.graph.node) >= 3
+    assert r.report["metric"]["pruned"] >= r.report["metric"]["dense"] - 0.02
+
+
+def test_subgraph_weights_are_left_alone_and_multiple_outputs_distilled(tmp_path):
+    """A weight also read inside an If branch is left whole (and reported); the other layer is
+    pruned; with two float outputs and no labels, both are distilled."""
+    import onnxprune
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(size=(4, 8)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(8, 6)).astype(np.float32), "w2")
+    branch = lambda name, op: helper.make_graph(  # noqa: E731
+        [helper.make_node(op, ["w1"], [f"{name}_out"])], name, [],
+        [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [4, 8])])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2"),
+             helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0, name="sum"),
+             helper.make_node("ReduceSum", ["s"], ["t"], keepdims=0, name="sum2"),
+             helper.make_node("Greater", ["t", "zero"], ["cond"], name="gt"),
+             helper.make_node("If", ["cond"], ["w1_view"], name="branch",
+                              then_branch=branch("then", "Identity"), else_branch=branch("else", "Neg")),
+             helper.make_node("ReduceMean", ["w1_view"], ["w1_mean"], keepdims=0, name="mean")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6]),
+                           helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 8]),
+                           helper.make_tensor_value_info("w1_mean", TensorProto.FLOAT, [])],
+                          [w1, w2, numpy_helper.from_array(np.float32(0), "zero")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "if.onnx")
+    r = onnxprune.prune(tmp_path / "if.onnx", 0.5, out=tmp_path / "o.onnx", latency=False, storage="dense",
+                        synth_samples=256, simplify=False,
+                        schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1, reweight_every=5))
+    assert [row["name"] for row in r.report["layers"]] == ["fc2"]
+    assert any(s["name"] == "fc1" and "subgraph" in s["reason"] for s in r.report["skipped"])
+    assert "(y)" in r.report["loss"] and "(h)" in r.report["loss"]
+    out = onnx.load(str(tmp_path / "o.onnx"))
+    w = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    assert np.count_nonzero(w["w1"]) == 32 and np.count_nonzero(w["w2"]) == 24
+    ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.ones((2, 4), np.float32)})
