@@ -73,7 +73,12 @@ def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = Fals
     work = copy.deepcopy(model)
     _constants_to_initializers(work, changes)
     _drop_initializer_inputs(work, changes)
-    computed = {o for n in work.graph.node for o in n.output}
+    stored = {t.name for t in work.graph.initializer}
+    # a stored weight seen through a layout op (old PyTorch Linear: Transpose(W) → MatMul) is still
+    # a stored weight once onnxsim folds it; anything else a node makes is computed at run time
+    computed = {o for n in work.graph.node for o in n.output
+                if not (n.op_type in ("Transpose", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+                        and n.input and n.input[0] in stored)}
     if simplify or optimize:
         work = _simplify(work, changes)
     if optimize:

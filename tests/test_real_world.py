@@ -271,3 +271,65 @@ def test_subgraph_weights_are_left_alone_and_multiple_outputs_distilled(tmp_path
     assert np.count_nonzero(w["w1"]) == 32 and np.count_nonzero(w["w2"]) == 24
     ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"x": np.ones((2, 4), np.float32)})
+
+
+def test_old_pytorch_linear_transpose_matmul_is_pruned(tmp_path):
+    """PyTorch 1.x wrote Linear without bias as Transpose(W) -> MatMul; the folded weight is pruned."""
+    import onnxprune
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32), "weight")
+    nodes = [helper.make_node("Transpose", ["weight"], ["wt"], perm=[1, 0], name="t"),
+             helper.make_node("MatMul", ["x", "wt"], ["y"], name="linear")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)])
+    m.ir_version = 6
+    onnx.save(m, tmp_path / "old.onnx")
+    r = onnxprune.prune(tmp_path / "old.onnx", 0.5, method="magnitude", latency=False, synth_samples=64,
+                        scope="layer")
+    assert [row["kept"] for row in r.report["layers"]] == [6]
+
+
+@pytest.mark.parametrize("opset", [7, 9, 11, 13, 15, 17, 19, 21])
+def test_opsets_7_to_21_train_and_come_back_at_their_own(opset, tmp_path):
+    import onnxprune
+
+    m = small_model(op_after="Relu", opset=opset, ir=10 if opset >= 21 else (4 if opset < 9 else 8))
+    onnx.save(m, tmp_path / "m.onnx")
+    r = onnxprune.prune(tmp_path / "m.onnx", 0.5, out=tmp_path / "o.onnx", latency=False, synth_samples=128,
+                        storage="dense", schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1))
+    written = onnx.load(str(tmp_path / "o.onnx"))
+    want = opset if opset <= 21 else 21
+    assert next(o.version for o in written.opset_import if o.domain in ("", "ai.onnx")) in (want, 13)
+    assert r.report["totals"]["kept"] == 6
+
+
+def test_wrongly_declared_shapes_are_not_trusted(tmp_path):
+    """Declared output [N, 5] and a fixed input width that lies about nothing else: ORT's real
+    shapes are used, and the written model keeps the user's declarations."""
+    import onnxprune
+
+    m = small_model()
+    m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5  # really 3
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch_size"
+    onnx.save(m, tmp_path / "m.onnx")
+    r = onnxprune.prune(tmp_path / "m.onnx", 0.5, out=tmp_path / "o.onnx", latency=False, synth_samples=64,
+                        method="magnitude", simplify=False, storage="dense")
+    assert r.report["totals"]["kept"] == 6
+
+
+def test_models_past_the_protobuf_limit_are_written_with_external_data(tmp_path, monkeypatch):
+    """Past 2 GB (here: past a lowered limit) the weights go to `<name>.data` beside the model,
+    written atomically, and the written pair loads and runs."""
+    import onnxprune
+    import onnxprune.export as export
+
+    monkeypatch.setattr(export, "TWO_GB", 1000)
+    out = tmp_path / "big.onnx"
+    onnxprune.prune(MODELS / "digits_mlp.onnx", 0.5, out=out, method="magnitude", latency=False,
+                    storage="dense", synth_samples=64)
+    assert (tmp_path / "big.onnx.data").stat().st_size > 30_000 and out.stat().st_size < 30_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    code, stderr, _ = _cli(out, "--rate", "0.6", "--method", "magnitude", "-o", tmp_path / "again.onnx", "-q",
+                           "--no-latency")
+    assert code == 0, stderr
