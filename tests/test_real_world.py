@@ -333,3 +333,41 @@ def test_models_past_the_protobuf_limit_are_written_with_external_data(tmp_path,
     code, stderr, _ = _cli(out, "--rate", "0.6", "--method", "magnitude", "-o", tmp_path / "again.onnx", "-q",
                            "--no-latency")
     assert code == 0, stderr
+
+
+@pytest.mark.parametrize("op", ["MatMulInteger", "QLinearMatMul", "DequantizeLinear"])
+def test_quantized_graphs_of_every_form_are_refused(op, tmp_path):
+    """QDQ, QOperator and Integer-op graphs: one line naming what was found."""
+    i8 = lambda name, shape: numpy_helper.from_array(np.ones(shape, np.int8), name)  # noqa: E731
+    f = lambda name: numpy_helper.from_array(np.float32(1), name)  # noqa: E731
+    z = lambda name: numpy_helper.from_array(np.int8(0), name)  # noqa: E731
+    if op == "MatMulInteger":
+        node, inits, xt = helper.make_node(op, ["x", "w"], ["y"]), [i8("w", (4, 3))], TensorProto.INT8
+        yt = TensorProto.INT32
+    elif op == "QLinearMatMul":
+        node = helper.make_node(op, ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])
+        inits, xt, yt = [f("xs"), z("xz"), i8("w", (4, 3)), f("ws"), z("wz"), f("ys"), z("yz")], TensorProto.INT8, \
+            TensorProto.INT8
+    else:
+        node = helper.make_node("MatMul", ["x", "wf"], ["y"])
+        inits, xt, yt = [i8("w", (4, 3)), f("ws"), z("wz")], TensorProto.FLOAT, TensorProto.FLOAT
+    nodes = [node] if op != "DequantizeLinear" else [helper.make_node(op, ["w", "ws", "wz"], ["wf"]), node]
+    g = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", xt, ["N", 4])],
+                          [helper.make_tensor_value_info("y", yt, ["N", 3])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "q.onnx")
+    code, stderr, _ = _cli(tmp_path / "q.onnx", "-o", tmp_path / "x.onnx", "-q")
+    assert code == 2 and "already quantized" in stderr and op in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_unused_initializers_do_not_get_in_the_way(tmp_path):
+    import onnxprune
+
+    m = small_model()
+    m.graph.initializer.append(numpy_helper.from_array(np.ones((7, 7), np.float32), "leftover"))
+    onnx.save(m, tmp_path / "m.onnx")
+    r = onnxprune.prune(tmp_path / "m.onnx", 0.5, method="magnitude", latency=False, synth_samples=64,
+                        simplify=False, storage="dense")
+    assert [row["weight"] for row in r.report["layers"]] == ["w"]
