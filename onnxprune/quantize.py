@@ -107,9 +107,7 @@ def int8(model: onnx.ModelProto, calibration: dict[str, np.ndarray], input_names
                 str(src), str(dst), _Reader(calibration, input_names, batch or 32),
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=list(INT8_OPS) if trt else None,
                 nodes_to_quantize=wanted if trt else None,
-                nodes_to_exclude=None if trt else [n.name for n in model.graph.node
-                                                   if n.op_type in INT8_OPS and n.name not in wanted
-                                                   and n.name in {layer.name for layer in layers}],
+                nodes_to_exclude=None if trt else sorted(keep_float),
                 per_channel=True, reduce_range=False,
                 activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax, extra_options=options)
