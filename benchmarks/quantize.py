@@ -34,14 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import onnxprune  # noqa: E402
-from onnxprune.api import _session, _stored_tensors, _weight_slots  # noqa: E402
+from onnxprune.api import _session  # noqa: E402
 from onnxprune.costs import latencies  # noqa: E402
 from onnxprune.data import accuracy, load_npz, run_model  # noqa: E402
 from onnxprune.layers import find_prunable  # noqa: E402
 from onnxprune.loading import prepare, read_model  # noqa: E402
 from onnxprune.cluster import fit, snap  # noqa: E402
 from onnxprune.export import with_weights  # noqa: E402
-from onnxprune.storage import decoded_weights, encode, weight_storage  # noqa: E402
+from onnxprune.storage import decoded_weights, encode, stored_tensors, weight_slots, weight_storage  # noqa: E402
 
 TRAIN = ROOT / "models" / "mnist_train.npz"
 TEST = ROOT / "models" / "mnist_test.npz"
@@ -92,7 +92,7 @@ def main() -> None:
         rate, path = RATES[name], ROOT / "models" / f"{name}.onnx"
         dense = prepare(read_model(path)).export_base
         layers, _ = find_prunable(dense)
-        slots = _weight_slots(dense, layers)
+        slots = weight_slots(dense, layers)
         fp32_bytes = 4 * sum(layer.size for layer in layers)
         sched = onnxprune.Schedule(epochs=args.epochs, finetune_epochs=args.epochs)
         models, notes, float_acc = {"dense": dense}, {"dense": ""}, {}
@@ -119,7 +119,7 @@ def main() -> None:
         plain = plain_sequence(path, rate, sched, args.seed, train)
         models["magnitude -> fine-tune -> quantize_static"] = plain
         notes["magnitude -> fine-tune -> quantize_static"] = f"{time.perf_counter() - t:.0f} s; dense int8 as ORT writes it"
-        stored = _stored_tensors(plain, slots)
+        stored = stored_tensors(plain, slots)
         models["same, compact storage"] = encode(plain, [t.name for t in stored.values()], "compact")[0]
         notes["same, compact storage"] = "equal size to onnxprune + int8"
         times = {b: latencies(models, feed, runs=400, budget_s=60) for b, feed in feeds.items()}

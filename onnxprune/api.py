@@ -32,7 +32,7 @@ from .resume import Checkpoints, fingerprint
 from .quantize import TARGETS, FakeInt8, check_not_quantized, int8, kept_in_float, quantized_layers
 from .report import format_table, layer_rows, totals
 from .shrink import shrink as shrink_graph
-from .storage import FORMS, encode, weight_storage
+from .storage import FORMS, encode, stored_tensors, weight_slots, weight_storage
 from .schedule import Phase, Schedule, current_weights, finetune, reweighted
 from .training import (LossTerm, Trainer, build_training_graph, coef_name, correction_name, logits_of, mask_name,
                        session_options)
@@ -82,14 +82,14 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     ORT for the report. Mirrors the CLI.
     """
     started = time.perf_counter()
+    sched = schedule or Schedule()
     options = dict(  # everything that shapes training, for --resume's check
         rate=rate, method=method, finetune_baseline=finetune_baseline, scope=scope, layer_floor=layer_floor,
         structure=structure, block=block, nm=nm, channel_multiple=channel_multiple, rate_of=rate_of,
-        exclude=list(exclude), schedule=(schedule or Schedule()).__dict__, val_fraction=val_fraction, seed=seed,
+        exclude=list(exclude), schedule=sched.__dict__, val_fraction=val_fraction, seed=seed,
         simplify=simplify, quantize=quantize, target=target, qat=qat, bits=bits, optimize=optimize,
         output_name=output_name, synth_samples=synth_samples, input_shapes=list(input_shapes))
     say = log or (lambda msg: None)
-    sched = schedule or Schedule()
     structure_ = make_structure(structure, block, nm)
     if structure == "nm":
         implied = 1 - structure_.n / structure_.m
@@ -233,14 +233,14 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, out=No
     float_metric = _metric(selected, has_labels, val, dense_val, pruned_out, split_name)
 
     # compression of the pruned float model: optimize → int8 → compact storage
-    slots = _weight_slots(base, layers)
+    slots = weight_slots(base, layers)
     final = pruned_model
     quantized = []
     if quantize == "int8":
         final = int8(final, train, input_names, target, layers, keep_float, fixed)
-        quantized = quantized_layers(final, [layer.name for layer in layers])
+        quantized = quantized_layers(final, slots)
         outs = D.run_model(_session(final), val, input_names)
-    stored = _stored_tensors(final, slots)
+    stored = stored_tensors(final, slots)
     kept = {layer.weight: int(np.count_nonzero(numpy_helper.to_array(stored[layer.name]))) if layer.name in stored
             else 0 for layer in layers}
     _check_zeros_kept(pruned_model, final, slots, stored)
@@ -336,35 +336,11 @@ def _rewrite(masked, want, plan, masks, structure, shrink, shapes, val, names, w
     return model, done, got
 
 
-def _weight_slots(base: onnx.ModelProto, layers) -> dict[str, int]:
-    """Which input of each layer's node holds its weight: quantization and compact storage
-    rename or replace the weight, the node and the slot stay."""
-    nodes = {n.name: n for n in base.graph.node}
-    return {layer.name: list(nodes[layer.name].input).index(layer.weight) for layer in layers if layer.name in nodes}
-
-
-def _stored_tensors(model: onnx.ModelProto, slots: dict[str, int]) -> dict[str, onnx.TensorProto]:
-    """The initializer that stores each layer's weight: the weight itself, or the integer tensor
-    under its DequantizeLinear."""
-    inits = initializer_map(model.graph)
-    producer = {o: n for n in model.graph.node for o in n.output}
-    out = {}
-    for node in model.graph.node:
-        if node.name in slots and slots[node.name] < len(node.input):
-            name = node.input[slots[node.name]]
-            src = producer.get(name)
-            if src is not None and src.op_type == "DequantizeLinear":
-                name = src.input[0]
-            if name in inits:
-                out[node.name] = inits[name]
-    return out
-
-
 def _check_zeros_kept(pruned, final, slots, stored) -> None:
     """Every weight pruned to zero must still be exactly zero after quantization."""
     if final is pruned:
         return
-    before = _stored_tensors(pruned, slots)
+    before = stored_tensors(pruned, slots)
     for name, t in stored.items():
         if name in before and before[name].dims == t.dims:
             was_zero = numpy_helper.to_array(before[name]) == 0

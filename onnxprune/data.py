@@ -144,19 +144,16 @@ def run_model(session: ort.InferenceSession, arrays: dict[str, np.ndarray], inpu
     batch = fixed or batch
     n = len(arrays[input_names[0]])
     parts: list[list[np.ndarray]] = []
+    batched: list[bool] | None = None  # per output: does it have a sample axis?
     for start in range(0, n, batch):
         rows = np.arange(start, min(start + batch, n))
         take = np.resize(rows, batch) if fixed else rows
         outs = session.run(None, {k: arrays[k][take] for k in input_names})
-        parts.append([o[: len(rows)] if o.ndim and o.shape[0] == len(take) else o for o in outs])
+        per = [o.ndim > 0 and o.shape[0] == len(take) for o in outs]
+        batched = per if batched is None else [a and b for a, b in zip(batched, per)]
+        parts.append([o[: len(rows)] if b else o for o, b in zip(outs, per)])
     # an output without a sample axis (a scalar, a constant) is the same for every batch: keep one
-    return [np.concatenate([p[i] for p in parts]) if parts[0][i].ndim and len(parts) > 1
-            and all(p[i].ndim for p in parts) and parts[0][i].shape[0] != 0 and _batched(parts, i) else parts[0][i]
-            for i in range(len(parts[0]))]
-
-
-def _batched(parts, i) -> bool:
-    return all(p[i].shape[1:] == parts[0][i].shape[1:] for p in parts)
+    return [np.concatenate([p[i] for p in parts]) if batched[i] else parts[0][i] for i in range(len(parts[0]))]
 
 
 def session_batch(session: ort.InferenceSession) -> int | None:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .loading import initializer_map
+from .loading import WEIGHT_VIEWS, initializer_map
 
 FLOAT = onnx.TensorProto.FLOAT
 
@@ -135,15 +135,12 @@ def made_at_run_time(model: onnx.ModelProto) -> list[str]:
         if found is None:
             continue
         src = producer.get(found[0])
-        if found[0] in stored or (src is not None and src.op_type in PASS_THROUGH and src.input
+        if found[0] in stored or (src is not None and src.op_type in WEIGHT_VIEWS and src.input
                                   and src.input[0] in stored):
             return []
         if src is not None:  # a weight fed as a graph input is the caller's business, not "made"
             made.append(f"{node.name or node.op_type}: {src.op_type}")
     return made
-
-
-PASS_THROUGH = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Cast", "DequantizeLinear", "Flatten")
 
 
 def _names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:

@@ -132,6 +132,8 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
 
 
 def _only(quantizer, names):
+    """The quantizer restricted to `names`; a shallow copy, so codebooks it fits land in the
+    original's `books` too and the pipeline's final snap uses them."""
     if not quantizer or not names:
         return None
     q = copy.copy(quantizer)

@@ -66,6 +66,10 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
+# ops that show a stored weight in another layout or type (old PyTorch Linear: Transpose(W) → MatMul)
+WEIGHT_VIEWS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast")
+
+
 def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = False) -> PreparedModel:
     """`optimize`: ORT's basic graph optimizations too, before anything else sees the graph, so
     every later stage (training, quantization, storage) works on the nodes that are written."""
@@ -77,8 +81,7 @@ def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = Fals
     # a stored weight seen through a layout op (old PyTorch Linear: Transpose(W) → MatMul) is still
     # a stored weight once onnxsim folds it; anything else a node makes is computed at run time
     computed = {o for n in work.graph.node for o in n.output
-                if not (n.op_type in ("Transpose", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
-                        and n.input and n.input[0] in stored)}
+                if not (n.op_type in WEIGHT_VIEWS and n.input and n.input[0] in stored)}
     if simplify or optimize:
         work = _simplify(work, changes)
     if optimize:

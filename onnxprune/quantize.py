@@ -19,6 +19,7 @@ import onnx
 from .errors import OnnxPruneError
 from .layers import PrunableLayer
 from .loading import default_opset
+from .storage import stored_tensors, weight_slots
 
 TARGETS = ("ort", "trt")
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
@@ -114,22 +115,15 @@ def int8(model: onnx.ModelProto, calibration: dict[str, np.ndarray], input_names
         except Exception as e:
             raise OnnxPruneError(f"ONNX Runtime's quantizer failed: {str(e).strip().splitlines()[0][:300]}") from None
         out = onnx.load(str(dst))
-    if not quantized_layers(out, wanted):
+    if not quantized_layers(out, weight_slots(model, [layer for layer in layers if layer.name in wanted])):
         raise OnnxPruneError("--quantize int8 has nothing to quantize: ONNX Runtime's quantizer left every layer "
                              "in float")
     return out
 
 
-def quantized_layers(model: onnx.ModelProto, names: list[str]) -> list[str]:
-    """The nodes among `names` whose weight input is now DequantizeLinear of an integer tensor."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    done = []
-    for node in model.graph.node:
-        if node.name in names and len(node.input) > 1:
-            src = producer.get(node.input[1])
-            if src is not None and src.op_type == "DequantizeLinear":
-                done.append(node.name)
-    return done
+def quantized_layers(model: onnx.ModelProto, slots: dict[str, int]) -> list[str]:
+    """The layer nodes whose weight is now stored as integers under a DequantizeLinear."""
+    return [name for name, t in stored_tensors(model, slots).items() if t.data_type != onnx.TensorProto.FLOAT]
 
 
 class _quiet:

@@ -15,7 +15,6 @@ weight's name, so every consumer (Q/DQ, shared weights, subgraphs) reads it unch
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -28,10 +27,28 @@ FORMS = ("compact", "sparse", "dense")
 P = "onnxprune_store"
 
 
-@dataclass
-class Encoding:
-    form: str
-    nbytes: int
+def weight_slots(model: onnx.ModelProto, layers) -> dict[str, int]:
+    """Which input of each layer's node holds its weight: quantization and compact storage
+    rename or replace the weight, the node and the slot stay."""
+    nodes = {n.name: n for n in model.graph.node}
+    return {layer.name: list(nodes[layer.name].input).index(layer.weight) for layer in layers if layer.name in nodes}
+
+
+def stored_tensors(model: onnx.ModelProto, slots: dict[str, int]) -> dict[str, onnx.TensorProto]:
+    """The initializer that stores each layer's weight (by node name): the weight itself, or the
+    integer tensor under its DequantizeLinear."""
+    inits = initializer_map(model.graph)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = {}
+    for node in model.graph.node:
+        if node.name in slots and slots[node.name] < len(node.input):
+            name = node.input[slots[node.name]]
+            src = producer.get(name)
+            if src is not None and src.op_type == "DequantizeLinear":
+                name = src.input[0]
+            if name in inits:
+                out[node.name] = inits[name]
+    return out
 
 
 def encode(model: onnx.ModelProto, weights: list[str], storage: str) -> tuple[onnx.ModelProto, dict[str, str]]:
@@ -94,22 +111,18 @@ def _entries(flat: np.ndarray, max_gap: int) -> int:
     """Stored entries for relative indexing: the non-zeros plus a zero filler wherever a gap
     exceeds `max_gap`."""
     gaps = np.diff(np.concatenate([[-1], np.flatnonzero(flat)]))
-    return int(np.sum(np.maximum(1, -(-gaps // max_gap))))
+    return int(np.sum(-(-gaps // max_gap)))
 
 
 def _relative(flat: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
     """(gaps, positions) of every stored entry: the non-zeros, with fillers (zero values at
     positions that are zero anyway) keeping every gap within 1..max_gap."""
-    pos = []
-    last = -1
-    for p in np.flatnonzero(flat):
-        while p - last > max_gap:
-            last += max_gap
-            pos.append(last)
-        pos.append(p)
-        last = p
-    pos = np.asarray(pos, np.int64)
-    return np.diff(np.concatenate([[-1], pos])), pos
+    nz = np.flatnonzero(flat)
+    prev = np.concatenate([[-1], nz[:-1]])
+    per = -(-(nz - prev) // max_gap)  # entries each gap takes: fillers, then the non-zero
+    j = np.arange(per.sum()) - np.repeat(np.cumsum(per) - per, per) + 1  # 1..per within each gap
+    pos = np.where(j == np.repeat(per, per), np.repeat(nz, per), np.repeat(prev, per) + max_gap * j)
+    return np.diff(np.concatenate([[-1], pos])), pos.astype(np.int64)
 
 
 def _scatter(name: str, values: str, gaps: str, zero: np.ndarray, gap_nodes) -> list:

@@ -16,6 +16,16 @@ from onnxprune.cli import main
 LIGHT = sorted((ONNX_DATA / "light").glob("*.onnx"))
 
 
+def _save_graph(path, nodes, inits, x_width, outputs, opset=17, ir=8):
+    """A float model x[N, x_width] -> `outputs` ({name: shape}) saved to `path`."""
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", x_width])],
+                          [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in outputs.items()], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = ir
+    onnx.save(m, path)
+    return path
+
+
 def _cli(*args):
     r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
     return r.exit_code, r.stderr, r.exception
@@ -128,11 +138,7 @@ def test_weights_in_constant_nodes_and_shared_weights_are_handled(tmp_path):
              helper.make_node("MatMul", ["x", "w1c"], ["h"], name="fc1"),
              helper.make_node("MatMul", ["h", "w2"], ["h2"], name="fc2"),
              helper.make_node("MatMul", ["h2", "w2"], ["y"], name="fc3")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [w2])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, tmp_path / "m.onnx")
+    _save_graph(tmp_path / "m.onnx", nodes, [w2], 4, {"y": ["N", 8]})
     import onnxprune
 
     r = onnxprune.prune(tmp_path / "m.onnx", 0.5, method="magnitude", out=tmp_path / "o.onnx", latency=False,
@@ -252,14 +258,8 @@ def test_subgraph_weights_are_left_alone_and_multiple_outputs_distilled(tmp_path
              helper.make_node("If", ["cond"], ["w1_view"], name="branch",
                               then_branch=branch("then", "Identity"), else_branch=branch("else", "Neg")),
              helper.make_node("ReduceMean", ["w1_view"], ["w1_mean"], keepdims=0, name="mean")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6]),
-                           helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 8]),
-                           helper.make_tensor_value_info("w1_mean", TensorProto.FLOAT, [])],
-                          [w1, w2, numpy_helper.from_array(np.float32(0), "zero")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, tmp_path / "if.onnx")
+    _save_graph(tmp_path / "if.onnx", nodes, [w1, w2, numpy_helper.from_array(np.float32(0), "zero")], 4,
+                {"y": ["N", 6], "h": ["N", 8], "w1_mean": []})
     r = onnxprune.prune(tmp_path / "if.onnx", 0.5, out=tmp_path / "o.onnx", latency=False, storage="dense",
                         synth_samples=256, simplify=False,
                         schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1, reweight_every=5))
@@ -280,11 +280,7 @@ def test_old_pytorch_linear_transpose_matmul_is_pruned(tmp_path):
     w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32), "weight")
     nodes = [helper.make_node("Transpose", ["weight"], ["wt"], perm=[1, 0], name="t"),
              helper.make_node("MatMul", ["x", "wt"], ["y"], name="linear")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)])
-    m.ir_version = 6
-    onnx.save(m, tmp_path / "old.onnx")
+    _save_graph(tmp_path / "old.onnx", nodes, [w], 4, {"y": ["N", 3]}, opset=11, ir=6)
     r = onnxprune.prune(tmp_path / "old.onnx", 0.5, method="magnitude", latency=False, synth_samples=64,
                         scope="layer")
     assert [row["kept"] for row in r.report["layers"]] == [6]
