@@ -115,11 +115,6 @@ def _interface(model: onnx.ModelProto):
             [(v.name, v.type.tensor_type.elem_type) for v in model.graph.output])
 
 
-def nonzeros(model: onnx.ModelProto, names: list[str]) -> dict[str, int]:
-    inits = initializer_map(model.graph)
-    return {n: int(np.count_nonzero(numpy_helper.to_array(inits[n]))) for n in names}
-
-
 def matmul_to_gemm(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[onnx.ModelProto, list[str]]:
     """Rank-2 MatMul with a constant weight → Gemm(transB=1) with the weight stored [N, K]:
     TensorRT's sparse kernels take N:M sparsity along K from Conv and Gemm layers only.
