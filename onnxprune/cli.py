@@ -1,14 +1,15 @@
 """`onnxprune MODEL.onnx --rate 0.9`: the command line over onnxprune.prune()."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 from pathlib import Path
 
 import click
 
+from .config import STRUCTURES, Schedule
 from .errors import OnnxPruneError
-from .groups import NAMES as STRUCTURES
-from .schedule import Schedule
 
 _D = Schedule()
 
@@ -151,22 +152,25 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
       onnxprune models/lenet5.onnx --rate 0.97 --quantize int8 --qat --data models/mnist_train.npz
     """
     from .api import prune
+    from .config import PruneConfig
     from .report import write_json
 
     out = out if out is not None else model.with_name(model.stem + ".pruned.onnx")
-    say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    _log_to_stderr(quiet)
     try:
         if report_path is not None and not (report_path.parent if str(report_path.parent) else Path(".")).is_dir():
             raise OnnxPruneError(f"report folder {report_path.parent} does not exist")
-        sched = Schedule(epochs=epochs, finetune_epochs=finetune_epochs, lam=lam, eps=eps,
-                         reweight_every=reweight_every, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size)
-        result = prune(model, rate, data=data, eval_data=eval_data, out=out, output_name=output_name,
-                       method=method, mode=mode, finetune_baseline=finetune, scope=scope, layer_floor=layer_floor,
-                       structure=structure, block=block, nm=nm, channel_multiple=channel_multiple, rate_of=rate_of,
-                       shrink=not no_shrink, quantize=quantize, target=target, qat=qat, bits=bits,
-                       storage=storage, optimize=optimize, latency=not no_latency, exclude=exclude, schedule=sched, val_fraction=val_fraction,
-                       input_shapes=input_shape, synth_samples=synth_samples, seed=seed,
-                       simplify=not no_simplify, workdir=workdir, resume=resume, threads=threads, progress=not quiet, log=say)
+        config = PruneConfig.from_options(
+            rate=rate, out=out, output_name=output_name, method=method, mode=mode, finetune_baseline=finetune,
+            scope=scope, layer_floor=layer_floor, structure=structure, block=block, nm=nm,
+            channel_multiple=channel_multiple, rate_of=rate_of, shrink=not no_shrink, quantize=quantize,
+            target=target, qat=qat, bits=bits, storage=storage, optimize=optimize, latency=not no_latency,
+            exclude=exclude, epochs=epochs, finetune_epochs=finetune_epochs, lam=lam, eps=eps,
+            reweight_every=reweight_every, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size,
+            val_fraction=val_fraction, input_shapes=input_shape, synth_samples=synth_samples, seed=seed,
+            simplify=not no_simplify, workdir=workdir, resume=resume, threads=threads)
+        result = prune(model, data=data, eval_data=eval_data, config=config,
+                       progress=_no_bars if quiet else _progress_bars)
         if report_path is not None:
             write_json(result.report, report_path)
     except OnnxPruneError as e:
@@ -177,6 +181,51 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
         sys.exit(130)
     if not quiet:
         click.echo(result.summary())
+
+
+def _log_to_stderr(quiet: bool) -> None:
+    """The library's log lines (warnings; with -q errors only) as `warning: …` on stderr."""
+    logger = logging.getLogger("onnxprune")
+    for h in list(logger.handlers):
+        if getattr(h, "onnxprune_cli", False):
+            logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.onnxprune_cli = True
+    handler.setFormatter(logging.Formatter("%(levelname_lower)s: %(message)s"))
+    handler.addFilter(_lower_level)
+    logger.addHandler(handler)
+    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+    logger.propagate = False
+
+
+def _lower_level(record: logging.LogRecord) -> bool:
+    record.levelname_lower = record.levelname.lower()
+    return True
+
+
+class _Bar:
+    def __init__(self, bar):
+        self.bar = bar
+        self.loss = float("nan")
+
+    def update(self, n, loss):
+        self.loss = loss
+        self.bar.update(n)
+
+
+@contextlib.contextmanager
+def _progress_bars(total: int, label: str):
+    holder = {}
+    with click.progressbar(length=total, label=f"{label:<11}", file=sys.stderr, show_pos=True, width=28,
+                           item_show_func=lambda _: f"loss {holder['bar'].loss:.4f}" if "bar" in holder else "") as bar:
+        holder["bar"] = _Bar(bar)
+        yield holder["bar"]
+
+
+def _no_bars(total: int, label: str):
+    from .train import no_progress
+
+    return no_progress(total, label)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,10 @@ import time
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 
-from .channels import tensor_shapes
-from .loading import initializer_map
+from .data import feed
+from .plumbing import initializer_map, session, session_options, tensor_shapes
 
 
 def count_macs(model: onnx.ModelProto, feed: dict[str, np.ndarray], shapes: dict | None = None) -> tuple[int, float]:
@@ -76,14 +75,10 @@ def latencies(models: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray], r
     """Median milliseconds per run of each model on the same feed. Runs alternate between
     the models, so a noisy neighbour slows them alike; each model gets `runs` runs or its
     share of `budget_s`, whichever ends first, after warm-up."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    # idle threads of one session must not spin on the cores the next session's run needs
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        so.intra_op_num_threads = threads
-    sessions = {k: ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-                for k, m in models.items()}
+    # as a user's session runs it (no flushing of subnormals); idle threads do not spin on the
+    # cores the next session's run needs
+    so = session_options(threads, denormal_as_zero=False)
+    sessions = {k: session(m, f"the {k} model", so) for k, m in models.items()}
     for s in sessions.values():
         for _ in range(3):
             s.run(None, feed)
@@ -97,3 +92,23 @@ def latencies(models: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray], r
         if time.perf_counter() - start > budget_s and len(times[k]) >= 10:
             break
     return {k: 1000 * statistics.median(v) for k, v in times.items()}
+
+
+def measure(dense: onnx.ModelProto, pruned: onnx.ModelProto, final: onnx.ModelProto, one: dict[str, np.ndarray],
+            samples: dict[str, np.ndarray], names: list[str], fixed: int | None, dense_shapes: dict,
+            latency: bool = True, threads: int | None = None, int8: bool = False) -> dict:
+    """The costs stage: params and MACs of `dense` vs `pruned` (the float model), latency of
+    `dense` vs `final` (the one written; with `int8`, `pruned` is timed beside it). `one`: a batch
+    of `fixed or 1` samples, the one `dense_shapes` were measured on; `samples`: where latency
+    batches come from."""
+    macs_d, _ = count_macs(dense, one, dense_shapes)
+    macs_p, sparse_p = count_macs(pruned, one)
+    out = {"params": {"dense": param_count(dense), "compressed": param_count(pruned)},
+           "macs": {"dense": macs_d, "compressed": macs_p, "compressed_nonzero": sparse_p},
+           "latency_ms": {}}
+    if latency:
+        for b in sorted({fixed} if fixed else {1, 32}):
+            models = {"dense": dense, "pruned float": pruned, "compressed": final} if int8 else \
+                {"dense": dense, "compressed": final}
+            out["latency_ms"][f"batch {b}"] = latencies(models, feed(samples, names, b), threads=threads)
+    return out

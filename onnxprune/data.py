@@ -1,8 +1,10 @@
-"""Stage 4, data: the user's arrays (or synthesized ones), the held-out split, the dense
-model's outputs used as distillation targets, and the metrics both models are scored on.
+"""The data stage: the user's arrays (or synthesized ones), checked against the model's inputs,
+the held-out split, and the dense model's outputs on both (the distillation targets and the
+reference the pruned model is scored against).
 """
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import OnnxPruneError
+from .plumbing import first_line, warn
 
 LABELS = "labels"
 
@@ -164,25 +167,107 @@ def session_batch(session: ort.InferenceSession) -> int | None:
     return None
 
 
-def is_classifier(output: np.ndarray) -> bool:
-    """[N, C] float scores with C ≥ 2: compared by top-1 and distilled with KL on softmax."""
-    return output.ndim == 2 and output.shape[1] >= 2 and output.dtype.kind == "f"
+@dataclass
+class Dataset:
+    """Samples for training and evaluation, and what the dense model makes of them."""
+
+    train: dict[str, np.ndarray]
+    val: dict[str, np.ndarray]
+    split: str  # what `val` is, for the report
+    input_names: list[str]
+    output_names: list[str]
+    dense_train: dict[str, np.ndarray]  # output name -> the dense model's outputs on `train`
+    dense_val: dict[str, np.ndarray]
+    selected: list[str]  # the outputs training scores (the first one is the headline metric)
+    fixed_batch: int | None  # the batch size the model's inputs fix
+    probe: dict[str, np.ndarray]  # one batch (`fixed_batch or 1` samples) for shapes and costs
+
+    @property
+    def labels(self) -> bool:
+        return LABELS in self.train
+
+    @property
+    def val_labels(self) -> np.ndarray | None:
+        return self.val.get(LABELS)
+
+    def inputs(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: arrays[k] for k in self.input_names}
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+def prepare(dense: ort.InferenceSession, model: onnx.ModelProto, data, eval_data, cfg, rng: np.random.Generator,
+            warnings: list[str]) -> Dataset:
+    """The data stage. `data`/`eval_data`: an .npz path or a dict of arrays (or None); `cfg`: the
+    config's `Data` group; `dense`: a session of the dense model `model`."""
+    specs = input_specs(model)
+    names = [s.name for s in specs]
+    train, val, split_name = _datasets(data, eval_data, specs, dense, cfg, rng, warnings)
+    output_names = [o.name for o in dense.get_outputs()]
+    dense_train = dict(zip(output_names, run_model(dense, train, names)))
+    dense_val = dict(zip(output_names, run_model(dense, val, names)))
+    selected = _select_outputs(cfg.output_name, output_names, dense_train, LABELS in train, len(train[names[0]]))
+    fixed = session_batch(dense)
+    probe = feed(val if len(val[names[0]]) else train, names, fixed or 1)
+    return Dataset(train, val, split_name, names, output_names, dense_train, dense_val, selected, fixed, probe)
 
 
-def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(scores, axis=1) == labels))
+def feed(arrays: dict[str, np.ndarray], names: list[str], batch: int) -> dict[str, np.ndarray]:
+    """`batch` samples (repeated if there are fewer) of the model inputs."""
+    n = len(arrays[names[0]])
+    rows = np.resize(np.arange(n), batch)
+    return {k: arrays[k][rows] for k in names}
 
 
-def fidelity(pruned: np.ndarray, dense: np.ndarray) -> dict[str, float]:
-    """How closely the pruned model reproduces the dense one on the same inputs."""
-    rel = float(np.linalg.norm((pruned - dense).ravel()) / max(np.linalg.norm(dense.ravel()), 1e-12))
-    out = {"relative_error": rel}
-    if is_classifier(dense):
-        out["top1_agreement"] = float(np.mean(np.argmax(pruned, 1) == np.argmax(dense, 1)))
-    return out
+def _load(source, what: str) -> tuple[dict[str, np.ndarray], str]:
+    if isinstance(source, (str, os.PathLike)):
+        return load_npz(source), str(source)
+    return dict(source), what
+
+
+def _datasets(data, eval_data, specs, dense, cfg, rng, warnings):
+    shapes = parse_input_shapes(cfg.input_shapes)
+    unknown = sorted(set(shapes) - {s.name for s in specs})
+    if unknown:
+        raise OnnxPruneError(f"--input-shape names {', '.join(unknown)}, not model input(s) "
+                             f"{', '.join(s.name for s in specs)}")
+    if data is None:
+        arrays = synthesize(specs, cfg.synth_samples, shapes, rng)
+        warn(warnings, "no --data: training on synthesized inputs by distillation from the dense model; "
+                       "accuracy is only assured with real data")
+        source = "synthesized"
+    else:
+        arrays, source = _load(data, "data")
+    probe = {s.name: arrays[s.name][:2] for s in specs if s.name in arrays}
+    num_classes = None
+    if len(probe) == len(specs) and LABELS in arrays:
+        first = _probe_outputs(dense, probe, source)
+        num_classes = first.shape[1] if first.ndim >= 2 else None
+    n = check_arrays(arrays, specs, source, num_classes)
+    if eval_data is not None:
+        ev, ev_source = _load(eval_data, "eval data")
+        check_arrays(ev, specs, ev_source, num_classes)
+        if (LABELS in ev) != (LABELS in arrays):
+            raise OnnxPruneError("training data and eval data must both have labels, or both lack them")
+        return arrays, ev, Path(str(ev_source)).name  # batches are shuffled each epoch
+    train, val = split(arrays, n, cfg.val_fraction, rng)
+    if not len(next(iter(val.values()))):
+        return train, train, "training (no held-out split)"
+    return train, val, f"held-out {cfg.val_fraction:.0%}"
+
+
+def _probe_outputs(dense, probe, source) -> np.ndarray:
+    try:
+        return run_model(dense, probe, list(probe))[0]
+    except Exception as e:
+        raise OnnxPruneError(f"the model cannot run on {source}: {first_line(e, 200)}") from None
+
+
+def _select_outputs(output_name, names, dense_train, has_labels, n) -> list[str]:
+    if output_name is not None:
+        if output_name not in names:
+            raise OnnxPruneError(f"--output {output_name!r} is not a model output ({', '.join(names)})")
+        return [output_name]
+    floats = [k for k in names if dense_train[k].dtype.kind == "f" and dense_train[k].ndim
+              and dense_train[k].shape[0] == n]  # per-sample float outputs only
+    if not floats:
+        raise OnnxPruneError("the model has no float output to train against")
+    return floats[:1] if has_labels else floats

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 
 from .errors import OnnxPruneError
-from .loading import initializer_map
+from .plumbing import first_line, initializer_map, session
 
 TWO_GB = 2**31 - 1
 
@@ -101,9 +100,9 @@ def verify(out: Path, reference: onnx.ModelProto) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(str(out))
         written = onnx.load(str(out))
-        ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        session(str(out), f"the written model {out}")
     except Exception as e:
-        raise OnnxPruneError(f"the written model {out} failed its check: {str(e).splitlines()[0][:300]}") from None
+        raise OnnxPruneError(f"the written model {out} failed its check: {first_line(e)}") from None
     if _interface(written) != _interface(reference):
         raise OnnxPruneError(f"the written model {out} does not keep the input's inputs and outputs")
     return written
@@ -115,29 +114,7 @@ def _interface(model: onnx.ModelProto):
             [(v.name, v.type.tensor_type.elem_type) for v in model.graph.output])
 
 
-def matmul_to_gemm(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[onnx.ModelProto, list[str]]:
-    """Rank-2 MatMul with a constant weight → Gemm(transB=1) with the weight stored [N, K]:
-    TensorRT's sparse kernels take N:M sparsity along K from Conv and Gemm layers only.
-    Returns the model and the nodes rewritten."""
-    from .loading import default_opset
-
-    if default_opset(model) < 11:  # Gemm's bias is optional from opset 11
-        return model, []
-    m = copy.deepcopy(model)
-    inits = initializer_map(m.graph)
-    uses: dict[str, int] = {}
-    for node in m.graph.node:
-        for i in node.input:
-            uses[i] = uses.get(i, 0) + 1
-    done = []
-    for node in m.graph.node:
-        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
-            continue
-        x, w = node.input
-        if w not in inits or x in inits or len(shapes.get(x, ())) != 2 or len(inits[w].dims) != 2 or uses[w] > 1:
-            continue
-        inits[w].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(inits[w]).T), w))
-        node.op_type = "Gemm"
-        node.attribute.append(onnx.helper.make_attribute("transB", 1))
-        done.append(node.name or node.output[0])
-    return m, done
+def write(model: onnx.ModelProto, out: Path, reference: onnx.ModelProto) -> onnx.ModelProto:
+    """The write stage: save atomically, then reload and check what was written."""
+    save_atomic(model, Path(out))
+    return verify(Path(out), reference)

@@ -10,9 +10,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .loading import WEIGHT_VIEWS, initializer_map
+from .plumbing import initializer_map, names_used_in_subgraphs
 
 FLOAT = onnx.TensorProto.FLOAT
+# ops that show a stored weight in another layout or type (old PyTorch Linear: Transpose(W) → MatMul)
+WEIGHT_VIEWS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast")
 
 # Inputs of these ops that are learnable parameters when they are float initializers.
 # Everything else (Clip bounds, Resize scales, Pad values, BN running stats…) stays constant.
@@ -49,7 +51,7 @@ def find_prunable(model: onnx.ModelProto, exclude: tuple[str, ...] = (),
     """`computed`: names the input graph computed at run time (`PreparedModel.computed`)."""
     graph = model.graph
     inits = initializer_map(graph)
-    in_subgraphs = _names_used_in_subgraphs(graph)
+    in_subgraphs = names_used_in_subgraphs(graph)
     layers: list[PrunableLayer] = []
     skipped: list[Skipped] = []
     seen: dict[str, str] = {}
@@ -93,7 +95,7 @@ def trainable_parameters(model: onnx.ModelProto, layers: list[PrunableLayer]) ->
                 t = inits[node.input[i]]
                 if t.data_type == FLOAT and int(np.prod(t.dims)) > 1:
                     names.add(t.name)
-    names -= _names_used_in_subgraphs(model.graph)  # ORT cannot train what an If/Loop body reads
+    names -= names_used_in_subgraphs(model.graph)  # ORT cannot train what an If/Loop body reads
     # keep the graph's own order, so artifacts and checkpoints are deterministic
     return [t.name for t in model.graph.initializer if t.name in names]
 
@@ -141,14 +143,3 @@ def made_at_run_time(model: onnx.ModelProto) -> list[str]:
         if src is not None:  # a weight fed as a graph input is the caller's business, not "made"
             made.append(f"{node.name or node.op_type}: {src.op_type}")
     return made
-
-
-def _names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
-    used: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                for n in sub.node:
-                    used.update(n.input)
-                used |= _names_used_in_subgraphs(sub)
-    return used

@@ -8,20 +8,20 @@ gradient through the rest of the graph are needed, and memory holds one layer's 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper
 
-from . import data as D
-from .errors import OnnxPruneError
+from .data import run_model
 from .export import with_weights
 from .layers import PrunableLayer
-from .loading import initializer_map
+from .losses import MeanSquaredError
+from .plumbing import initializer_map, session, with_outputs
 from .schedule import Phase, current_weights, reweighted
-from .training import LossTerm, Trainer, build_training_graph, coef_name, correction_name, mask_name, session_options
+from .training import Trainer, build_training_graph, coef_name, correction_name, mask_name
 
 CALIBRATION_SAMPLES = 8192
 # one layer's reconstruction is a small, well-conditioned problem: both of its phases train at 10x
@@ -37,15 +37,8 @@ FOLLOWERS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "HardSigmoid
 def capture(model: onnx.ModelProto, names: list[str], arrays: dict[str, np.ndarray],
             input_names: list[str]) -> list[np.ndarray]:
     """The values of tensors `names` of `model` on `arrays` (graph outputs added for them)."""
-    m = copy.deepcopy(model)
-    del m.graph.output[:]
-    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    try:
-        session = ort.InferenceSession(m.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise OnnxPruneError(f"ONNX Runtime cannot run the model to capture {names[0]}: "
-                             f"{str(e).strip().splitlines()[0][:200]}") from None
-    return D.run_model(session, arrays, input_names)
+    sess = session(with_outputs(model, names, only=True), f"the model to capture {names[0]}")
+    return run_model(sess, arrays, input_names)
 
 
 def layer_model(model: onnx.ModelProto, node: onnx.NodeProto, x: np.ndarray,
@@ -79,9 +72,10 @@ def layer_model(model: onnx.ModelProto, node: onnx.NodeProto, x: np.ndarray,
 
 
 def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of, arrays: dict[str, np.ndarray],
-        input_names: list[str], sched, rng, progress, workdir: Path, threads, quantizer=None):
+        input_names: list[str], sched, rng, progress, workdir: Path, threads, shapes, quantizer=None):
     """Prune `layers` of `model` one by one. `plan_of(layer)`: its GroupPlan; `select_of(plan)`:
-    its hard-pruning rule. Returns (masks, new weights by name, phases)."""
+    its hard-pruning rule; `shapes`: the model's tensor shapes. Returns (masks, new weights by
+    name, phases)."""
     n = len(arrays[input_names[0]])
     rows = np.sort(rng.permutation(n)[:CALIBRATION_SAMPLES])
     calib = {k: arrays[k][rows] for k in input_names}
@@ -101,9 +95,8 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
         plan = plan_of(layer)
         target = "onnxprune_layer_target"
         corrected = {layer.weight} if quantizer and layer.weight in quantizer.names else set()
-        graph = build_training_graph(
-            small, plan.tensors, set(plan.penalized), [LossTerm("mse", out, out, target)],
-            [helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, ["N", *y.shape[1:]])], corrected)
+        graph = build_training_graph(small, plan.tensors, set(plan.penalized),
+                                     [MeanSquaredError(out, out, target, y.shape[1:])], shapes, corrected)
         trainable = [t.name for t in small.graph.initializer if t.name in node.input
                      and t.data_type == onnx.TensorProto.FLOAT]  # the layer's weight and bias only
         frozen = ([mask_name(w) for w in plan.tensors] + [coef_name(w) for w in plan.penalized]
@@ -112,8 +105,8 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
         # λ in units of the output's mean square, so one setting suits every layer's scale
         scale = float(np.mean(y.astype(np.float64) ** 2)) or 1.0
         layer_arrays = {data: x, target: y}
-        layer_sched = type(sched)(**{**sched.__dict__, "lam": sched.lam * scale, "lr": sched.lr * LR_SCALE,
-                                     "finetune_lr": sched.lr * LR_SCALE})
+        layer_sched = dataclasses.replace(sched, lam=sched.lam * scale, lr=sched.lr * LR_SCALE,
+                                          finetune_lr=sched.lr * LR_SCALE)
         sub_quantizer = _only(quantizer, corrected)
         m, ph = reweighted(trainer, layer_arrays, plan, select_of(plan), layer_sched, rng, _labelled(progress, layer.name),
                            sub_quantizer)

@@ -1,5 +1,5 @@
-"""Stage 1, load and prepare: read the user's file, check it, simplify it, and make
-a copy that ONNX Runtime 1.19 can train.
+"""The load stage: read the user's file, check it, simplify it, make a copy that ONNX Runtime
+1.19 can train, and find the prunable layers (layers.py).
 
 Two graphs come out. `export_base` is the user's graph after simplification, at the
 user's own opset: the trained weights are written back into it. `train_base` is the
@@ -18,6 +18,9 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from .errors import OnnxPruneError
+from .layers import WEIGHT_VIEWS, PrunableLayer, Skipped, find_prunable, made_at_run_time
+from .plumbing import default_opset, first_line, initializer_map, session
+from .quantize import check_not_quantized
 
 MIN_TRAIN_OPSET = 13  # SoftmaxCrossEntropyLoss needs 12; 13 gives ReduceSum's axes input
 MAX_TRAIN_OPSET = 21  # the newest opset ORT 1.19 implements
@@ -33,6 +36,64 @@ class PreparedModel:
     # tensors the input graph computes when it runs (ConstantOfShape, Transpose of a weight…):
     # folded into constants by onnxsim, they are not trained weights anyone stored
     computed: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Loaded:
+    source: Path | None  # the file read, if a path was given
+    original: onnx.ModelProto  # as the user gave it
+    prepared: PreparedModel
+    base: onnx.ModelProto  # the graph the trained weights are written back into (it runs in ORT)
+    dense: object  # an ORT session of `base`
+    layers: list[PrunableLayer]
+    skipped: list[Skipped]
+
+
+def load(model, exclude: tuple[str, ...] = (), simplify: bool = True, optimize: bool = False) -> Loaded:
+    """The load stage. `model`: a path or an onnx.ModelProto."""
+    source = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    original = read_model(source) if source else checked_proto(model)
+    check_not_quantized(original)
+    made = made_at_run_time(original)
+    if made:
+        raise OnnxPruneError(f"no prunable weights in the model: every layer weight is computed when it runs, "
+                             f"not stored ({'; '.join(made[:3])}{' …' if len(made) > 3 else ''})")
+    prepared = prepare(original, simplify=simplify, optimize=optimize)
+    layers, skipped = find_prunable(prepared.export_base, tuple(exclude), prepared.computed)
+    if not layers:
+        why = ("; ".join(sorted({s.reason for s in skipped}))
+               or "no Conv, ConvTranspose, Gemm or MatMul with a constant weight")
+        raise OnnxPruneError(f"no prunable weights in the model ({why})")
+    dense, base = _runnable(prepared)
+    return Loaded(source, original, prepared, base, dense, layers, skipped)
+
+
+def checked_proto(model) -> onnx.ModelProto:
+    if not isinstance(model, onnx.ModelProto):
+        raise OnnxPruneError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as e:
+        raise OnnxPruneError(f"not a valid ONNX model: {first_line(e)}") from None
+    return model
+
+
+def _runnable(prepared: PreparedModel):
+    """The dense session, and the graph to write back into: the user's opset where ORT runs it,
+    otherwise the opset training converted it to."""
+    try:
+        return session(prepared.export_base), prepared.export_base
+    except OnnxPruneError as first:
+        if default_opset(prepared.train_base) == default_opset(prepared.export_base):
+            raise
+        try:
+            dense = session(prepared.train_base)
+        except OnnxPruneError:
+            raise first from None
+        prepared.changes.append(f"ONNX Runtime 1.19 cannot run the graph at opset "
+                                f"{default_opset(prepared.export_base)}; the output uses opset "
+                                f"{default_opset(prepared.train_base)}")
+        return dense, prepared.train_base
 
 
 def read_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -51,23 +112,19 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         model = onnx.load_model_from_string(raw)
     except (DecodeError, RuntimeWarning, ValueError) as e:
-        raise OnnxPruneError(f"{path} is not an ONNX model (corrupt or truncated protobuf: {_first_line(e)})") from None
+        raise OnnxPruneError(f"{path} is not an ONNX model (corrupt or truncated protobuf: {first_line(e)})") from None
     if not model.graph.node or not model.opset_import:
         raise OnnxPruneError(f"{path} is not an ONNX model (no graph nodes or no opset after parsing)")
     _check_external_paths(model, path)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as e:
-        raise OnnxPruneError(f"cannot load the external data of {path}: {_first_line(e)}") from None
+        raise OnnxPruneError(f"cannot load the external data of {path}: {first_line(e)}") from None
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as e:
-        raise OnnxPruneError(f"{path} is not a valid ONNX model: {_first_line(e)}") from None
+        raise OnnxPruneError(f"{path} is not a valid ONNX model: {first_line(e)}") from None
     return model
-
-
-# ops that show a stored weight in another layout or type (old PyTorch Linear: Transpose(W) → MatMul)
-WEIGHT_VIEWS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast")
 
 
 def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = False) -> PreparedModel:
@@ -112,17 +169,6 @@ def _check_external_paths(model: onnx.ModelProto, path: Path) -> None:
         if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
             raise OnnxPruneError(f"{path}: external data of tensor {tensor.name!r} points outside the model's "
                                  f"folder ({location!r}); refused")
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return imp.version
-    return 1
-
-
-def initializer_map(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    return {t.name: t for t in graph.initializer}
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:
@@ -192,7 +238,7 @@ def _simplify(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as e:  # onnxsim raises many kinds; the model is still usable unsimplified
-        changes.append(f"onnxsim could not simplify the graph ({_first_line(e)}); kept as it was")
+        changes.append(f"onnxsim could not simplify the graph ({first_line(e)}); kept as it was")
         return model
     if not ok:
         changes.append("onnxsim's check of the simplified graph failed; kept the graph as it was")
@@ -243,7 +289,7 @@ def _trainable_opset(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelPr
     except Exception as e:
         raise OnnxPruneError(
             f"opset {opset} cannot be trained by ONNX Runtime 1.19 and onnx's version converter "
-            f"could not convert it to {target}: {_first_line(e)}") from None
+            f"could not convert it to {target}: {first_line(e)}") from None
     converted.ir_version = min(max(converted.ir_version, 7), MAX_IR_VERSION)
     changes.append(f"trained at opset {target} (the output keeps opset {opset})")
     return converted
@@ -254,8 +300,3 @@ def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]

@@ -1,30 +1,34 @@
 """Hard pruning to the requested rate: keep the highest-norm groups, per layer
 (`scope='layer'`) or across all layers (`scope='global'`) with a per-layer floor so
 that no layer is wiped out. Rates count prunable weights, so a group weighs as much as
-it holds. Per-layer structures hit the rate exactly; coupled channel groups hit it to
-within one group; N:M has its rate built in (1 − N/M).
+it holds. Three rules, each a structure's `select` (structures.py): `ranked` for groups
+inside one layer (exact rate), `coupled` for channel groups that span layers (to within
+half a chunk), `n_of_m` for N:M (its rate is built in: 1 − N/M).
 """
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import OnnxPruneError
 from .groups import GroupPlan
 
+if TYPE_CHECKING:
+    from .channels import ChannelPlan
+    from .structures import NMPlan
 
-def hard_prune(weights: dict[str, np.ndarray], plan: GroupPlan, rate: float, scope: str = "global",
-               floor: float = 0.1, align: int = 1) -> dict[str, np.ndarray]:
-    """Masks (1 kept, 0 pruned) for every tensor of the plan. `align`: channel groups are
-    kept in multiples of it."""
-    if scope not in ("global", "layer"):
-        raise OnnxPruneError(f"scope must be 'global' or 'layer', not {scope!r}")
-    if plan.nm is not None:
-        return _nm_masks(weights, plan)
-    scores = plan.sq_norms(weights) / np.maximum(plan.sizes(), 1)  # mean square: fair across group sizes
-    if plan.removes is not None:
-        return plan.masks(_coupled(plan, scores, rate, scope, floor, align))
+
+def mean_square(weights: dict[str, np.ndarray], plan: GroupPlan) -> np.ndarray:
+    """Each group's score: its mean square, fair across group sizes."""
+    return plan.sq_norms(weights) / np.maximum(plan.sizes(), 1)
+
+
+def ranked(weights: dict[str, np.ndarray], plan: GroupPlan, rate: float, scope: str = "global",
+           floor: float = 0.1) -> dict[str, np.ndarray]:
+    """Masks (1 kept, 0 pruned) that keep the best-scoring groups, exactly at `rate`."""
+    scores = mean_square(weights, plan)
     sizes = plan.sizes(plan.counted)  # counted weights per group
     forced = plan.forced if plan.forced is not None else np.zeros(plan.count, bool)
     keep = np.zeros(plan.count, bool)
@@ -68,13 +72,15 @@ def _take(scores: np.ndarray, sizes: np.ndarray, budget: int, keep: np.ndarray, 
     return int(sizes[chosen].sum())
 
 
-def _coupled(plan: GroupPlan, scores: np.ndarray, rate: float, scope: str, floor: float, align: int) -> np.ndarray:
-    """Prune channel groups weakest first, counting exactly what each removes (groups
+def coupled(weights: dict[str, np.ndarray], plan: ChannelPlan, rate: float, scope: str = "global",
+            floor: float = 0.1, align: int = 1) -> dict[str, np.ndarray]:
+    """Masks for channel groups: prune channel groups weakest first, counting exactly what each removes (groups
     overlap: a consumer's column can belong to one channel and its row to another).
     Channels go in chunks, so that every channel space keeps a multiple of `align`
     channels (CPU kernels are fastest on multiples of 8 or 16) and at least one chunk.
     The rate is met to within half a chunk: the chunk that crosses it is taken if that
     lands closer."""
+    scores = mean_square(weights, plan)
     counted = {n: np.ones(int(np.prod(plan.tensors[n])), bool) for n in plan.counted}
     cost = {n: plan.cost.get(n, 1.0) for n in counted}  # weights, or MACs per sample
     total = sum(len(c) * cost[n] for n, c in counted.items())
@@ -106,10 +112,10 @@ def _coupled(plan: GroupPlan, scores: np.ndarray, rate: float, scope: str, floor
         pruned[groups] = True
         if over:
             break
-    return pruned
+    return plan.masks(pruned)
 
 
-def _nm_masks(weights: dict[str, np.ndarray], plan: GroupPlan) -> dict[str, np.ndarray]:
+def n_of_m(weights: dict[str, np.ndarray], plan: NMPlan) -> dict[str, np.ndarray]:
     """Keep the N largest magnitudes of every block of M."""
     n, _ = plan.nm
     masks = {}

@@ -18,10 +18,9 @@ import onnx
 
 from .errors import OnnxPruneError
 from .layers import PrunableLayer
-from .loading import default_opset
+from .plumbing import default_opset, first_line
 from .storage import stored_tensors, weight_slots
 
-TARGETS = ("ort", "trt")
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
                  "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul", "MatMulNBits",
                  "DynamicQuantizeMatMul", "QAttention"}
@@ -88,14 +87,16 @@ def int8(model: onnx.ModelProto, calibration: dict[str, np.ndarray], input_names
     quantized as layers; ORT adds what its format needs around them."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if target not in TARGETS:
-        raise OnnxPruneError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
     wanted = [layer.name for layer in layers if layer.name not in keep_float]
     if not wanted:
         raise OnnxPruneError("--quantize int8 has nothing to quantize: " + (
             "; ".join(f"{k}: {v}" for k, v in keep_float.items()) or "no Conv, Gemm or MatMul layer"))
     if default_opset(model) < 13:  # per-channel Q/DQ needs the axis attribute of opset 13
-        model = onnx.version_converter.convert_version(model, 13)
+        try:
+            model = onnx.version_converter.convert_version(model, 13)
+        except Exception as e:
+            raise OnnxPruneError(f"--quantize int8 needs opset 13, and onnx's version converter could not "
+                                 f"convert the model from opset {default_opset(model)}: {first_line(e)}") from None
     trt = target == "trt"
     options = {"ActivationSymmetric": trt, "WeightSymmetric": True,
                # TensorRT takes float biases; ORT's CPU kernels want int32 ones
@@ -113,7 +114,7 @@ def int8(model: onnx.ModelProto, calibration: dict[str, np.ndarray], input_names
                 activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax, extra_options=options)
         except Exception as e:
-            raise OnnxPruneError(f"ONNX Runtime's quantizer failed: {str(e).strip().splitlines()[0][:300]}") from None
+            raise OnnxPruneError(f"ONNX Runtime's quantizer failed: {first_line(e)}") from None
         out = onnx.load(str(dst))
     if not quantized_layers(out, weight_slots(model, [layer for layer in layers if layer.name in wanted])):
         raise OnnxPruneError("--quantize int8 has nothing to quantize: ONNX Runtime's quantizer left every layer "
@@ -126,15 +127,25 @@ def quantized_layers(model: onnx.ModelProto, slots: dict[str, int]) -> list[str]
     return [name for name, t in stored_tensors(model, slots).items() if t.data_type != onnx.TensorProto.FLOAT]
 
 
-class _quiet:
-    """ORT's quantizer logs advice through the root logger at WARNING; keep the CLI's output clean."""
+class _quiet(logging.Filter):
+    """ORT's quantizer logs advice at WARNING, partly through its own loggers and partly through
+    module-level `logging.warning` calls on the root logger. For the duration of the call, its own
+    loggers are raised to ERROR and the root logger drops below-ERROR records from ORT's files;
+    the root logger's level, and everyone else's records, stay as they are."""
+
+    own = logging.getLogger("onnxruntime")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
 
     def __enter__(self):
-        self.level = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)
+        self.level = self.own.level
+        self.own.setLevel(logging.ERROR)
+        logging.getLogger().addFilter(self)
 
     def __exit__(self, *exc):
-        logging.getLogger().setLevel(self.level)
+        logging.getLogger().removeFilter(self)
+        self.own.setLevel(self.level)
 
 
 class FakeInt8:

@@ -1,13 +1,63 @@
-"""Stage 9, report: the per-layer table and totals printed at the end, and the same
-facts as JSON for pipelines (`--report out.json`).
+"""The report stage: every fact of a run in one dict (`--report out.json`), and the per-layer
+table and summary lines the CLI prints from it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
+import numpy as np
+import onnx
+
+from .compress import storage_report
 from .export import atomic_path
+from .plumbing import warn
+
+
+def build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, costs: dict, scores: dict,
+          warnings: list[str], seconds: float) -> dict:
+    """The report of a run from each stage's result. `scores`: the metric of the pruned float
+    model ('float') and of the model written ('final'); `written`: the reloaded output or None."""
+    p, c, out = cfg.pruning, cfg.compression, cfg.output
+    slower = [b for b, t in costs["latency_ms"].items() if c.int8 and t["compressed"] > t["pruned float"]]
+    if slower:
+        warn(warnings, f"the int8 model ran slower than the pruned float one here ({', '.join(slower)}): ORT's int8 "
+                       "kernels beat float on CPUs with VNNI (AVX512-VNNI, AVX-VNNI) or ARM dot-product "
+                       "instructions; on others int8 mainly saves storage")
+    groups, masks, layers = plan.groups, trained.masks, loaded.layers
+    rows = layer_rows(layers, compressed.kept)
+    all_params = sum(int(np.prod(t.dims)) for t in loaded.base.graph.initializer
+                     if t.data_type == onnx.TensorProto.FLOAT)
+    masked = 1 - sum(float(masks[w].sum()) for w in groups.counted) / sum(masks[w].size for w in groups.counted)
+    final = written if written is not None else compressed.model
+    quantizer = plan.quantizer
+    return {
+        "input": str(loaded.source) if loaded.source else None,
+        "output": str(out.out) if out.out is not None else None,
+        "method": p.label, "structure": p.structure, "structure_detail": plan.structure.describe(),
+        "rate": p.rate, "rate_of": p.rate_of, "masked_sparsity": masked, "scope": p.scope, "seed": cfg.data.seed,
+        "rewrites": rewritten.done, "left_alone": groups.notes, "costs": costs,
+        "compression": {"quantize": c.quantize, "target": c.target if c.int8 else None,
+                        "qat": c.qat if c.int8 else None, "bits": c.bits if c.cluster else None,
+                        "quantized_layers": compressed.quantized if c.int8 else
+                        [layer.name for layer in layers if quantizer and layer.weight in quantizer.names],
+                        "kept_float": plan.keep_float, "float_metric": scores["float"] if c.quantize else None,
+                        "optimize": [x for x in loaded.prepared.changes if x.startswith("ORT basic")]},
+        "storage": storage_report(final, layers, compressed.slots, compressed.stored, compressed.forms, c.storage),
+        "layers": rows, "totals": totals(rows, all_params),
+        "skipped": [s.__dict__ for s in loaded.skipped], "metric": scores["final"],
+        "mode": p.mode, "loss": trained.loss,
+        "file_size": {"input": loaded.source.stat().st_size if loaded.source else loaded.original.ByteSize(),
+                      "output": Path(out.out).stat().st_size if out.out is not None else compressed.model.ByteSize()},
+        "phases": [{"name": ph.name, "epochs": ph.epochs, "steps": ph.steps, "seconds": ph.seconds,
+                    "final_task_loss": ph.final_task_loss} for ph in trained.phases],
+        "schedule": dataclasses.asdict(trained.schedule), "preparation": loaded.prepared.changes,
+        "warnings": warnings,
+        "workdir": str(out.workdir) if out.workdir is not None and p.trains else None,
+        "wall_time_s": seconds,
+    }
 
 
 def layer_rows(layers, kept: dict[str, int]) -> list[dict]:

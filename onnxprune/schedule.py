@@ -9,20 +9,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .config import Schedule
 from .groups import GroupPlan
+from .plumbing import log
 from .training import Trainer, coef_name, correction_name, mask_name
 
-
-@dataclass
-class Schedule:
-    epochs: int = 10  # reweighted phase (or the extra fine-tuning budget of magnitude+finetune)
-    finetune_epochs: int = 10
-    lam: float = 1.0  # penalty weight; the penalty ≈ lam × the fraction of groups still large
-    eps: float = 0.01  # ε relative to a layer's mean squared group norm at the start
-    reweight_every: int = 50  # steps between refreshes of P = 1/(‖W_g‖² + ε)
-    lr: float = 1e-3
-    finetune_lr: float = 5e-4
-    batch_size: int = 64
+__all__ = ["Schedule", "Phase", "run_phase", "reweighted", "finetune", "current_weights"]
 
 
 @dataclass
@@ -77,6 +69,8 @@ def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr:
                 if after_step:
                     after_step(phase.steps)
                 bar.update(1, task)
+            log.info("%s: epoch %d/%d, step %d/%d, task loss %.4g, penalty %.4g", phase.name, epoch + 1,
+                     phase.epochs, phase.steps, total, task, penalty)
             if ckpt:
                 ckpt.save(trainer, phase.name, epoch + 1, rng)
     phase.seconds = time.perf_counter() - start

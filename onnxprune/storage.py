@@ -21,7 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
-from .loading import default_opset, initializer_map
+from .plumbing import default_opset, initializer_map, session
 
 FORMS = ("compact", "sparse", "dense")
 P = "onnxprune_store"
@@ -270,14 +270,12 @@ def decoded_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         out[s.values.name] = dense.reshape(tuple(s.dims))
     decode = [n for n in model.graph.node if n.name.startswith(f"{P}/")]
     if decode:
-        import onnxruntime as ort
-
         read = {i for n in decode for i in n.input}
         names = [o for n in decode for o in n.output if o not in read]
         g = helper.make_graph(decode, "decode", [], [onnx.ValueInfoProto(name=n) for n in names],
                               list(model.graph.initializer))
         m = helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
-        values = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(names, {})
+        values = session(m, "the weight decoding nodes").run(names, {})
         out.update(zip(names, values))
         for n in decode:
             for i in n.input:

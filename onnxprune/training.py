@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
+from .losses import PREFIX, LossTerm
+from .plumbing import first_line, session_options
 
-PREFIX = "onnxprune"
 LOSS, TASK_LOSS, PENALTY = f"{PREFIX}_loss", f"{PREFIX}_task_loss", f"{PREFIX}_penalty"
-CLASS_AXIS = f"{PREFIX}_class_axis"  # ReduceSum's axes input (opset ≥ 13, which training uses)
 
 
 def mask_name(weight: str) -> str:
@@ -35,48 +33,37 @@ def correction_name(weight: str) -> str:
     return f"{weight}__{PREFIX}_qcorr"
 
 
-@dataclass
-class LossTerm:
-    """One task-loss term. kind: 'ce' (labels), 'kl' (teacher probabilities), 'mse' (teacher outputs)."""
-    kind: str
-    output: str  # the model output this term scores
-    tensor: str  # what the loss reads: the output, or the logits under a final (Log)Softmax
-    target: str  # the training input that feeds labels or teacher values
+class Builder:
+    """What a loss block adds nodes and constants through."""
 
-    def describe(self) -> str:
-        what = {"ce": "cross-entropy on labels", "kl": "KL divergence to the dense model's softmax",
-                "mse": "mean squared error to the dense model's output"}[self.kind]
-        return f"{what} ({self.output})"
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph, self.nodes = graph, []
 
+    def node(self, op, inputs, outputs, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=f"{PREFIX}/{outputs[0]}", **attrs))
+        return outputs[0]
 
-def logits_of(model: onnx.ModelProto, output: str) -> str:
-    """A classifier that ends in Softmax/LogSoftmax over the last axis is trained on the
-    logits under it: softmax-cross-entropy on probabilities would be wrong."""
-    for node in model.graph.node:
-        if output in node.output and node.op_type in ("Softmax", "LogSoftmax"):
-            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-            if axis in (-1, 1):
-                return node.input[0]
-    return output
+    def const(self, name: str, value: np.ndarray) -> str:
+        if not any(t.name == name for t in self.graph.initializer):
+            self.graph.initializer.append(numpy_helper.from_array(value, name))
+        return name
 
 
 def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ...]], penalized: set[str],
-                         terms: list[LossTerm], target_infos: list[onnx.ValueInfoProto],
+                         terms: list[LossTerm], shapes: dict[str, tuple[int, ...]],
                          corrected: set[str] = frozenset()) -> onnx.ModelProto:
     """`tensors`: every masked tensor (prunable weights, and the biases and norms that
-    channel groups take with them); `penalized`: those the group penalty covers; `corrected`:
+    channel groups take with them); `penalized`: those the group penalty covers; `shapes`: real
+    tensor shapes (ORT's, on a probe batch); `corrected`:
     those trained against a quantizer. Their forward value is W·M + C, with C = Q(W·M) − W·M a
     frozen tensor refreshed after every step: the forward pass sees the quantized weight and
     the gradient reaches W unchanged (a straight-through estimator; ORT has no stop-gradient)."""
     model = copy.deepcopy(base)
     graph = model.graph
-    _batchnorm_as_affine(model)
+    _batchnorm_as_affine(model, shapes)
     weights = set(tensors)
-    new_nodes: list[onnx.NodeProto] = []
-
-    def node(op, inputs, outputs, **attrs):
-        new_nodes.append(helper.make_node(op, inputs, outputs, name=f"{PREFIX}/{outputs[0]}", **attrs))
-        return outputs[0]
+    b = Builder(graph)
+    node = b.node
 
     # forward pass reads W·M instead of W
     for n in graph.node:
@@ -113,22 +100,20 @@ def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ..
         graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), penalty))
     task = None
     for i, t in enumerate(terms):
-        value = _loss_term(t, node, i)
+        value = t.build(b, i)
         task = value if task is None else node("Add", [task, value], [f"{PREFIX}_task_acc{i}"])
     node("Identity", [task], [TASK_LOSS])
     node("Identity", [penalty], [PENALTY])
     node("Add", [TASK_LOSS, PENALTY], [LOSS])
-    graph.node.extend(new_nodes)
-    if any(t.kind == "kl" for t in terms):
-        graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), CLASS_AXIS))
-    graph.input.extend(target_infos)
+    graph.node.extend(b.nodes)
+    graph.input.extend(t.target_info() for t in terms)
     del graph.output[:]
     for name in (LOSS, TASK_LOSS, PENALTY):  # the first output is the loss ORT differentiates
         graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, []))
     return model
 
 
-def _batchnorm_as_affine(model: onnx.ModelProto) -> None:
+def _batchnorm_as_affine(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
     """BatchNormalization that onnxsim could not fold becomes x·a + b with a = scale/√(var+ε) and
     b = bias − mean·a, the op's inference semantics in plain ops. Otherwise ORT trains it in
     training mode, on each batch's statistics, while the written model uses the running ones,
@@ -140,21 +125,15 @@ def _batchnorm_as_affine(model: onnx.ModelProto) -> None:
            and all(i in inits for i in n.input[1:5])]
     if not bns:
         return
-    ranks = {}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        for v in list(inferred.graph.value_info) + list(inferred.graph.input):
-            if v.type.tensor_type.HasField("shape"):
-                ranks[v.name] = len(v.type.tensor_type.shape.dim)
-    except Exception:  # no shapes: assume images (NCHW)
-        pass
     replaced = {}
     for n in bns:
         x, scale, bias, mean, var = n.input[:5]
+        if x not in shapes:
+            raise OnnxPruneError(f"BatchNormalization {n.name}: the shape of its input {x} is unknown")
         eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
         p = f"{PREFIX}_bn/{n.name or n.output[0]}"
         inv = 1.0 / np.sqrt(numpy_helper.to_array(inits[var]).astype(np.float64) + eps)
-        shape = [-1] + [1] * (ranks.get(x, 4) - 2)
+        shape = [-1] + [1] * (len(shapes[x]) - 2)
         graph.initializer.extend([numpy_helper.from_array(inv.astype(np.float32), f"{p}/inv"),
                                   numpy_helper.from_array(np.array(shape, np.int64), f"{p}/shape")])
         replaced[id(n)] = [
@@ -168,35 +147,6 @@ def _batchnorm_as_affine(model: onnx.ModelProto) -> None:
     body = [m for n in graph.node for m in replaced.get(id(n), [n])]
     del graph.node[:]
     graph.node.extend(body)
-
-
-def _loss_term(t: LossTerm, node, i: int) -> str:
-    if t.kind == "ce":
-        loss = node("SoftmaxCrossEntropyLoss", [t.tensor, t.target],
-                    [f"{PREFIX}_ce{i}", f"{PREFIX}_logp{i}"], reduction="mean")  # log_prob: its gradient needs it
-        return loss
-    if t.kind == "kl":
-        # Σ_c p_teacher·log p_student, averaged over the batch; KL up to the teacher's (constant) entropy
-        logp = node("LogSoftmax", [t.tensor], [f"{PREFIX}_logp{i}"], axis=-1)
-        prod = node("Mul", [logp, t.target], [f"{PREFIX}_plogp{i}"])
-        per_sample = node("ReduceSum", [prod, CLASS_AXIS], [f"{PREFIX}_plogp_sum{i}"], keepdims=0)
-        mean = node("ReduceMean", [per_sample], [f"{PREFIX}_kl_mean{i}"], keepdims=0)
-        return node("Neg", [mean], [f"{PREFIX}_kl{i}"])
-    diff = node("Sub", [t.tensor, t.target], [f"{PREFIX}_diff{i}"])
-    sq = node("Mul", [diff, diff], [f"{PREFIX}_diff_sq{i}"])
-    return node("ReduceMean", [sq], [f"{PREFIX}_mse{i}"], keepdims=0)
-
-
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    # spinning threads hurt more than they help on small models and shared machines
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # the penalty drives weights toward zero; subnormal floats would make every step slow
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
-    if threads:
-        so.intra_op_num_threads = threads
-    return so
 
 
 class Trainer:
@@ -251,4 +201,4 @@ def _explain_gradient_error(message: str) -> str:
     m = re.search(r"Could not find an implementation for (\w+)\(\d+\) node with name '([^']*)'", message)
     if m:
         return f"ONNX Runtime 1.19 has no CPU training kernel for {m.group(1)} (node {m.group(2)}); {advice}"
-    return "ONNX Runtime could not build the training graph: " + message.strip().splitlines()[-1][:300]
+    return "ONNX Runtime could not build the training graph: " + first_line(message.strip().splitlines()[-1])

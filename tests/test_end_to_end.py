@@ -8,7 +8,8 @@ import pytest
 
 from conftest import MODELS, QUICK, run_cli, weights_of
 import onnxprune
-from onnxprune.data import accuracy, load_npz, run_model
+from onnxprune.data import load_npz, run_model
+from onnxprune.metrics import accuracy
 from onnxprune.layers import find_prunable
 
 

@@ -5,7 +5,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import ONNX_DATA, small_model
 from onnxprune.layers import find_prunable, trainable_parameters
-from onnxprune.loading import default_opset, prepare, read_model
+from onnxprune.loading import prepare, read_model
+from onnxprune.plumbing import default_opset
 
 
 def test_lenet_layers(lenet):

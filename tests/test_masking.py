@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from onnxprune.groups import Unstructured
+from onnxprune.structures import Unstructured
 from onnxprune.layers import PrunableLayer
-from onnxprune.masking import hard_prune
+from onnxprune.masking import ranked as hard_prune
 
 
 def _setup(shapes, seed=0):

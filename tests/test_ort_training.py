@@ -32,12 +32,11 @@ def test_artifact_generation_is_quiet(tmp_path):
         "import sys; sys.path.insert(0, %r)\n"
         "from conftest import small_model\n"
         "from onnxprune.layers import find_prunable\n"
-        "from onnxprune.training import LossTerm, Trainer, build_training_graph, mask_name, coef_name\n"
-        "from onnx import helper, TensorProto\n"
+        "from onnxprune.losses import MeanSquaredError\n"
+        "from onnxprune.training import Trainer, build_training_graph, mask_name, coef_name\n"
         "m = small_model()\n"
         "layers, _ = find_prunable(m)\n"
-        "t = helper.make_tensor_value_info('t', TensorProto.FLOAT, ['N', 3])\n"
-        "g = build_training_graph(m, {'w': layers[0].shape}, {'w'}, [LossTerm('mse', 'y', 'y', 't')], [t])\n"
+        "g = build_training_graph(m, {'w': layers[0].shape}, {'w'}, [MeanSquaredError('y', 'y', 't', (3,))], {})\n"
         "Trainer(g, ['w'], [mask_name('w'), coef_name('w')], Path(%r), 1e-3)\n"
     ) % (str(__import__("pathlib").Path(__file__).parent), str(tmp_path))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -169,7 +169,8 @@ def test_layerwise_lenet_without_labels_keeps_accuracy(tmp_path):
     """LeNet-5 at 0.9 from images alone (no labels): within 2 points of dense on the test set."""
     import onnxprune
     import onnxruntime as ort
-    from onnxprune.data import accuracy, load_npz, run_model
+    from onnxprune.data import load_npz, run_model
+    from onnxprune.metrics import accuracy
 
     train = load_npz(MODELS / "mnist_train.npz")
     np.savez(tmp_path / "images.npz", input=train["input"])

@@ -8,14 +8,16 @@ import pytest
 from conftest import MODELS, ONNX_DATA
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.channels import analyze, channel_plan, tensor_shapes
+from onnxprune.channels import analyze, channel_plan
 from onnxprune.costs import count_macs, latencies
 from onnxprune.errors import OnnxPruneError
 from onnxprune.export import with_weights
-from onnxprune.groups import NM, Block, Column, Pattern, gemm_view, make_structure
+from onnxprune.groups import gemm_view
+from onnxprune.structures import NM, Block, Column, Pattern, make_structure
 from onnxprune.layers import PrunableLayer, find_prunable
-from onnxprune.loading import initializer_map, prepare, read_model
-from onnxprune.masking import hard_prune
+from onnxprune.loading import prepare, read_model
+from onnxprune.masking import ranked as hard_prune
+from onnxprune.plumbing import initializer_map, tensor_shapes
 from onnxprune.shrink import shrink
 
 RNG = np.random.default_rng(0)
@@ -57,7 +59,7 @@ def test_block_prunes_whole_tiles():
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (2, 8)])
 def test_nm_keeps_at_most_n_of_every_m_input_channels(n, m):
     plan = NM(n, m).plan(LAYERS, WEIGHTS)
-    masks = hard_prune(WEIGHTS, plan, 1 - n / m)
+    masks = NM(n, m).select(WEIGHTS, plan, 1 - n / m)
     for layer in LAYERS:
         mask = np.moveaxis(masks[layer.weight], layer.out_axis, 0)  # [out, in, k...]
         if layer.op == "ConvTranspose":

@@ -1,17 +1,17 @@
 """The training graph computes what the method says: task loss on W·M plus Σ P·W²."""
 import numpy as np
-from onnx import TensorProto, helper
 
 from conftest import small_model
 from onnxprune.layers import find_prunable
-from onnxprune.training import LossTerm, Trainer, build_training_graph, coef_name, mask_name
+from onnxprune.losses import MeanSquaredError
+from onnxprune.training import Trainer, build_training_graph, coef_name, mask_name
 
 
 def _trainer(tmp_path, lr=1e-2):
     m = small_model()
     layers, _ = find_prunable(m)
-    target = helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 3])
-    graph = build_training_graph(m, {l.weight: l.shape for l in layers}, {l.weight for l in layers}, [LossTerm("mse", "y", "y", "t")], [target])
+    graph = build_training_graph(m, {l.weight: l.shape for l in layers}, {l.weight for l in layers},
+                                 [MeanSquaredError("y", "y", "t", (3,))], {})
     return Trainer(graph, ["w"], [mask_name("w"), coef_name("w")], tmp_path, lr)
 
 
@@ -38,16 +38,26 @@ def test_loss_is_task_plus_weighted_penalty(tmp_path):
 
 
 def test_masked_training_keeps_effective_weights_zero(tmp_path):
+    """After masked training the graph computes with W·M: the raw weights under the mask are
+    still non-zero (their gradient is zero, so Adam leaves them), yet the model's output is
+    exactly what the masked weights give, and not what the raw ones give."""
     tr = _trainer(tmp_path, lr=0.05)
     rng = np.random.default_rng(2)
     mask = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1]], np.float32)
     tr.set(mask_name("w"), mask)
+    start = tr.get("w")
     for _ in range(20):
         x = rng.standard_normal((16, 4)).astype(np.float32)
         tr.step({"x": x, "t": x[:, :3] * 2})
-    effective = tr.get("w") * tr.get(mask_name("w"))
-    assert np.all(effective[mask == 0] == 0)
-    assert np.all(effective[mask == 1] != 0)
+    w = tr.get("w")
+    assert np.array_equal(w[mask == 0], start[mask == 0]) and np.all(w[mask == 0] != 0)
+    assert not np.allclose(w[mask == 1], start[mask == 1])  # the kept weights did train
+    x = rng.standard_normal((32, 4)).astype(np.float32)
+    t = np.zeros((32, 3), np.float32)
+    tr.module.lazy_reset_grad()
+    _, task, _ = tr.module(x, t)  # the task loss is the mean square of the model's output here
+    assert np.isclose(task, np.mean((x @ (w * mask)) ** 2), rtol=1e-5)
+    assert not np.isclose(task, np.mean((x @ w) ** 2), rtol=1e-2)
 
 
 def test_penalty_shrinks_weights_with_large_coefficients(tmp_path):

@@ -1,0 +1,252 @@
+"""One frozen configuration, checked completely when it is made: before any file is read, so a
+typo in an option costs nothing. `prune(**options)` and the CLI both build a `PruneConfig`;
+the resume fingerprint is derived from it.
+
+Each group's `__post_init__` checks its own fields and fills in what depends on them (the
+rate N:M implies, the storage a target wants); `PruneConfig.__post_init__` checks the
+combinations. Fields marked `SETTING` do not change what is trained, so `--resume` ignores them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .data import parse_input_shapes
+from .errors import OnnxPruneError
+
+STRUCTURES = ("unstructured", "filter", "channel", "column", "pattern", "block", "nm")
+COUPLED = ("filter", "channel")  # groups span layers through the channel analysis
+METHODS = ("reweighted", "magnitude")
+MODES = ("endtoend", "layerwise")
+SCOPES = ("global", "layer")
+RATE_OF = ("weights", "macs")
+QUANTIZE = ("int8", "cluster")
+TARGETS = ("ort", "trt")
+STORAGE = ("compact", "sparse", "dense")
+DEFAULT_RATE = 0.9
+
+
+def _setting(default):
+    """A field that shapes the output or the run, not what is trained: resume may change it."""
+    return field(default=default, metadata={"training": False})
+
+
+def _one_of(value, allowed, what: str) -> None:
+    if value not in allowed:
+        raise OnnxPruneError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+def pair(text: str, sep: str, option: str, want: str) -> tuple[int, int]:
+    """'4x4' / '2:4' → (4, 4) / (2, 4), positive integers."""
+    parts = str(text).lower().split(sep)
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise OnnxPruneError(f"{option} {text!r} is not {want}")
+    return int(parts[0]), int(parts[1])
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """What to remove, and by which method."""
+
+    rate: float | None = None  # None: 0.9, or 1 − N/M for --structure nm
+    structure: str = "unstructured"
+    block: str = "4x4"  # --structure block: R×C tiles
+    nm: str = "2:4"  # --structure nm
+    scope: str = "global"
+    layer_floor: float = 0.1
+    rate_of: str = "weights"
+    channel_multiple: int = 8
+    exclude: tuple[str, ...] = ()
+    method: str = "reweighted"
+    finetune_baseline: bool = False  # --method magnitude --finetune
+    mode: str = "endtoend"
+    shrink: bool = _setting(True)
+
+    def __post_init__(self):
+        _one_of(self.structure, STRUCTURES, "structure")
+        _one_of(self.method, METHODS, "method")
+        _one_of(self.mode, MODES, "mode")
+        _one_of(self.scope, SCOPES, "scope")
+        _one_of(self.rate_of, RATE_OF, "rate-of")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        pair(self.block, "x", "--block", "RxC, e.g. 4x4")
+        n, m = pair(self.nm, ":", "--nm", "N:M, e.g. 2:4")
+        if n >= m:
+            raise OnnxPruneError(f"--nm {self.nm}: N must be smaller than M")
+        rate = self.rate
+        if self.structure == "nm":
+            implied = 1 - n / m
+            if rate is not None and abs(rate - implied) > 1e-9:
+                raise OnnxPruneError(f"--structure nm --nm {self.nm} prunes exactly {implied:g} of the weights; "
+                                     f"leave out --rate or set it to {implied:g}")
+            rate = implied
+        rate = DEFAULT_RATE if rate is None else rate
+        if not 0 < rate < 1:
+            raise OnnxPruneError(f"rate must be between 0 and 1 (exclusive), not {rate}")
+        object.__setattr__(self, "rate", float(rate))
+        if not 0 <= self.layer_floor <= 1:
+            raise OnnxPruneError(f"layer floor must be in [0, 1], not {self.layer_floor}")
+        if self.channel_multiple < 1:
+            raise OnnxPruneError(f"channel multiple must be ≥ 1, not {self.channel_multiple}")
+        if self.rate_of == "macs" and self.structure not in COUPLED:
+            raise OnnxPruneError("--rate-of macs needs --structure filter or channel (only they change the MACs run)")
+        if self.mode == "layerwise":
+            if self.structure in COUPLED:
+                raise OnnxPruneError("--mode layerwise prunes each layer alone; filter/channel pruning couples "
+                                     "layers (use --mode endtoend)")
+            if self.method != "reweighted":
+                raise OnnxPruneError("--mode layerwise trains with the reweighted method (leave out --method)")
+
+    @property
+    def trains(self) -> bool:
+        return self.method == "reweighted" or self.finetune_baseline
+
+    @property
+    def label(self) -> str:
+        return self.method + (" + fine-tune" if self.finetune_baseline and self.method == "magnitude" else "")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long and how hard to train. Epochs are passes over the training samples."""
+
+    epochs: int = 10  # reweighted phase (or the extra fine-tuning budget of magnitude+finetune)
+    finetune_epochs: int = 10
+    lam: float = 1.0  # penalty weight; the penalty ≈ lam × the fraction of groups still large
+    eps: float = 0.01  # ε relative to a layer's mean squared group norm at the start
+    reweight_every: int = 50  # steps between refreshes of P = 1/(‖W_g‖² + ε)
+    lr: float = 1e-3
+    finetune_lr: float = 5e-4
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.epochs < 0 or self.finetune_epochs < 0 or self.reweight_every < 1:
+            raise OnnxPruneError("batch size and reweight interval must be ≥ 1, epochs ≥ 0")
+        if not (self.lr > 0 and self.finetune_lr > 0 and self.lam >= 0 and self.eps > 0):
+            raise OnnxPruneError("learning rates and --eps must be > 0, --lam ≥ 0")
+
+
+@dataclass(frozen=True)
+class Data:
+    """Where samples come from and how they are split. `seed` drives every random choice."""
+
+    val_fraction: float = 0.1
+    output_name: str | None = None  # the model output to train against
+    input_shapes: tuple[str, ...] = ()  # 'name=1x3x224x224' for synthesized inputs
+    synth_samples: int = 2048
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_shapes", tuple(self.input_shapes))
+        if not 0 <= self.val_fraction < 1:
+            raise OnnxPruneError(f"val fraction must be in [0, 1), not {self.val_fraction}")
+        if self.synth_samples < 1:
+            raise OnnxPruneError(f"--synth-samples must be ≥ 1, not {self.synth_samples}")
+        parse_input_shapes(self.input_shapes)
+
+
+@dataclass(frozen=True)
+class Compression:
+    """What follows pruning: quantization, and how weights are stored."""
+
+    quantize: str | None = None
+    target: str = "ort"
+    qat: bool = False
+    bits: int = 4
+    storage: str | None = _setting(None)  # None: dense for target 'trt', else compact
+
+    def __post_init__(self):
+        if self.quantize is not None:
+            _one_of(self.quantize, QUANTIZE, "quantize")
+        _one_of(self.target, TARGETS, "target")
+        storage = self.storage or ("dense" if self.target == "trt" else "compact")
+        _one_of(storage, STORAGE, "storage")
+        object.__setattr__(self, "storage", storage)
+        if not 1 <= self.bits <= 8:
+            raise OnnxPruneError(f"--bits must be between 1 and 8, not {self.bits}")
+        if self.qat and self.quantize != "int8":
+            raise OnnxPruneError("--qat trains against the int8 quantizer: add --quantize int8 "
+                                 "(--quantize cluster always fine-tunes its codebooks)")
+
+    @property
+    def int8(self) -> bool:
+        return self.quantize == "int8"
+
+    @property
+    def cluster(self) -> bool:
+        return self.quantize == "cluster"
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """What is done to the graph before anything else sees it."""
+
+    simplify: bool = True  # onnxsim
+    optimize: bool = False  # ORT's basic offline optimizations
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where results go and how the run behaves; none of it changes what is trained."""
+
+    out: object = None  # path of the model to write (None: nothing written)
+    workdir: object = None  # keep training artifacts and epoch checkpoints here
+    resume: bool = False
+    latency: bool = True  # time dense vs compressed for the report
+    threads: int | None = None  # ORT intra-op threads
+
+    def __post_init__(self):
+        if self.resume and self.workdir is None:
+            raise OnnxPruneError("--resume continues from the checkpoint in --workdir: give the same --workdir")
+        if self.threads is not None and self.threads < 1:
+            raise OnnxPruneError(f"--threads must be ≥ 1, not {self.threads}")
+
+
+GROUPS = {"pruning": Pruning, "schedule": Schedule, "data": Data, "compression": Compression,
+          "preparation": Preparation, "output": Output}
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Every option of a run, grouped; `PruneConfig.from_options(**flat)` takes the flat names
+    `prune()` and the CLI use (`rate`, `structure`, `epochs`, `quantize`, `out`…)."""
+
+    pruning: Pruning = field(default_factory=Pruning)
+    schedule: Schedule = field(default_factory=Schedule)
+    data: Data = field(default_factory=Data)
+    compression: Compression = field(default_factory=Compression)
+    preparation: Preparation = field(default_factory=Preparation)
+    output: Output = field(default_factory=Output)
+
+    def __post_init__(self):
+        p, c = self.pruning, self.compression
+        if c.qat and not p.trains:
+            raise OnnxPruneError("--qat needs training: use --method reweighted, or --method magnitude --finetune")
+        if p.mode == "layerwise" and self.output.resume:
+            raise OnnxPruneError("--resume is for --mode endtoend; layer-wise runs are short enough to rerun")
+
+    @classmethod
+    def from_options(cls, **options) -> PruneConfig:
+        """Flat option names → the grouped config. A `schedule` option may be a whole Schedule."""
+        groups: dict[str, dict] = {g: {} for g in GROUPS}
+        owner = {f.name: g for g, klass in GROUPS.items() for f in dataclasses.fields(klass)}
+        sched = options.pop("schedule", None)
+        for name, value in options.items():
+            if name not in owner:
+                raise TypeError(f"prune() got an unexpected option {name!r}")
+            groups[owner[name]][name] = value
+        if sched is not None:
+            if groups["schedule"]:
+                raise TypeError("give either schedule= or its fields (epochs=, lr=…), not both")
+            groups["schedule"] = dataclasses.asdict(sched)
+        return cls(**{g: GROUPS[g](**kw) for g, kw in groups.items()})
+
+    def training_options(self) -> dict:
+        """Every option that shapes what is trained (the resume fingerprint's part)."""
+        return {g: {f.name: getattr(getattr(self, g), f.name) for f in dataclasses.fields(getattr(self, g))
+                    if f.metadata.get("training", True)}
+                for g in GROUPS if g != "output"}
+
+    def flat(self) -> dict:
+        """All options under their flat names (for the report)."""
+        return {f.name: getattr(getattr(self, g), f.name) for g in GROUPS for f in dataclasses.fields(GROUPS[g])}

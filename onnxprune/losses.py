@@ -1,0 +1,117 @@
+"""Task-loss blocks, in the manner of ORT's onnxblock: each term is a small class whose `build()`
+adds its nodes to the training graph and returns the scalar it computes. `loss_terms()` picks
+them: cross-entropy with labels; without, the dense model teaches the pruned one (KL divergence
+to its softmax for [N, C] outputs, mean squared error for any other output).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .errors import OnnxPruneError
+from .metrics import is_classifier, softmax
+
+PREFIX = "onnxprune"
+CLASS_AXIS = f"{PREFIX}_class_axis"  # ReduceSum's axes input (opset ≥ 13, which training uses)
+LABELS = "labels"
+
+
+@dataclass
+class LossTerm:
+    output: str  # the model output this term scores
+    tensor: str  # what the loss reads: the output, or the logits under a final (Log)Softmax
+    target: str  # the training input that feeds labels or teacher values
+    target_dims: tuple = ()  # the target's dims after the sample axis
+
+    what: ClassVar[str] = ""
+    target_type: ClassVar[int] = onnx.TensorProto.FLOAT
+
+    def describe(self) -> str:
+        return f"{self.what} ({self.output})"
+
+    def target_info(self) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(self.target, self.target_type, ["N", *self.target_dims])
+
+    def build(self, b, i: int) -> str:
+        """Add this term's nodes through the builder `b` (`b.node`, `b.const`); return its scalar."""
+        raise NotImplementedError
+
+
+class CrossEntropy(LossTerm):
+    what = "cross-entropy on labels"
+    target_type = onnx.TensorProto.INT64
+
+    def build(self, b, i):  # log_prob output: its gradient needs it
+        return b.node("SoftmaxCrossEntropyLoss", [self.tensor, self.target],
+                      [f"{PREFIX}_ce{i}", f"{PREFIX}_logp{i}"], reduction="mean")
+
+
+class KLDivergence(LossTerm):
+    what = "KL divergence to the dense model's softmax"
+
+    def build(self, b, i):
+        # Σ_c p_teacher·log p_student, averaged over the batch; KL up to the teacher's (constant) entropy
+        b.const(CLASS_AXIS, np.array([-1], np.int64))
+        logp = b.node("LogSoftmax", [self.tensor], [f"{PREFIX}_logp{i}"], axis=-1)
+        prod = b.node("Mul", [logp, self.target], [f"{PREFIX}_plogp{i}"])
+        per_sample = b.node("ReduceSum", [prod, CLASS_AXIS], [f"{PREFIX}_plogp_sum{i}"], keepdims=0)
+        mean = b.node("ReduceMean", [per_sample], [f"{PREFIX}_kl_mean{i}"], keepdims=0)
+        return b.node("Neg", [mean], [f"{PREFIX}_kl{i}"])
+
+
+class MeanSquaredError(LossTerm):
+    what = "mean squared error to the dense model's output"
+
+    def build(self, b, i):
+        diff = b.node("Sub", [self.tensor, self.target], [f"{PREFIX}_diff{i}"])
+        sq = b.node("Mul", [diff, diff], [f"{PREFIX}_diff_sq{i}"])
+        return b.node("ReduceMean", [sq], [f"{PREFIX}_mse{i}"], keepdims=0)
+
+
+def logits_of(model: onnx.ModelProto, output: str) -> str:
+    """A classifier that ends in Softmax/LogSoftmax over the last axis is trained on the
+    logits under it: softmax-cross-entropy on probabilities would be wrong."""
+    for node in model.graph.node:
+        if output in node.output and node.op_type in ("Softmax", "LogSoftmax"):
+            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+            if axis in (-1, 1):
+                return node.input[0]
+    return output
+
+
+def loss_terms(model: onnx.ModelProto, selected: list[str], labels: np.ndarray | None,
+               dense: dict[str, np.ndarray]) -> tuple[list[LossTerm], dict[str, np.ndarray]]:
+    """The terms for `selected` outputs of `model`, and the arrays that feed their targets:
+    `labels` (or None) and the dense model's outputs on the training samples."""
+    terms, targets = [], {}
+    for i, name in enumerate(selected):
+        out = dense[name]
+        target = f"{PREFIX}_target{i}"
+        tensor = logits_of(model, name)
+        if labels is not None:
+            labels = labels.astype(np.int64)
+            if out.ndim < 2 or labels.shape != (out.shape[0], *out.shape[2:]):
+                raise OnnxPruneError(f"labels of shape {labels.shape} do not fit output {name} of shape {out.shape} "
+                                     "(want one class id per sample, classes on axis 1)")
+            terms.append(CrossEntropy(name, tensor, target, labels.shape[1:]))
+            targets[target] = labels
+        elif is_classifier(out):
+            terms.append(KLDivergence(name, tensor, target, out.shape[1:]))
+            targets[target] = _as_probabilities(model, name, tensor, out)
+        else:
+            terms.append(MeanSquaredError(name, name, target, out.shape[1:]))
+            targets[target] = out.astype(np.float32)
+    return terms, targets
+
+
+def _as_probabilities(model, name: str, logits: str, out: np.ndarray) -> np.ndarray:
+    """The dense output as class probabilities: softmax of logits, or as produced under a final
+    Softmax (already probabilities) or LogSoftmax (log-probabilities)."""
+    if logits == name:
+        return softmax(out)
+    final = next(n for n in model.graph.node if name in n.output)
+    return (np.exp(out) if final.op_type == "LogSoftmax" else out).astype(np.float32)

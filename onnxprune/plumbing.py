@@ -1,0 +1,106 @@
+"""ONNX and ONNX Runtime plumbing every stage shares: sessions, tensor shapes, initializer maps,
+graph outputs, and the one-line form of an error. Nothing here knows about pruning.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from .errors import OnnxPruneError
+
+log = logging.getLogger("onnxprune")
+
+
+def first_line(e: BaseException | str, limit: int = 300) -> str:
+    """The first line of an error message, at most `limit` characters: ORT and onnx put pages of
+    context under it that a user does not need."""
+    text = str(e).strip() or (type(e).__name__ if isinstance(e, BaseException) else "")
+    return text.splitlines()[0][:limit] if text else ""
+
+
+def warn(warnings: list[str], message: str) -> None:
+    """Log a warning and keep it for the report."""
+    warnings.append(message)
+    log.warning(message)
+
+
+def session_options(threads: int | None = None, *, denormal_as_zero: bool = True,
+                    optimize: bool = True) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    # spinning threads hurt more than they help on small models and shared machines
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if denormal_as_zero:  # the penalty drives weights toward zero; subnormals would make every step slow
+        so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if not optimize:  # keep every tensor the graph names (shape probing)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    return so
+
+
+def session(model: onnx.ModelProto | str, what: str = "the model", options: ort.SessionOptions | None = None
+            ) -> ort.InferenceSession:
+    """A CPU inference session; any ORT failure becomes a one-line OnnxPruneError about `what`."""
+    source = model if isinstance(model, str) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(source, options or session_options(), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise OnnxPruneError(f"ONNX Runtime cannot run {what}: {first_line(e)}") from None
+
+
+def initializer_map(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in graph.initializer}
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str], only: bool = False) -> onnx.ModelProto:
+    """A copy of `model` that also outputs the tensors `names` (only those with `only`)."""
+    m = copy.deepcopy(model)
+    if only:
+        del m.graph.output[:]
+    have = {o.name for o in m.graph.output}
+    for name in names:
+        if name and name not in have:
+            m.graph.output.append(helper.ValueInfoProto(name=name))
+            have.add(name)
+    return m
+
+
+def tensor_shapes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor, as ONNX Runtime computes it on `feed` (declared shapes may be
+    symbolic or wrong)."""
+    m = with_outputs(model, [o for node in model.graph.node for o in node.output])
+    sess = session(m, "the model to measure its tensor shapes", session_options(optimize=False))
+    names = [o.name for o in sess.get_outputs()]
+    try:
+        values = sess.run(names, feed)
+    except Exception as e:
+        raise OnnxPruneError(f"ONNX Runtime cannot run the model on these inputs: {first_line(e)}") from None
+    shapes = {n: tuple(np.shape(v)) for n, v in zip(names, values)}
+    shapes.update({k: tuple(v.shape) for k, v in feed.items()})
+    shapes.update({t.name: tuple(t.dims) for t in model.graph.initializer})
+    return shapes
+
+
+def names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name read inside an If/Loop/Scan body (at any depth)."""
+    used: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                for n in sub.node:
+                    used.update(n.input)
+                used |= names_used_in_subgraphs(sub)
+    return used

@@ -1,0 +1,135 @@
+"""The train stage: recover accuracy while pruning. End to end (the whole graph in ORT: the
+reweighted phase, hard pruning, masked fine-tuning; or the magnitude baselines), layer by layer
+(`--mode layerwise`), or not at all (one-shot magnitude). Returns the masks and the trained
+weights with W·M folded (and Q(W·M) when fine-tuning was quantization-aware).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import layerwise
+from .config import PruneConfig, Schedule
+from .data import LABELS, Dataset
+from .loading import Loaded
+from .losses import loss_terms
+from .planning import Plan
+from .plumbing import warn
+from .resume import Checkpoints, fingerprint
+from .schedule import Phase, current_weights, finetune, reweighted
+from .training import Trainer, build_training_graph, coef_name, correction_name, mask_name
+from .layers import trainable_parameters
+
+
+@dataclass
+class Trained:
+    masks: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray]  # every trained tensor, pruned ones exactly zero where masked
+    phases: list[Phase]
+    loss: str  # what was minimized, for the report
+    schedule: Schedule  # as run (a fixed-batch model sets the batch size)
+
+
+def no_progress(total: int, label: str):
+    """The default progress: nothing shown. A progress factory returns a context manager whose
+    value has `update(steps, loss)`; the CLI passes click progress bars."""
+    return contextlib.nullcontext(_Silent())
+
+
+class _Silent:
+    def update(self, n, loss):
+        pass
+
+
+def train(loaded: Loaded, data: Dataset, plan: Plan, cfg: PruneConfig, rng: np.random.Generator,
+          progress=no_progress, warnings: list[str] | None = None) -> Trained:
+    warnings = warnings if warnings is not None else []
+    sched = cfg.schedule
+    if data.fixed_batch and data.fixed_batch != sched.batch_size:
+        warn(warnings, f"the model's inputs fix the batch size at {data.fixed_batch}; "
+                       f"training uses batches of {data.fixed_batch}")
+        sched = dataclasses.replace(sched, batch_size=data.fixed_batch)
+    quantizer = plan.quantizer
+    if cfg.pruning.mode == "layerwise":
+        masks, weights, phases = _layerwise(loaded, data, plan, cfg, sched, rng, progress)
+        loss = "mean squared error to each layer's dense output (layer-wise reconstruction)"
+    elif cfg.pruning.trains:
+        masks, weights, phases, loss = _end_to_end(loaded, data, plan, cfg, sched, rng, progress)
+    else:
+        masks = plan.select(plan.dense_weights)
+        weights = {w: plan.dense_weights[w] * masks[w] for w in plan.dense_weights}
+        phases, loss = [], "none (no training)"
+        if quantizer:
+            quantizer.start({n: weights[n] for n in quantizer.names}, masks)
+    if quantizer:  # what training saw: Q(W·M) (int8 values ORT's quantizer reproduces, or codebook entries)
+        for n in quantizer.names:
+            weights[n] = quantizer(n, weights[n], masks[n])
+    return Trained(masks, weights, phases, loss, sched)
+
+
+def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
+    base, groups, quantizer = loaded.prepared.train_base, plan.groups, plan.quantizer
+    terms, targets = loss_terms(base, data.selected, data.train.get(LABELS), data.dense_train)
+    arrays = {**data.inputs(data.train), **targets}
+    wanted = set(groups.tensors) | set(trainable_parameters(base, loaded.layers))
+    trainable = [t.name for t in base.graph.initializer if t.name in wanted]
+    corrected = set(quantizer.names) if quantizer else set()
+    graph = build_training_graph(base, groups.tensors, set(groups.penalized), terms, plan.shapes, corrected)
+    frozen = ([mask_name(w) for w in groups.tensors] + [coef_name(w) for w in groups.penalized]
+              + [correction_name(w) for w in groups.tensors if w in corrected])
+    out = cfg.output
+    with workdir(out.workdir) as wd:
+        ckpt = None
+        if out.workdir is not None:  # a kept work folder gets a checkpoint after every epoch
+            ckpt = Checkpoints(wd, fingerprint(loaded.original.SerializeToString(), arrays, cfg.training_options()),
+                               out.resume)
+        trainer = Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None)
+        if cfg.pruning.method == "reweighted":
+            masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt)
+        else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
+            masks = plan.select(plan.dense_weights)
+            phases = [finetune(trainer, arrays, masks, Phase("fine-tune", sched.epochs + sched.finetune_epochs),
+                               sched, rng, progress, quantizer, ckpt)]
+        weights = {n: trainer.get(n) for n in trainable}
+        weights.update(current_weights(trainer, groups))  # fold W·M: pruned weights exactly zero
+    return masks, weights, phases, "; ".join(t.describe() for t in terms)
+
+
+def _layerwise(loaded, data, plan, cfg, sched, rng, progress):
+    """Each layer's share comes from the chosen scope over the dense weights (global: magnitude
+    ranking with floors); then each layer is reconstructed at exactly its share."""
+    shares = {w: 1 - float(m.sum()) / m.size for w, m in plan.select(plan.dense_weights).items()}
+
+    def plan_of(layer):
+        return plan.structure.plan([layer], {layer.weight: plan.dense_weights[layer.weight]}, model=loaded.base,
+                                   shapes=plan.shapes)
+
+    def select_of(groups):
+        share = max(shares[t] for t in groups.counted)
+        return lambda w: plan.select(w, groups, rate=share, scope="layer")
+
+    with workdir(cfg.output.workdir) as wd:
+        return layerwise.run(loaded.prepared.train_base, loaded.layers, plan_of, select_of,
+                             data.inputs(data.train), data.input_names, sched, rng, progress, wd,
+                             cfg.output.threads, plan.shapes, plan.quantizer)
+
+
+@contextlib.contextmanager
+def workdir(path):
+    """The given folder (kept), or a temporary one (removed)."""
+    if path is not None:
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        yield p
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="onnxprune-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
