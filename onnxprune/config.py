@@ -224,6 +224,9 @@ class PruneConfig:
             raise OnnxPruneError("--qat needs training: use --method reweighted, or --method magnitude --finetune")
         if p.mode == "layerwise" and self.output.resume:
             raise OnnxPruneError("--resume is for --mode endtoend; layer-wise runs are short enough to rerun")
+        if p.mode == "layerwise" and self.schedule.finetune_lr != Schedule.finetune_lr:
+            raise OnnxPruneError("--finetune-lr is not used by --mode layerwise: both of its phases train at 10x --lr; "
+                                 "leave it out, or set --lr")
 
     @classmethod
     def from_options(cls, **options) -> PruneConfig:

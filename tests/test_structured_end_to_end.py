@@ -111,3 +111,54 @@ def test_rate_of_macs_removes_that_share_of_macs():
     assert abs(removed - 0.5) < 0.1, removed  # within half a chunk of 8 channels
     with pytest.raises(onnxprune.OnnxPruneError, match="needs --structure filter"):
         onnxprune.prune(MODELS / "lenet5.onnx", 0.5, rate_of="macs", method="magnitude", data=_small_data(100))
+
+
+def _lenet_with_view(path, flat_size):
+    """LeNet-5 flattened as PyTorch exports `x.view(x.size(0), -1)` with a dynamic batch:
+    Shape -> Gather -> Unsqueeze -> Concat(batch, [flat_size]) -> Reshape (the target is computed)."""
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(MODELS / "lenet5.onnx"))
+    g = m.graph
+    k = next(i for i, n in enumerate(g.node) if n.op_type == "Reshape")
+    reshape = g.node[k]
+    view = [helper.make_node("Shape", [reshape.input[0]], ["v_shape"], name="view_shape"),
+            helper.make_node("Gather", ["v_shape", "v_zero"], ["v_batch"], name="view_gather", axis=0),
+            helper.make_node("Unsqueeze", ["v_batch", "v_axes"], ["v_batch1"], name="view_unsqueeze"),
+            helper.make_node("Concat", ["v_batch1", "v_rest"], ["v_target"], name="view_concat", axis=0)]
+    reshape.input[1] = "v_target"
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(nodes[:k] + view + nodes[k:])
+    g.initializer.extend([numpy_helper.from_array(np.array(0, np.int64), "v_zero"),
+                          numpy_helper.from_array(np.array([0], np.int64), "v_axes"),
+                          numpy_helper.from_array(np.array([flat_size], np.int64), "v_rest")])
+    kept = [t for t in g.initializer if t.name != "flat_shape"]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.mark.parametrize("flat_size", [-1, 800], ids=["view-minus-one", "view-800"])
+def test_filter_pruning_shrinks_a_pytorch_view_flatten(tmp_path, flat_size):
+    """The most common flatten in PyTorch CNNs: the computed Reshape target stays valid after
+    shrinking, the model keeps its accuracy, and it runs at any batch size."""
+    src = _lenet_with_view(tmp_path / "lenet_view.onnx", flat_size)
+    out = tmp_path / "pruned.onnx"
+    r = onnxprune.prune(src, 0.5, structure="filter", data=TRAIN, eval_data=TEST, out=out, schedule=QUICK,
+                        latency=False)
+    assert not r.report["warnings"], r.report["warnings"]
+    assert r.report["rewrites"] and "channel" in r.report["rewrites"][0]
+    w = weights_of(onnx.load(str(out)))
+    assert w["fc1.weight"].shape[1] < 800 and w["fc1.weight"].shape[1] % 16 == 0  # conv2 lost channels
+    assert w["conv2.weight"].shape[0] * 16 == w["fc1.weight"].shape[1]
+    m = r.report["metric"]
+    assert m["pruned"] >= m["dense"] - 0.03, m
+    test = load_npz(TEST)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    whole = sess.run(None, {"input": test["input"][:64]})[0]
+    for batch in (1, 7, 64):
+        got = sess.run(None, {"input": test["input"][:batch]})[0]
+        assert np.allclose(got, whole[:batch], atol=1e-5)

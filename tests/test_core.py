@@ -1,0 +1,189 @@
+"""The core: the config is checked before any file is read, structures and op rules are
+registered, modules import without cycles, and every fallback says what it did."""
+import ast
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import MODELS, ROOT, run_cli, small_model
+import onnxprune
+from onnxprune import compress, config, oprules, structures
+from onnxprune.errors import OnnxPruneError
+from onnxprune.layers import PrunableLayer
+
+
+# ---- config --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options,words", [
+    ({"mode": "bogus"}, "mode must be one of"),
+    ({"rate": 1.5}, "rate must be between 0 and 1"),
+    ({"structure": "nm", "rate": 0.9}, "prunes exactly 0.5"),
+    ({"rate_of": "macs"}, "--rate-of macs needs --structure filter"),
+    ({"mode": "layerwise", "structure": "filter"}, "--mode layerwise prunes each layer alone"),
+    ({"mode": "layerwise", "finetune_lr": 1e-3}, "--finetune-lr is not used by --mode layerwise"),
+    ({"qat": True}, "--qat trains against the int8 quantizer"),
+    ({"block": "4by4", "structure": "block"}, "--block '4by4' is not RxC"),
+    ({"input_shapes": ["x=1x-3"]}, "--input-shape"),
+    ({"resume": True}, "give the same --workdir"),
+])
+def test_options_are_refused_before_the_model_is_read(options, words):
+    """A typo in an option costs nothing: the model path does not even exist."""
+    with pytest.raises(OnnxPruneError, match=words.replace("(", r"\(")):
+        onnxprune.prune("no/such/model.onnx", **options)
+
+
+def test_an_unknown_option_is_a_type_error():
+    with pytest.raises(TypeError, match="strucure"):
+        onnxprune.prune("no/such/model.onnx", strucure="filter")
+
+
+def test_config_defaults_and_derived_values():
+    cfg = onnxprune.PruneConfig.from_options(structure="nm", nm="1:4", target="trt")
+    assert cfg.pruning.rate == 0.75 and cfg.compression.storage == "dense"
+    assert onnxprune.PruneConfig().pruning.rate == 0.9 and onnxprune.PruneConfig().compression.storage == "compact"
+    with pytest.raises(Exception):  # frozen
+        cfg.pruning.rate = 0.5
+
+
+def test_resume_fingerprint_covers_what_trains_and_only_that():
+    base = onnxprune.PruneConfig.from_options(rate=0.8)
+    same = onnxprune.PruneConfig.from_options(rate=0.8, storage="dense", shrink=False, latency=False, threads=1)
+    assert base.training_options() == same.training_options()
+    for change in ({"epochs": 3}, {"lam": 2.0}, {"seed": 1}, {"structure": "column"}, {"quantize": "cluster"},
+                   {"simplify": False}, {"output_name": "y"}):
+        assert onnxprune.PruneConfig.from_options(rate=0.8, **change).training_options() != base.training_options()
+
+
+def test_the_cli_refuses_options_before_reading_the_model(tmp_path):
+    code, _, stderr = run_cli(tmp_path / "missing.onnx", "--mode", "layerwise", "--finetune-lr", "0.1")
+    assert code == 2 and "--finetune-lr is not used" in stderr and "Traceback" not in stderr
+
+
+# ---- registries and layering ---------------------------------------------------------------
+
+def test_every_structure_name_is_registered():
+    assert set(config.STRUCTURES) == set(structures.REGISTRY)
+    for name in config.STRUCTURES:
+        s = structures.make_structure(name)
+        assert s.name == name and s.coupled == (name in config.COUPLED)
+
+
+def test_op_rules_are_one_per_op_and_layers_make_channels():
+    assert {op for op, r in oprules.RULES.items() if r.makes_channels} == {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+    with pytest.raises(ValueError, match="already has a channel rule"):
+        oprules.rule("Relu")(lambda a, s: None)
+
+
+def test_modules_import_without_cycles():
+    """Module-level `from .x import` edges of the package form no cycle (function-local imports
+    are not counted because the rule is that none are needed to break one)."""
+    package = ROOT / "onnxprune"
+    edges = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        deps = set()
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        edges[path.stem] = deps - {"__init__"}
+    seen, stack = set(), []
+
+    def visit(m):
+        assert m not in stack, f"import cycle: {' -> '.join(stack[stack.index(m):] + [m])}"
+        if m in seen:
+            return
+        stack.append(m)
+        for d in edges.get(m, ()):
+            visit(d)
+        stack.pop()
+        seen.add(m)
+    for m in edges:
+        visit(m)
+
+
+# ---- fallbacks that say what they did -------------------------------------------------------
+
+class _Broken(structures.Unstructured):
+    def rewrite(self, masked, plan, masks, shapes):
+        raise KeyError("Concat.1")
+
+
+def test_a_failing_rewrite_falls_back_to_the_masked_model_with_a_warning():
+    from onnxprune.rewrite import rewrite
+
+    m = small_model()
+    warnings = []
+    got = rewrite(_Broken(), m, [np.zeros((1, 3))], None, {}, {}, {"x": np.zeros((1, 4), np.float32)}, ["x"],
+                  True, warnings)
+    assert got.model is m and got.done == []
+    assert warnings and "KeyError" in warnings[0] and "the output is the masked model" in warnings[0]
+
+
+def test_a_layer_missing_from_the_written_graph_is_counted_from_its_mask():
+    layer = PrunableLayer("gone", "MatMul", "w", (4, 3), 1)
+    mask = np.zeros((4, 3), np.float32)
+    mask[0] = 1
+    warnings = []
+    assert compress.kept_counts([layer], {}, {"w": mask}, warnings) == {"w": 3}
+    assert "gone" in warnings[0]
+
+
+def test_the_zero_check_covers_tensors_whose_shape_changed():
+    w = np.array([[1, 0, 0], [0, 2, 0]], np.float32)
+    before = small_model()
+    before.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.resize(w, (4, 3)), "w"))
+    after = small_model()
+    after.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((3, 4), np.float32), "w"))
+    slots = {"fc": 1}
+    stored = {"fc": after.graph.initializer[0]}
+    with pytest.raises(OnnxPruneError, match="non-zero"):
+        compress.check_zeros_kept(before, after, slots, stored)
+
+
+def test_batchnorm_without_a_known_input_shape_is_an_error_not_a_guess():
+    from onnxprune.losses import MeanSquaredError
+    from onnxprune.training import build_training_graph
+
+    c = 3
+    inits = [numpy_helper.from_array(np.ones(c, np.float32), n) for n in ("s", "b", "m", "v")]
+    g = helper.make_graph([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c, 5])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    terms = [MeanSquaredError("y", "y", "t", (c, 5))]
+    with pytest.raises(OnnxPruneError, match="shape of its input x is unknown"):
+        build_training_graph(m, {}, set(), terms, {})
+    graph = build_training_graph(m, {}, set(), terms, {"x": (2, c, 5)})  # rank 3: a [C, 1] scale, not [C, 1, 1]
+    shape = next(t for t in graph.graph.initializer if t.name.endswith("/shape"))
+    assert numpy_helper.to_array(shape).tolist() == [-1, 1]
+
+
+def test_quantize_leaves_the_root_logger_alone_and_wraps_converter_failures(monkeypatch):
+    from onnxprune import quantize
+
+    root = logging.getLogger()
+    level, filters = root.level, list(root.filters)
+    with quantize._quiet():
+        assert root.level == level
+    assert root.level == level and root.filters == filters
+
+    def broken(model, target):
+        raise RuntimeError("No Adapter From Version 11 for Relu\nlong C++ context")
+    monkeypatch.setattr(onnx.version_converter, "convert_version", broken)
+    layers = [PrunableLayer("fc", "MatMul", "w", (4, 3), 1)]
+    with pytest.raises(OnnxPruneError, match="could not convert the model from opset 11: No Adapter"):
+        quantize.int8(small_model(opset=11), {"x": np.zeros((4, 4), np.float32)}, ["x"], "ort", layers, {})
+
+
+def test_the_library_reports_through_logging(caplog, tmp_path):
+    """No print from the library: warnings go to the 'onnxprune' logger (the CLI shows them)."""
+    m = small_model(op_after="Relu")
+    with caplog.at_level(logging.WARNING, logger="onnxprune"):
+        r = onnxprune.prune(m, 0.5, latency=False, synth_samples=64,
+                            schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1))
+    assert any("synthesized inputs" in rec.message for rec in caplog.records if rec.name == "onnxprune")
+    assert r.report["warnings"]
