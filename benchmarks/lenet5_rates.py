@@ -19,15 +19,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import onnxprune  # noqa: E402
-from onnxprune.data import accuracy, load_npz, run_model  # noqa: E402
+from onnxprune.data import load_npz, run_model  # noqa: E402
+from onnxprune.metrics import accuracy  # noqa: E402
 from onnxprune.layers import find_prunable  # noqa: E402
-from onnxprune.training import session_options  # noqa: E402
+from onnxprune.storage import decoded_weights  # noqa: E402
+from onnxprune.plumbing import session_options  # noqa: E402
 
 MODEL = ROOT / "models" / "lenet5.onnx"
 TRAIN = ROOT / "models" / "mnist_train.npz"
@@ -58,10 +59,11 @@ def run(method: str, rate: float, seed: int, calib) -> onnx.ModelProto:
 def score(model: onnx.ModelProto, test: dict) -> tuple[float, int, int]:
     sess = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
     acc = accuracy(run_model(sess, test, ["input"])[0], test["labels"])
-    inits = {t.name: t for t in model.graph.initializer}
-    layers, _ = find_prunable(model)
+    # weights as the model computes with them: compactly stored ones are decoded, not skipped
+    layers, _ = find_prunable(onnx.load(str(MODEL)))
+    weights = decoded_weights(model)
     total = sum(layer.size for layer in layers)
-    kept = sum(int(np.count_nonzero(numpy_helper.to_array(inits[layer.weight]))) for layer in layers)
+    kept = sum(int(np.count_nonzero(weights[layer.weight])) for layer in layers)
     return acc, kept, total
 
 

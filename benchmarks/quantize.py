@@ -34,9 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import onnxprune  # noqa: E402
-from onnxprune.api import _session  # noqa: E402
+from onnxprune.plumbing import session as _session  # noqa: E402
 from onnxprune.costs import latencies  # noqa: E402
-from onnxprune.data import accuracy, load_npz, run_model  # noqa: E402
+from onnxprune.data import load_npz, run_model  # noqa: E402
+from onnxprune.metrics import accuracy  # noqa: E402
 from onnxprune.layers import find_prunable  # noqa: E402
 from onnxprune.loading import prepare, read_model  # noqa: E402
 from onnxprune.cluster import fit, snap  # noqa: E402

@@ -105,6 +105,14 @@ def matmul(a: Analysis, s: Site) -> None:
     a.ch[s.out] = (len(a.shapes[s.out]) - 1, ids)
 
 
+def _attr_or_input(a: Analysis, s: Site, attr: str) -> list | None:
+    """A list that older opsets give as an attribute and newer ones as a constant second input."""
+    value = s.attrs.get(attr)
+    if value is None and len(s.ins) > 1 and s.ins[1] in a.inits:
+        value = numpy_helper.to_array(a.inits[s.ins[1]]).tolist()
+    return value
+
+
 # ---- ops that act on each channel alone ---------------------------------------------------
 
 @rule("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
@@ -157,9 +165,7 @@ def pad(a: Analysis, s: Site) -> None:
     x = s.ins[0]
     axis, _ = a.ch[x]
     rank = len(a.shapes[x])
-    pads = s.attrs.get("pads")
-    if pads is None and len(s.ins) > 1 and s.ins[1] in a.inits:
-        pads = numpy_helper.to_array(a.inits[s.ins[1]]).tolist()
+    pads = _attr_or_input(a, s, "pads")
     if pads is None or len(pads) != 2 * rank or pads[axis] or pads[axis + rank]:
         a.block_tensor(x, f"Pad may pad the channel axis ({s.name})")
     else:
@@ -182,9 +188,7 @@ def reduce(a: Analysis, s: Site) -> None:
     x = s.ins[0]
     axis, ids = a.ch[x]
     rank = len(a.shapes[x])
-    axes = s.attrs.get("axes")
-    if axes is None and len(s.ins) > 1 and s.ins[1] in a.inits:
-        axes = numpy_helper.to_array(a.inits[s.ins[1]]).tolist()
+    axes = _attr_or_input(a, s, "axes")
     axes = [d % rank for d in axes] if axes else list(range(rank))
     if axis in axes:
         a.block_tensor(x, f"reduced over the channel axis by {s.name}")
