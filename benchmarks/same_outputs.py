@@ -40,7 +40,7 @@ JOBS = {
     "lenet5 0.9 4-bit clusters": [f"{M}/lenet5.onnx", "--quantize", "cluster", *MNIST],
     "lenet5 layer-wise 0.9": [f"{M}/lenet5.onnx", "--mode", "layerwise", *MNIST],
     "digits MLP, no data": [f"{M}/digits_mlp.onnx", "--rate", "0.8", "--synth-samples", "512"],
-    "digits MLP, global scope, seed 3": [f"{M}/digits_mlp.onnx", "--rate", "0.8", "--data",
+    "digits MLP, layer scope, seed 3": [f"{M}/digits_mlp.onnx", "--rate", "0.8", "--data",
                                          f"{M}/digits_train.npz", "--seed", "3", "--scope", "layer"],
 }
 

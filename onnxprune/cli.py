@@ -223,7 +223,7 @@ def _progress_bars(total: int, label: str):
 
 
 def _no_bars(total: int, label: str):
-    from .train import no_progress
+    from .train import no_progress  # imported when run: `--help` need not load ONNX Runtime
 
     return no_progress(total, label)
 

@@ -1,5 +1,5 @@
-"""Stage 6, export: write the trained, pruned weights back into the user's own graph,
-save it atomically (never over the input), and check what was written.
+"""Writing: the trained, pruned weights put back into the user's own graph (`with_weights`), and
+the write stage: save atomically (never over the input), then check what was written.
 """
 from __future__ import annotations
 

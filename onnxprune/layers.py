@@ -1,5 +1,5 @@
-"""Stage 2, find prunable weights: constant float weights of Conv, ConvTranspose, Gemm
-and MatMul, and the other float parameters training may adjust (biases, norms).
+"""Finding prunable weights (part of the load stage): constant float weights of Conv,
+ConvTranspose, Gemm and MatMul, and the other float parameters training may adjust (biases, norms).
 """
 from __future__ import annotations
 
@@ -98,11 +98,6 @@ def trainable_parameters(model: onnx.ModelProto, layers: list[PrunableLayer]) ->
     names -= names_used_in_subgraphs(model.graph)  # ORT cannot train what an If/Loop body reads
     # keep the graph's own order, so artifacts and checkpoints are deterministic
     return [t.name for t in model.graph.initializer if t.name in names]
-
-
-def weight_arrays(model: onnx.ModelProto, layers: list[PrunableLayer]) -> dict[str, np.ndarray]:
-    inits = initializer_map(model.graph)
-    return {layer.weight: numpy_helper.to_array(inits[layer.weight]).astype(np.float32) for layer in layers}
 
 
 def _weight_of(node: onnx.NodeProto, inits: dict):

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 
 from .errors import OnnxPruneError
 from .layers import WEIGHT_VIEWS, PrunableLayer, Skipped, find_prunable, made_at_run_time
+from .optimize import optimize as ort_basic
 from .plumbing import default_opset, first_line, initializer_map, session
 from .quantize import check_not_quantized
 
@@ -142,8 +143,6 @@ def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = Fals
     if simplify or optimize:
         work = _simplify(work, changes)
     if optimize:
-        from .optimize import optimize as ort_basic
-
         work, steps = ort_basic(work)
         changes.extend(steps)
     _name_nodes(work)

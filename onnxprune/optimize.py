@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from .errors import OnnxPruneError
+from .plumbing import session, session_options
 
 
 def optimize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
@@ -21,14 +21,10 @@ def optimize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     with tempfile.TemporaryDirectory(prefix="onnxprune-opt-") as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save_model(model, src)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
+        so = session_options(denormal_as_zero=False)  # folded constants keep their exact values
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         so.optimized_model_filepath = str(dst)
-        try:
-            ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise OnnxPruneError(f"ONNX Runtime could not optimize the model: {str(e).strip().splitlines()[0][:300]}") from None
+        session(str(src), "the model to optimize it", so)
         optimized = onnx.load(str(dst))
     # ORT declares every domain it knows; keep those the graph uses
     used = {n.domain for n in optimized.graph.node} | {""}

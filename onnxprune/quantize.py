@@ -1,4 +1,4 @@
-"""Stage 7, quantization: static int8 with ONNX Runtime's own quantizer, calibrated on the
+"""Quantization, used by the plan and compress stages: static int8 with ONNX Runtime's own quantizer, calibrated on the
 user's data, and the fake-quantizer that quantization-aware fine-tuning trains against.
 
 Weights are per-channel symmetric int8 (zero point 0), so pruned weights stay exactly zero.

@@ -1,4 +1,4 @@
-"""Stage 5, the schedule: reweighted training, hard pruning to the rate, then masked
+"""The train stage's schedule: reweighted training, hard pruning to the rate, then masked
 fine-tuning (or the magnitude baselines), all on one Trainer.
 """
 from __future__ import annotations

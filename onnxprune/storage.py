@@ -1,4 +1,4 @@
-"""Stage 8, compact storage: each layer's weight written in the smallest form ONNX Runtime loads
+"""Compact storage, the compress stage's last step: each layer's weight written in the smallest form ONNX Runtime loads
 with identical values, and the weight-storage figure measured on the graph that is written.
 
 Forms (the smallest wins, per tensor):

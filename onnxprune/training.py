@@ -1,4 +1,4 @@
-"""Stage 3, the training graph: the user's graph plus, for every prunable weight W,
+"""The training graph the train stage runs in ORT: the user's graph plus, for every prunable weight W,
 a mask M (forward uses W·M, so pruned weights are exactly zero) and a penalty
 coefficient P (loss += Σ P·W²), then the task loss. M and P are frozen checkpoint
 parameters, rewritten between steps, so one set of ORT artifacts serves every phase:
