@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from . import standins
 from .data import run_model
 from .export import with_weights
 from .layers import PrunableLayer
@@ -95,6 +96,7 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
         plan = plan_of(layer)
         target = "onnxprune_layer_target"
         corrected = {layer.weight} if quantizer and layer.weight in quantizer.names else set()
+        small, _ = standins.apply(small, shapes)
         graph = build_training_graph(small, plan.tensors, set(plan.penalized),
                                      [MeanSquaredError(out, out, target, y.shape[1:])], shapes, corrected)
         trainable = [t.name for t in small.graph.initializer if t.name in node.input

@@ -53,7 +53,7 @@ def build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, c
                       "output": Path(out.out).stat().st_size if out.out is not None else compressed.model.ByteSize()},
         "phases": [{"name": ph.name, "epochs": ph.epochs, "steps": ph.steps, "seconds": ph.seconds,
                     "final_task_loss": ph.final_task_loss} for ph in trained.phases],
-        "schedule": dataclasses.asdict(trained.schedule), "preparation": loaded.prepared.changes,
+        "schedule": dataclasses.asdict(trained.schedule), "preparation": loaded.prepared.changes + trained.notes,
         "warnings": warnings,
         "workdir": str(out.workdir) if out.workdir is not None and p.trains else None,
         "wall_time_s": seconds,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import layerwise
+from . import layerwise, standins
 from .config import PruneConfig, Schedule
 from .data import LABELS, Dataset
 from .loading import Loaded
@@ -34,6 +34,7 @@ class Trained:
     phases: list[Phase]
     loss: str  # what was minimized, for the report
     schedule: Schedule  # as run (a fixed-batch model sets the batch size)
+    notes: list[str] = dataclasses.field(default_factory=list)  # how the graph was made trainable
 
 
 def no_progress(total: int, label: str):
@@ -56,11 +57,12 @@ def train(loaded: Loaded, data: Dataset, plan: Plan, cfg: PruneConfig, rng: np.r
                        f"training uses batches of {data.fixed_batch}")
         sched = dataclasses.replace(sched, batch_size=data.fixed_batch)
     quantizer = plan.quantizer
+    notes: list[str] = []
     if cfg.pruning.mode == "layerwise":
         masks, weights, phases = _layerwise(loaded, data, plan, cfg, sched, rng, progress)
         loss = "mean squared error to each layer's dense output (layer-wise reconstruction)"
     elif cfg.pruning.trains:
-        masks, weights, phases, loss = _end_to_end(loaded, data, plan, cfg, sched, rng, progress)
+        masks, weights, phases, loss, notes = _end_to_end(loaded, data, plan, cfg, sched, rng, progress)
     else:
         masks = plan.select(plan.dense_weights)
         weights = {w: plan.dense_weights[w] * masks[w] for w in plan.dense_weights}
@@ -70,11 +72,12 @@ def train(loaded: Loaded, data: Dataset, plan: Plan, cfg: PruneConfig, rng: np.r
     if quantizer:  # what training saw: Q(W·M) (int8 values ORT's quantizer reproduces, or codebook entries)
         for n in quantizer.names:
             weights[n] = quantizer(n, weights[n], masks[n])
-    return Trained(masks, weights, phases, loss, sched)
+    return Trained(masks, weights, phases, loss, sched, notes)
 
 
 def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
-    base, groups, quantizer = loaded.prepared.train_base, plan.groups, plan.quantizer
+    groups, quantizer = plan.groups, plan.quantizer
+    base, notes = standins.apply(loaded.prepared.train_base, plan.shapes)
     terms, targets = loss_terms(base, data.selected, data.train.get(LABELS), data.dense_train)
     arrays = {**data.inputs(data.train), **targets}
     wanted = set(groups.tensors) | set(trainable_parameters(base, loaded.layers))
@@ -98,7 +101,7 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
                                sched, rng, progress, quantizer, ckpt)]
         weights = {n: trainer.get(n) for n in trainable}
         weights.update(current_weights(trainer, groups))  # fold W·M: pruned weights exactly zero
-    return masks, weights, phases, "; ".join(t.describe() for t in terms)
+    return masks, weights, phases, "; ".join(t.describe() for t in terms), notes
 
 
 def _layerwise(loaded, data, plan, cfg, sched, rng, progress):
