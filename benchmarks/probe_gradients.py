@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = {
     "Relu": {}, "LeakyRelu": {}, "Elu": {}, "Selu": {}, "Celu": {}, "Sigmoid": {}, "Tanh": {}, "Softplus": {},
     "Softsign": {}, "Erf": {}, "Exp": {}, "Abs": {}, "Neg": {}, "Sqrt": {"pre": "Abs"}, "Log": {"pre": "Exp"},
-    "Reciprocal": {"pre": "Exp"}, "HardSigmoid": {}, "HardSwish": {}, "ThresholdedRelu": {}, "Mish": {},
+    "Reciprocal": {"pre": "Exp"}, "HardSigmoid": {}, "HardSwish": {}, "ThresholdedRelu": {}, "Mish": {"opset": 18},
     "Gelu": {"opset": 20}, "Floor": {}, "Ceil": {}, "Round": {}, "Sign": {},
     "Clip": {"inputs": [("lo", "np.float32(0)"), ("hi", "np.float32(6)")]},
     "PRelu": {"inputs": [("slope", "np.full((4, 1, 1), 0.1, np.float32)")]},
@@ -93,7 +93,10 @@ if case.get("pre_reduce"):
     inits.append(numpy_helper.from_array(np.array([3], np.int64), "pr_axes"))
     nodes.append(helper.make_node("ReduceSum", [src, "pr_axes"], ["h_red"], name="pre_reduce", keepdims=1))
     src = "h_red"
-ins = [src] * case.get("self_inputs", 1)
+ins = [src]
+if case.get("self_inputs", 1) > 1:  # a second operand that also depends on the weight (h − h would be 0)
+    nodes.append(helper.make_node("Sigmoid", [src], ["h2"], name="second"))
+    ins = [src] + ["h2"] * (case["self_inputs"] - 1)
 if case.get("mask"):
     inits.append(numpy_helper.from_array(rng.random((2, 4, 6, 6)) > 0.5, "cond"))
     ins = ["cond", src, "h"]
@@ -115,8 +118,6 @@ for n, expr in case.get("inputs", []):
     ins.append(n)
 outs = ["y"] + [f"y{{i}}" for i in range(1, case.get("outputs", 1))]
 nodes.append(helper.make_node(op, ins, outs, name="the_op", **attrs))
-if op in ("TopK",):
-    pass
 opset = case.get("opset", 17)
 g = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)

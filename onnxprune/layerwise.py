@@ -97,6 +97,7 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
         target = "onnxprune_layer_target"
         corrected = {layer.weight} if quantizer and layer.weight in quantizer.names else set()
         small, _ = standins.apply(small, shapes)
+        standins.check_crashes(small, [layer.weight], [out])
         graph = build_training_graph(small, plan.tensors, set(plan.penalized),
                                      [MeanSquaredError(out, out, target, y.shape[1:])], shapes, corrected)
         trainable = [t.name for t in small.graph.initializer if t.name in node.input

@@ -22,10 +22,20 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .errors import OnnxPruneError
 from .plumbing import default_opset, first_line, log, session, session_options
 
 STANDINS: dict[str, Callable] = {}
 PREFIX = "onnxprune_standin"
+# ops ORT 1.19 trains through on CPU as they are (docs/gradients.md, benchmarks/probe_gradients.py)
+KNOWN_TRAINABLE = {
+    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Erf", "Exp", "Abs", "Neg", "Sqrt", "Log", "Reciprocal", "Gelu", "Clip",
+    "Dropout", "Identity", "Cast", "MaxPool", "GlobalAveragePool", "Pad", "BatchNormalization", "Softmax",
+    "LogSoftmax", "Transpose", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Slice", "Split", "Concat", "Tile",
+    "Expand", "Gather", "Where", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "ReduceMean", "ReduceSum",
+    "ReduceL2", "ReduceLogSumExp", "MatMul", "Gemm", "Conv", "TopK", "SoftmaxCrossEntropyLoss"}
+# ops whose ORT 1.19 gradient kills the process instead of failing: never trained through
+CRASHES = {"AveragePool": "its CPU gradient kernel dies with a floating-point exception (SIGFPE)"}
 
 
 def standin(*ops: str):
@@ -43,6 +53,7 @@ class Sub:
     node: onnx.NodeProto
     shapes: dict[str, tuple[int, ...]]
     opset: int
+    scales: dict[str, np.ndarray] = field(default_factory=dict)  # the model's small float constants
     consts: list[onnx.TensorProto] = field(default_factory=list)
 
     @property
@@ -96,6 +107,226 @@ def hard_swish(s: Sub):
     return nodes
 
 
+def _elu(s: Sub, alpha: float, scale: float, inner: float, output: str) -> list:
+    """scale·(relu(x) + α·(exp(min(x, 0)/inner) − 1)), with min(x, 0) = x − relu(x): ELU (inner 1,
+    scale 1), SELU (scale γ), CELU (inner α)."""
+    nodes = [s.op("Relu", [s.x], "pos"), s.op("Sub", [s.x, s.name("pos")], "neg")]
+    neg = s.name("neg")
+    if inner != 1:
+        nodes.append(s.op("Mul", [neg, s.const("inv_inner", np.float32(1 / inner))], "neg_scaled"))
+        neg = s.name("neg_scaled")
+    nodes += [s.op("Exp", [neg], "exp"), s.op("Sub", [s.name("exp"), s.const("one", np.float32(1))], "expm1"),
+              s.op("Mul", [s.name("expm1"), s.const("alpha", np.float32(alpha))], "tail")]
+    if scale == 1:
+        return nodes + [s.op("Add", [s.name("pos"), s.name("tail")], "y", output=output)]
+    return nodes + [s.op("Add", [s.name("pos"), s.name("tail")], "sum"),
+                    s.op("Mul", [s.name("sum"), s.const("gamma", np.float32(scale))], "y", output=output)]
+
+
+@standin("Elu")
+def elu(s: Sub):
+    return _elu(s, s.attrs.get("alpha", 1.0), 1.0, 1.0, s.y)
+
+
+@standin("Selu")
+def selu(s: Sub):
+    a = s.attrs
+    return _elu(s, a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875), 1.0, s.y)
+
+
+@standin("Celu")
+def celu(s: Sub):
+    alpha = s.attrs.get("alpha", 1.0)
+    return _elu(s, alpha, 1.0, alpha, s.y)
+
+
+def _softplus(s: Sub, output: str) -> list:
+    """log(1 + exp(x)) = relu(x) + log(1 + exp(−|x|)), which never overflows."""
+    return [s.op("Relu", [s.x], "pos"), s.op("Abs", [s.x], "abs"), s.op("Neg", [s.name("abs")], "nabs"),
+            s.op("Exp", [s.name("nabs")], "exp"), s.op("Add", [s.name("exp"), s.const("one", np.float32(1))], "1p"),
+            s.op("Log", [s.name("1p")], "log1p"), s.op("Add", [s.name("pos"), s.name("log1p")], "sp", output=output)]
+
+
+@standin("Softplus")
+def softplus(s: Sub):
+    return _softplus(s, s.y)
+
+
+@standin("Mish")
+def mish(s: Sub):
+    """x · tanh(softplus(x))."""
+    return _softplus(s, s.name("softplus")) + [s.op("Tanh", [s.name("softplus")], "tanh"),
+                                               s.op("Mul", [s.x, s.name("tanh")], "y", output=s.y)]
+
+
+@standin("Softsign")
+def softsign(s: Sub):
+    """x / (1 + |x|)."""
+    return [s.op("Abs", [s.x], "abs"), s.op("Add", [s.name("abs"), s.const("one", np.float32(1))], "den"),
+            s.op("Div", [s.x, s.name("den")], "y", output=s.y)]
+
+
+@standin("ThresholdedRelu")
+def thresholded_relu(s: Sub):
+    """x where x > α, else 0 (the comparison carries no gradient, as in the op)."""
+    return [s.op("Greater", [s.x, s.const("alpha", np.float32(s.attrs.get("alpha", 1.0)))], "above"),
+            s.op("Where", [s.name("above"), s.x, s.const("zero", np.float32(0))], "y", output=s.y)]
+
+
+@standin("PRelu")
+def prelu(s: Sub):
+    """relu(x) + slope · min(x, 0), with min(x, 0) = x − relu(x); the slope stays trainable."""
+    slope = s.node.input[1]
+    return [s.op("Relu", [s.x], "pos"), s.op("Sub", [s.x, s.name("pos")], "neg"),
+            s.op("Mul", [s.name("neg"), slope], "tail"), s.op("Add", [s.name("pos"), s.name("tail")], "y", output=s.y)]
+
+
+def _reduce(s: Sub, op: str, x: str, axes: list[int], what: str, output: str | None = None) -> onnx.NodeProto:
+    """A keepdims reduction over `axes`: an attribute before opset 18, an input from 18 on
+    (ReduceSum from 13)."""
+    if s.opset >= 18 or (op == "ReduceSum" and s.opset >= 13):
+        return s.op(op, [x, s.const(f"{what}_axes", np.array(axes, np.int64))], what, output=output, keepdims=1)
+    return s.op(op, [x], what, output=output, axes=axes, keepdims=1)
+
+
+def _normalize(s: Sub, axes: list[int], eps: float) -> list:
+    """(x − mean) / √(var + ε) over `axes`, as ReduceMean, Sub, Mul, Sqrt and Div."""
+    return [_reduce(s, "ReduceMean", s.x, axes, "mean"), s.op("Sub", [s.x, s.name("mean")], "centered"),
+            s.op("Mul", [s.name("centered"), s.name("centered")], "sq"), _reduce(s, "ReduceMean", s.name("sq"), axes, "var"),
+            s.op("Add", [s.name("var"), s.const("eps", np.float32(eps))], "var_eps"),
+            s.op("Sqrt", [s.name("var_eps")], "std"), s.op("Div", [s.name("centered"), s.name("std")], "normed")]
+
+
+@standin("LayerNormalization")
+def layer_norm(s: Sub):
+    """ORT's LayerNormalization gradient builder asserts on the optional outputs real exports omit."""
+    shape = s.shapes.get(s.x)
+    if shape is None or any(o for o in s.node.output[1:]):
+        return None
+    axis = s.attrs.get("axis", -1) % len(shape)
+    nodes = _normalize(s, list(range(axis, len(shape))), s.attrs.get("epsilon", 1e-5))
+    nodes.append(s.op("Mul", [s.name("normed"), s.node.input[1]], "scaled",
+                      output=None if len(s.node.input) > 2 and s.node.input[2] else s.y))
+    if len(s.node.input) > 2 and s.node.input[2]:
+        nodes.append(s.op("Add", [s.name("scaled"), s.node.input[2]], "y", output=s.y))
+    return nodes
+
+
+@standin("InstanceNormalization")
+def instance_norm(s: Sub):
+    shape = s.shapes.get(s.x)
+    if shape is None or len(shape) < 3:
+        return None
+    per_channel = s.const("per_channel", np.array([-1] + [1] * (len(shape) - 2), np.int64))
+    return _normalize(s, list(range(2, len(shape))), s.attrs.get("epsilon", 1e-5)) + [
+        s.op("Reshape", [s.node.input[1], per_channel], "scale"), s.op("Reshape", [s.node.input[2], per_channel], "bias"),
+        s.op("Mul", [s.name("normed"), s.name("scale")], "scaled"),
+        s.op("Add", [s.name("scaled"), s.name("bias")], "y", output=s.y)]
+
+
+@standin("Sum", "Mean")
+def variadic_sum(s: Sub):
+    """A chain of Adds (Mean: then divided by the count)."""
+    ins = [i for i in s.node.input if i]
+    nodes, acc = [], ins[0]
+    last = len(ins) - 1 if s.node.op_type == "Sum" else len(ins)
+    for k, t in enumerate(ins[1:], 1):
+        nodes.append(s.op("Add", [acc, t], f"acc{k}", output=s.y if k == last else None))
+        acc = s.name(f"acc{k}")
+    if s.node.op_type == "Mean":
+        nodes.append(s.op("Mul", [acc, s.const("inv_n", np.float32(1 / len(ins)))], "y", output=s.y))
+    return nodes or [s.op("Identity", [ins[0]], "y", output=s.y)]
+
+
+@standin("ReduceSumSquare")
+def reduce_sum_square(s: Sub):
+    shape = s.shapes.get(s.x)
+    if shape is None:
+        return None
+    axes = s.attrs.get("axes")
+    if axes is None and len(s.node.input) > 1 and s.node.input[1]:
+        return None  # axes given as an input: left to ORT
+    axes = [a % len(shape) for a in axes] if axes else list(range(len(shape)))
+    nodes = [s.op("Mul", [s.x, s.x], "sq"), _reduce(s, "ReduceSum", s.name("sq"), axes, "sum")]
+    if s.attrs.get("keepdims", 1):
+        nodes[-1].output[0] = s.y
+        return nodes
+    kept = [d for i, d in enumerate(shape) if i not in axes]
+    return nodes + [s.op("Reshape", [s.name("sum"), s.const("shape", np.array(kept, np.int64))], "y", output=s.y)]
+
+
+@standin("DepthToSpace", "SpaceToDepth")
+def depth_space(s: Sub):
+    """Reshape → Transpose → Reshape, as the operator's definition spells it."""
+    shape, out = s.shapes.get(s.x), s.shapes.get(s.y)
+    if shape is None or out is None or len(shape) != 4:
+        return None
+    b = s.attrs["blocksize"]
+    n, c, h, w = shape
+    mode = s.attrs.get("mode", b"DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if s.node.op_type == "SpaceToDepth":
+        split, perm = [n, c, h // b, b, w // b, b], [0, 3, 5, 1, 2, 4]
+    elif mode == "DCR":
+        split, perm = [n, b, b, c // (b * b), h, w], [0, 3, 4, 1, 5, 2]
+    else:
+        split, perm = [n, c // (b * b), b, b, h, w], [0, 1, 4, 2, 5, 3]
+    split[0] = 0  # the batch is copied from the input, whatever it is
+    return [s.op("Reshape", [s.x, s.const("split", np.array(split, np.int64))], "split"),
+            s.op("Transpose", [s.name("split")], "moved", perm=perm),
+            s.op("Reshape", [s.name("moved"), s.const("out", np.array([0, *out[1:]], np.int64))], "y", output=s.y)]
+
+
+@standin("AveragePool")
+def average_pool(s: Sub):
+    """A depthwise Conv with a kernel of ones, times the divisor map (ORT 1.19's AveragePool
+    gradient dies with a floating-point exception). The divisor map is read off the op itself:
+    AveragePool(1) / Σwindow(1), so count_include_pad and ceil_mode come out as the op does them."""
+    shape, out = s.shapes.get(s.x), s.shapes.get(s.y)
+    a = s.attrs
+    if shape is None or out is None or len(shape) < 3:
+        return None
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    k = list(a["kernel_shape"])
+    d = len(k)
+    strides, dil = list(a.get("strides", [1] * d)), list(a.get("dilations", [1] * d))
+    pads = list(a.get("pads", [0] * 2 * d)) if auto == "NOTSET" else [0] * 2 * d
+    for i in range(d):  # auto_pad SAME_*: the padding the op computes, before or after
+        if auto.startswith("SAME"):
+            total = max(0, (out[2 + i] - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - shape[2 + i])
+            pads[i] = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            pads[d + i] = total - pads[i]
+    for i in range(d):  # ceil_mode's extra windows: pad the end so Conv makes them too
+        need = (out[2 + i] - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - (shape[2 + i] + pads[i] + pads[d + i])
+        pads[d + i] += max(0, need)
+    conv = dict(kernel_shape=k, strides=strides, pads=pads, dilations=dil)
+    ones = np.ones((1, 1, *shape[2:]), np.float32)
+    scale = _divisor_map(s, ones, conv)
+    if scale is None or scale.shape[2:] != tuple(out[2:]):
+        return None
+    weight = s.const("ones", np.ones((shape[1], 1, *k), np.float32))
+    factor = np.float32(scale.flat[0]) if np.all(scale == scale.flat[0]) else scale.astype(np.float32)
+    return [s.op("Conv", [s.x, weight], "window_sum", group=shape[1], **conv),
+            s.op("Mul", [s.name("window_sum"), s.const("divisor", factor)], "y", output=s.y)]
+
+
+def _divisor_map(s: Sub, ones: np.ndarray, conv: dict) -> np.ndarray | None:
+    g = helper.make_graph(
+        [helper.make_node("AveragePool", ["x"], ["avg"], **s.attrs),
+         helper.make_node("Conv", ["x", "k"], ["sum"], **conv)], "divisor",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(ones.shape))],
+        [onnx.ValueInfoProto(name="avg"), onnx.ValueInfoProto(name="sum")],
+        [numpy_helper.from_array(np.ones((1, 1, *conv["kernel_shape"]), np.float32), "k")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(s.opset, 11))], ir_version=8)
+    try:
+        avg, total = session(m, "the AveragePool divisor", session_options(optimize=False)).run(None, {"x": ones})
+    except Exception as e:
+        log.debug("AveragePool stand-in not used: %s", first_line(e))
+        return None
+    return None if np.any(total == 0) else avg / total
+
+
 @standin("GlobalMaxPool")
 def global_max_pool(s: Sub):
     """A MaxPool whose window is the whole spatial extent (MaxPool has a gradient)."""
@@ -106,24 +337,71 @@ def global_max_pool(s: Sub):
 
 
 @standin("Resize")
-def resize_nearest(s: Sub):
-    """Nearest upsampling by whole factors as Reshape → Expand → Reshape: each value repeated
-    f times along each spatial axis (Expand's gradient is a sum)."""
+def resize(s: Sub):
+    """Resize on the spatial axes, which ORT 1.19 cannot run backward on CPU. Nearest upsampling
+    by whole factors is Reshape → Expand → Reshape (each value repeated; Expand's gradient is a
+    sum). Any other separable mode (linear, cubic, other factors) on a 4-D tensor is two MatMuls
+    with the interpolation matrices of each axis, read off the op itself by resizing unit vectors."""
     a = s.attrs
-    mode = a.get("mode", b"nearest")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode, coords = _text(a.get("mode", "nearest")), _text(a.get("coordinate_transformation_mode", "half_pixel"))
     src, dst = s.shapes.get(s.x), s.shapes.get(s.y)
-    if mode != "nearest" or src is None or dst is None or len(src) != len(dst) or len(src) < 3:
+    if src is None or dst is None or len(src) != len(dst) or len(src) < 3 or src[:2] != dst[:2]:
         return None
-    if src[:2] != dst[:2] or any(d % c for c, d in zip(src[2:], dst[2:])):
+    if coords == "tf_crop_and_resize" or "axes" in a:  # a crop, or scales over a subset of axes
         return None
-    factors = [d // c for c, d in zip(src[2:], dst[2:])]
-    spread = [0, 0] + [v for c in src[2:] for v in (c, 1)]
-    grid = [1, 1] + [v for f in factors for v in (1, f)]
-    return [s.op("Reshape", [s.x, s.const("spread", np.array(spread, np.int64))], "spread"),
-            s.op("Expand", [s.name("spread"), s.const("grid", np.array(grid, np.int64))], "repeat"),
-            s.op("Reshape", [s.name("repeat"), s.const("out", np.array([0, 0, *dst[2:]], np.int64))], "y",
-                 output=s.y)]
+    whole = all(d % c == 0 for c, d in zip(src[2:], dst[2:]))
+    if mode == "nearest" and whole and coords in ("asymmetric", "half_pixel", "pytorch_half_pixel"):
+        factors = [d // c for c, d in zip(src[2:], dst[2:])]
+        spread = [0, 0] + [v for c in src[2:] for v in (c, 1)]
+        grid = [1, 1] + [v for f in factors for v in (1, f)]
+        return [s.op("Reshape", [s.x, s.const("spread", np.array(spread, np.int64))], "spread"),
+                s.op("Expand", [s.name("spread"), s.const("grid", np.array(grid, np.int64))], "repeat"),
+                s.op("Reshape", [s.name("repeat"), s.const("out", np.array([0, 0, *dst[2:]], np.int64))], "y",
+                     output=s.y)]
+    if len(src) != 4:
+        return None
+    rows, cols = _interpolation(s, 2, src[2], dst[2]), _interpolation(s, 3, src[3], dst[3])
+    if rows is None or cols is None:
+        return None
+    return [s.op("MatMul", [s.x, s.const("cols", cols.T.copy())], "along_w"),  # [N, C, H, W']
+            s.op("Transpose", [s.name("along_w")], "swap", perm=[0, 1, 3, 2]),
+            s.op("MatMul", [s.name("swap"), s.const("rows", rows.T.copy())], "along_h"),  # [N, C, W', H']
+            s.op("Transpose", [s.name("along_h")], "y", output=s.y, perm=[0, 1, 3, 2])]
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _interpolation(s: Sub, axis: int, n_in: int, n_out: int) -> np.ndarray | None:
+    """The [n_out, n_in] matrix the Resize node applies along `axis`: the node itself (same
+    attributes, this axis's scale or size, the others 1) run on the n_in unit vectors."""
+    ins = list(s.node.input) + [""] * (4 - len(s.node.input))
+    inits = []
+    if ins[2]:  # scales given: this axis keeps its own scale (the coordinates use it, not n_out/n_in)
+        scales = s.scales.get(ins[2])
+        if scales is None:
+            return None
+        one = np.ones(4, np.float32)
+        one[2] = scales[axis]
+        inits.append(numpy_helper.from_array(one, "scales"))
+        node_ins = ["x", "", "scales"]
+    else:
+        inits.append(numpy_helper.from_array(np.array([1, n_in, n_out, 1], np.int64), "sizes"))
+        node_ins = ["x", "", "", "sizes"]
+    g = helper.make_graph([helper.make_node("Resize", node_ins, ["y"], **s.attrs)], "interp",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, n_in, n_in, 1])],
+                          [onnx.ValueInfoProto(name="y")], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(s.opset, 13))], ir_version=8)
+    try:
+        out = session(m, "the Resize matrices", session_options(optimize=False)).run(
+            None, {"x": np.eye(n_in, dtype=np.float32).reshape(1, n_in, n_in, 1)})[0]
+    except Exception as e:
+        log.debug("Resize stand-in not used: %s", first_line(e))
+        return None
+    if out.shape != (1, n_in, n_out, 1):
+        return None
+    return out[0, :, :, 0].T.astype(np.float32)  # [n_out, n_in]: column k is unit vector k resized
 
 
 def apply(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[onnx.ModelProto, list[str]]:
@@ -132,10 +410,12 @@ def apply(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[o
     m = copy.deepcopy(model)
     graph, opset = m.graph, default_opset(m)
     inits = {t.name: t for t in graph.initializer}
+    small = {n: numpy_helper.to_array(t) for n, t in inits.items()
+             if t.data_type == onnx.TensorProto.FLOAT and int(np.prod(t.dims)) <= 8}
     body, done, checked = [], {}, {}
     for node in graph.node:
         fn = STANDINS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        s = Sub(node, shapes, opset)
+        s = Sub(node, shapes, opset, small)
         nodes = fn(s) if fn else None
         if nodes:
             key = (node.op_type, tuple(shapes.get(node.input[0], ())), str(sorted(s.attrs.items())),
@@ -156,15 +436,17 @@ def apply(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[o
 
 def _same(node, nodes, consts, inits, shapes, model, tolerance: float = 1e-5) -> bool:
     """Do `nodes` compute what `node` computes, on random inputs of the real shape?"""
-    x, y = node.input[0], node.output[0]
-    if x not in shapes:
+    y = node.output[0]
+    computed = list(dict.fromkeys(i for i in node.input if i and i not in inits))
+    if any(i not in shapes for i in computed):
         return False
     rng = np.random.default_rng(0)
-    feed = {x: (3 * rng.standard_normal(shapes[x])).astype(np.float32)}
-    needed = [copy.deepcopy(inits[i]) for i in node.input[1:] if i in inits]
+    feed = {i: (3 * rng.standard_normal(shapes[i])).astype(np.float32) for i in computed}
+    needed = [copy.deepcopy(inits[i]) for i in dict.fromkeys(node.input) if i in inits]
 
     def run(body):
-        g = helper.make_graph(body, "check", [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None)],
+        g = helper.make_graph(body, "check", [helper.make_tensor_value_info(i, onnx.TensorProto.FLOAT, None)
+                                              for i in computed],
                               [onnx.ValueInfoProto(name=y)], needed + list(consts))
         mm = helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
         return session(mm, f"the {node.op_type} check", session_options(optimize=False)).run(None, feed)[0]
@@ -174,3 +456,32 @@ def _same(node, nodes, consts, inits, shapes, model, tolerance: float = 1e-5) ->
         log.debug("stand-in for %s not used: %s", node.op_type, first_line(e))
         return False
     return want.shape == got.shape and float(np.abs(want - got).max()) <= tolerance * max(1.0, float(np.abs(want).max()))
+
+
+def gradient_path(model: onnx.ModelProto, trainable, losses) -> list[onnx.NodeProto]:
+    """The nodes between a trainable initializer and one of the `losses` outputs."""
+    reached = set(trainable)
+    forward = []
+    for node in model.graph.node:
+        if any(i in reached for i in node.input):
+            forward.append(node)
+            reached.update(o for o in node.output if o)
+    needed, path = set(losses), []
+    for node in reversed(forward):
+        if any(o in needed for o in node.output):
+            path.append(node)
+            needed.update(i for i in node.input if i)
+    return path[::-1]
+
+
+def check_crashes(model: onnx.ModelProto, trainable, losses) -> None:
+    """Refuse, in one line, to train through an op whose gradient would kill the process."""
+    for node in gradient_path(model, trainable, losses):
+        if node.op_type in CRASHES and node.domain in ("", "ai.onnx"):
+            raise OnnxPruneError(f"ONNX Runtime 1.19 cannot train through {node.op_type} node {node.name}: "
+                                 f"{CRASHES[node.op_type]}, and no stand-in reproduces this one; {NO_GRADIENT_ROUTES}")
+
+
+NO_GRADIENT_ROUTES = ("routes that need no gradient through it: --mode layerwise (each layer trained alone), "
+                      "--method magnitude (one-shot), with --quantize int8 for post-training int8; "
+                      "or --exclude the layers before it")

@@ -82,6 +82,7 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     arrays = {**data.inputs(data.train), **targets}
     wanted = set(groups.tensors) | set(trainable_parameters(base, loaded.layers))
     trainable = [t.name for t in base.graph.initializer if t.name in wanted]
+    standins.check_crashes(base, trainable, [t.tensor for t in terms])
     corrected = set(quantizer.names) if quantizer else set()
     graph = build_training_graph(base, groups.tensors, set(groups.penalized), terms, plan.shapes, corrected)
     frozen = ([mask_name(w) for w in groups.tensors] + [coef_name(w) for w in groups.penalized]

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import standins
 from .errors import OnnxPruneError
 from .losses import PREFIX, LossTerm
 from .plumbing import first_line, session_options
@@ -169,7 +170,7 @@ class Trainer:
                                     str(workdir / "eval_model.onnx"), session_options=session_options(threads))
             self.optimizer = ot.Optimizer(str(workdir / "optimizer_model.onnx"), self.module)
         except RuntimeError as e:  # a missing gradient shows up at one of these two points
-            raise OnnxPruneError(_explain_gradient_error(str(e))) from None
+            raise OnnxPruneError(_explain_gradient_error(str(e), graph, trainable)) from None
         self.optimizer.set_learning_rate(learning_rate)
         self.input_names = self.module.input_names()
         self.module.train()
@@ -190,15 +191,24 @@ class Trainer:
         return float(loss), float(task), float(penalty)
 
 
-def _explain_gradient_error(message: str) -> str:
-    advice = ("prune layer by layer with --mode layerwise (no gradient through the rest of the graph), "
-              "or exclude the layers before it with --exclude")
-    m = re.search(r"gradient builder has not been registered: (\S+) for node (\S*)", message)
-    if m:
-        node = f" (node {m.group(2)})" if m.group(2) else ""
-        return (f"ONNX Runtime cannot differentiate op {m.group(1)}{node}, which lies between the weights "
-                f"and the output; {advice}")
-    m = re.search(r"Could not find an implementation for (\w+)\(\d+\) node with name '([^']*)'", message)
-    if m:
-        return f"ONNX Runtime 1.19 has no CPU training kernel for {m.group(1)} (node {m.group(2)}); {advice}"
+def _explain_gradient_error(message: str, graph: onnx.ModelProto, trainable: list[str]) -> str:
+    """ORT's graph-builder errors in our words: the op and node, and the routes that need no gradient."""
+    for pattern in (r"gradient builder has not been registered: (\S+) for node (\S*)",
+                    r"Could not find an implementation for (\w+)\(\d+\) node with name '([^']*)'",
+                    r"operator \((\w+)\) in node \(([^)]*)\)"):
+        m = re.search(pattern, message)
+        if m:
+            op, node = m.group(1), m.group(2).split("_Grad/")[0]
+            grad = op.endswith("Grad")
+            op = op[: -len("Grad")] if grad else op
+            node = f" (node {node})" if node else ""
+            what = (f"ONNX Runtime 1.19 has no working CPU gradient for op {op}{node}" if grad
+                    else f"ONNX Runtime cannot differentiate op {op}{node}")
+            return f"{what}, which lies between the weights and the output; {standins.NO_GRADIENT_ROUTES}"
+    suspects = [f"{n.op_type} (node {n.name})" for n in standins.gradient_path(graph, trainable, [LOSS])
+                if n.op_type not in standins.KNOWN_TRAINABLE and not n.name.startswith(PREFIX)]
+    if suspects:
+        return (f"ONNX Runtime 1.19 could not build the training graph (an internal check failed); between the "
+                f"weights and the loss it is not known to train {', '.join(dict.fromkeys(suspects))}; "
+                f"{standins.NO_GRADIENT_ROUTES}")
     return "ONNX Runtime could not build the training graph: " + first_line(message.strip().splitlines()[-1])

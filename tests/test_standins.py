@@ -30,18 +30,53 @@ def _model(op, attrs=None, extra_inputs=(), extra_inits=(), opset=17, w_as_input
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
+def _const(name, value):
+    return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+
 RESIZE_SCALES = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
 CASES = {
     "HardSigmoid": dict(attrs={"alpha": 0.3, "beta": 0.4}),
     "HardSwish": dict(),
     "GlobalMaxPool": dict(),
+    "Elu": dict(attrs={"alpha": 0.7}),
+    "Selu": dict(),
+    "Celu": dict(attrs={"alpha": 1.5}),
+    "Softplus": dict(),
+    "Softsign": dict(),
+    "Mish": dict(opset=18),
+    "ThresholdedRelu": dict(attrs={"alpha": 0.3}),
+    "PRelu": dict(extra_inputs=["slope"], extra_inits=[_const("slope", np.array([[[0.1]], [[0.2]], [[-0.3]], [[0.5]]]))]),
+    "LayerNormalization": dict(attrs={"axis": -2}, extra_inputs=["s", "b"],
+                               extra_inits=[_const("s", RNG.random((4, 4)) + 0.5), _const("b", RNG.random((4, 4)))]),
+    "InstanceNormalization": dict(extra_inputs=["s", "b"],
+                                  extra_inits=[_const("s", RNG.random(4) + 0.5), _const("b", RNG.random(4))]),
+    "Sum": dict(extra_inputs=["h", "h"]),
+    "Mean": dict(extra_inputs=["h"]),
+    "ReduceSumSquare": dict(attrs={"axes": [2, 3], "keepdims": 0}),
+    "DepthToSpace": dict(attrs={"blocksize": 2, "mode": "CRD"}),
+    "SpaceToDepth": dict(attrs={"blocksize": 2}),
+    "AveragePool": dict(attrs={"kernel_shape": [2, 2]}),
+    "AveragePool/pads": dict(op="AveragePool", attrs={"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    "AveragePool/same": dict(op="AveragePool", attrs={"kernel_shape": [3, 3], "strides": [2, 2],
+                                                      "auto_pad": "SAME_LOWER"}),
+    "AveragePool/ceil": dict(op="AveragePool", attrs={"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 0, 0],
+                                                      "ceil_mode": 1, "count_include_pad": 1}),
     "Resize": dict(attrs={"mode": "nearest"}, extra_inputs=["", "scales"], extra_inits=[RESIZE_SCALES]),
+    "Resize/linear": dict(op="Resize", attrs={"mode": "linear"}, extra_inputs=["", "scales"], extra_inits=[RESIZE_SCALES]),
+    "Resize/linear-align-corners": dict(op="Resize", attrs={"mode": "linear", "coordinate_transformation_mode":
+                                                            "align_corners"},
+                                        extra_inputs=["", "", "sizes"],
+                                        extra_inits=[numpy_helper.from_array(np.array([2, 4, 7, 5], np.int64), "sizes")]),
+    "Resize/cubic-1.5": dict(op="Resize", attrs={"mode": "cubic"}, extra_inputs=["", "scales15"],
+                             extra_inits=[_const("scales15", [1, 1, 1.5, 1.5])]),
 }
 
 
 @pytest.mark.parametrize("op", list(CASES))
 def test_stand_in_matches_the_op_and_its_gradient(op, tmp_path):
-    kw = CASES[op]
+    kw = dict(CASES[op])
+    op = kw.pop("op", op)
     model = _model(op, **kw)
     shapes = tensor_shapes(model, {"x": X})
     replaced, notes = apply(model, shapes)
@@ -72,9 +107,10 @@ def test_stand_in_matches_the_op_and_its_gradient(op, tmp_path):
     assert np.linalg.norm(grad - fd) <= 0.03 * np.linalg.norm(fd), (grad.ravel(), fd.ravel())
 
 
-def test_a_resize_that_is_not_whole_number_nearest_keeps_its_op():
-    scales = numpy_helper.from_array(np.array([1, 1, 1.5, 1.5], np.float32), "scales")
-    model = _model("Resize", attrs={"mode": "linear"}, extra_inputs=["", "scales"], extra_inits=[scales])
+def test_a_resize_that_crops_keeps_its_op():
+    roi = numpy_helper.from_array(np.array([0, 0, 0.1, 0.1, 1, 1, 0.9, 0.9], np.float32), "roi")
+    model = _model("Resize", attrs={"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize"},
+                   extra_inputs=["roi", "scales"], extra_inits=[roi, RESIZE_SCALES])
     replaced, notes = apply(model, tensor_shapes(model, {"x": X}))
     assert not notes and "Resize" in {n.op_type for n in replaced.graph.node}
 
@@ -95,3 +131,58 @@ def test_hardswish_model_trains_end_to_end_and_keeps_its_op(tmp_path):
     assert any("HardSwish×1 trained through a stand-in" in c for c in r.report["preparation"])
     assert r.report["phases"] and r.report["phases"][0]["steps"] > 0
     assert "HardSwish" in {n.op_type for n in onnx.load(str(out)).graph.node}
+
+
+def test_an_op_whose_gradient_crashes_is_refused_in_one_line(monkeypatch):
+    """ORT 1.19's AveragePool gradient dies with SIGFPE: without a stand-in, refuse instead of crashing."""
+    from onnxprune import standins
+    from onnxprune.errors import OnnxPruneError
+
+    monkeypatch.delitem(standins.STANDINS, "AveragePool")
+    model = _model("AveragePool", attrs={"kernel_shape": [2, 2]})
+    model.graph.node.append(helper.make_node("Flatten", ["y"], ["f"], name="flat"))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("f", TensorProto.FLOAT, ["N", 36]))
+    with pytest.raises(OnnxPruneError, match="cannot train through AveragePool node the_op: .*SIGFPE.*--mode layerwise"):
+        onnxprune.prune(model, 0.5, data={"x": RNG.standard_normal((16, 3, 4, 4)).astype(np.float32)},
+                        latency=False, schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1))
+
+
+@pytest.mark.parametrize("message,words", [
+    ("Type Error: Type 'tensor(float)' of input parameter (y) of operator (LSTMGrad) in node "
+     "(the_op_training_Grad/LSTMGrad_0) is invalid.", "no working CPU gradient for op LSTM (node the_op_training)"),
+    ("gradient builder has not been registered: HardSigmoid for node hs_1", "cannot differentiate op HardSigmoid (node hs_1)"),
+    ("Could not find an implementation for ConvTransposeGrad(1) node with name 'up_Grad/ConvTransposeGrad_0'",
+     "no working CPU gradient for op ConvTranspose (node up)"),
+])
+def test_graph_builder_errors_name_the_op_and_the_routes_without_gradients(message, words):
+    from onnxprune.training import _explain_gradient_error
+
+    text = _explain_gradient_error(message, small_model_graph(), ["w"])
+    assert words in text and "--method magnitude" in text and "--mode layerwise" in text
+
+
+def test_an_internal_assertion_names_the_ops_not_known_to_train():
+    from onnxprune.training import LOSS, _explain_gradient_error
+
+    m = _model("LRN", attrs={"size": 3})
+    m.graph.node.append(helper.make_node("ReduceMean", ["y"], [LOSS], name="loss", keepdims=0))
+    text = _explain_gradient_error("gradient_builder_base.h:123 OutputDefs().size() check failed", m, ["w"])
+    assert "not known to train LRN (node the_op)" in text and "Conv" not in text.split("train ")[1].split(";")[0]
+
+
+def small_model_graph():
+    return _model("Relu")
+
+
+def test_the_probe_table_agrees_with_known_trainable_ops():
+    """docs/gradients.md (made by benchmarks/probe_gradients.py) and standins.KNOWN_TRAINABLE agree."""
+    from conftest import ROOT
+    from onnxprune import standins
+
+    rows = [line.split("|") for line in (ROOT / "docs" / "gradients.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| op ")]
+    trains = {r[1].strip() for r in rows if r[2].strip() == "trains"}
+    assert trains and trains <= standins.KNOWN_TRAINABLE
+    standin_ops = {r[1].strip().split(" ")[0] for r in rows if r[3].strip() == "stand-in"}
+    assert standin_ops <= set(standins.STANDINS)
