@@ -327,6 +327,58 @@ def _divisor_map(s: Sub, ones: np.ndarray, conv: dict) -> np.ndarray | None:
     return None if np.any(total == 0) else avg / total
 
 
+@standin("ConvTranspose")
+def conv_transpose(s: Sub):
+    """ORT 1.19 has no CPU gradient kernel for ConvTranspose. The same op is a Conv over the input
+    with (stride − 1) zeros inserted between its values and padded by dilation·(k − 1) − pad, with
+    the kernel's in/out axes swapped (per group) and its spatial axes reversed. The weight stays
+    the trained tensor: the swap and the reversal are ops on it, so its gradient flows back."""
+    a = s.attrs
+    shape, out = s.shapes.get(s.x), s.shapes.get(s.y)
+    w = s.node.input[1]
+    wshape = s.shapes.get(w)
+    if shape is None or out is None or wshape is None or "output_shape" in a or _text(a.get("auto_pad", "NOTSET")) != "NOTSET":
+        return None
+    d = len(shape) - 2
+    k = list(wshape[2:])
+    g = a.get("group", 1)
+    strides, dil = list(a.get("strides", [1] * d)), list(a.get("dilations", [1] * d))
+    pads, extra = list(a.get("pads", [0] * 2 * d)), list(a.get("output_padding", [0] * d))
+    begin = [dil[i] * (k[i] - 1) - pads[i] for i in range(d)]
+    end = [dil[i] * (k[i] - 1) - pads[d + i] + extra[i] - (strides[i] - 1) for i in range(d)]
+    if min(begin) < 0:
+        return None
+    nodes, x = [], s.x
+    if max(strides) > 1:  # value, then (stride − 1) zeros, along every spatial axis
+        spread = [0, 0] + [v for c in shape[2:] for v in (c, 1)]
+        zeros = [0] * (2 + 2 * d) + [0, 0] + [v for st in strides for v in (0, st - 1)]
+        nodes += [s.op("Reshape", [x, s.const("spread", np.array(spread, np.int64))], "spread"),
+                  s.op("Pad", [s.name("spread"), s.const("zeros", np.array(zeros, np.int64))], "zeros"),
+                  s.op("Reshape", [s.name("zeros"), s.const("dilated", np.array(
+                      [0, 0, *[c * st for c, st in zip(shape[2:], strides)]], np.int64))], "dilated")]
+        x = s.name("dilated")
+    if min(end) < 0:  # crop what the zeros overshoot
+        size = [c * st for c, st in zip(shape[2:], strides)]
+        nodes.append(s.op("Slice", [x, s.const("starts", np.zeros(d, np.int64)),
+                                    s.const("ends", np.array([n + min(e, 0) for n, e in zip(size, end)], np.int64)),
+                                    s.const("axes", np.arange(2, 2 + d, dtype=np.int64))], "cropped"))
+        x = s.name("cropped")
+    cin, cout_g = wshape[0], wshape[1]
+    nodes += [s.op("Reshape", [w, s.const("wgroups", np.array([g, cin // g, cout_g, *k], np.int64))], "wgroups"),
+              s.op("Transpose", [s.name("wgroups")], "wswap", perm=[0, 2, 1, *range(3, 3 + d)]),
+              s.op("Reshape", [s.name("wswap"), s.const("wconv", np.array([g * cout_g, cin // g, *k], np.int64))],
+                   "wconv")]
+    kernel = s.name("wconv")
+    for i in range(d):  # reverse each spatial axis of the kernel
+        nodes.append(s.op("Gather", [kernel, s.const(f"rev{i}", np.arange(k[i] - 1, -1, -1, dtype=np.int64))],
+                          f"wflip{i}", axis=2 + i))
+        kernel = s.name(f"wflip{i}")
+    ins = [x, kernel] + ([s.node.input[2]] if len(s.node.input) > 2 and s.node.input[2] else [])
+    nodes.append(s.op("Conv", ins, "y", output=s.y, group=g, dilations=dil, kernel_shape=k,
+                      pads=begin + [max(e, 0) for e in end]))
+    return nodes
+
+
 @standin("GlobalMaxPool")
 def global_max_pool(s: Sub):
     """A MaxPool whose window is the whole spatial extent (MaxPool has a gradient)."""

@@ -46,6 +46,13 @@ CASES = {
     "Softsign": dict(),
     "Mish": dict(opset=18),
     "ThresholdedRelu": dict(attrs={"alpha": 0.3}),
+    "ConvTranspose": dict(extra_inputs=["k", "kb"], extra_inits=[_const("k", RNG.standard_normal((4, 3, 3, 3))),
+                                                                 _const("kb", RNG.standard_normal(3))]),
+    "ConvTranspose/stride": dict(op="ConvTranspose", attrs={"strides": [2, 2], "pads": [1, 1, 1, 1],
+                                                            "output_padding": [1, 1]},
+                                 extra_inputs=["k"], extra_inits=[_const("k", RNG.standard_normal((4, 3, 3, 3)))]),
+    "ConvTranspose/groups": dict(op="ConvTranspose", attrs={"strides": [2, 2], "group": 2, "dilations": [2, 1]},
+                                 extra_inputs=["k"], extra_inits=[_const("k", RNG.standard_normal((4, 2, 2, 3)))]),
     "PRelu": dict(extra_inputs=["slope"], extra_inits=[_const("slope", np.array([[[0.1]], [[0.2]], [[-0.3]], [[0.5]]]))]),
     "LayerNormalization": dict(attrs={"axis": -2}, extra_inputs=["s", "b"],
                                extra_inits=[_const("s", RNG.random((4, 4)) + 0.5), _const("b", RNG.random((4, 4)))]),
@@ -186,3 +193,40 @@ def test_the_probe_table_agrees_with_known_trainable_ops():
     assert trains and trains <= standins.KNOWN_TRAINABLE
     standin_ops = {r[1].strip().split(" ")[0] for r in rows if r[3].strip() == "stand-in"}
     assert standin_ops <= set(standins.STANDINS)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"strides": [2, 2], "pads": [1, 0, 1, 0], "output_padding": [1, 0]},
+                                   {"strides": [2, 1], "group": 2}], ids=["plain", "stride-pads", "groups"])
+def test_conv_transpose_kernel_trains_through_its_stand_in(attrs, tmp_path):
+    """ConvTranspose is a prunable layer: its own kernel must get the right gradient."""
+    k = (0.5 * RNG.standard_normal((4, 2 if attrs.get("group") else 3, 3, 3))).astype(np.float32)
+    x = RNG.standard_normal((2, 4, 5, 5)).astype(np.float32)
+
+    def build(k_as_input):
+        g = helper.make_graph([helper.make_node("ConvTranspose", ["x", "k"], ["y"], name="up", **attrs)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 5])]
+                              + ([helper.make_tensor_value_info("k", TensorProto.FLOAT, list(k.shape))] if k_as_input else []),
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [] if k_as_input else [numpy_helper.from_array(k, "k")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = build(False)
+    shapes = tensor_shapes(model, {"x": x})
+    replaced, notes = apply(model, shapes)
+    assert notes and "ConvTranspose" in notes[0]
+    target = RNG.standard_normal(shapes["y"]).astype(np.float32)
+    graph = build_training_graph(replaced, {"k": k.shape}, set(), [MeanSquaredError("y", "y", "t", shapes["y"][1:])],
+                                 shapes)
+    tr = Trainer(graph, ["k"], [mask_name("k")], tmp_path, 1e-3)
+    tr.module.lazy_reset_grad()
+    tr.module(x, target)
+    grad = np.array(tr.state.parameters["k"].grad).reshape(k.shape)
+    probe = session(build(True))
+    # the loss is quadratic in k: central differences are exact up to rounding
+    fd = np.zeros(k.shape)
+    for i in np.ndindex(k.shape):
+        up, down = k.astype(np.float64), k.astype(np.float64)
+        up[i] += 1e-2
+        down[i] -= 1e-2
+        lo = [float(np.mean((probe.run(None, {"x": x, "k": v.astype(np.float32)})[0] - target) ** 2)) for v in (up, down)]
+        fd[i] = (lo[0] - lo[1]) / 2e-2
+    assert np.linalg.norm(grad - fd) <= 0.01 * np.linalg.norm(fd)
