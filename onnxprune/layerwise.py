@@ -17,6 +17,7 @@ from onnx import helper
 
 from . import standins
 from .data import run_model
+from .errors import OnnxPruneError
 from .export import with_weights
 from .layers import PrunableLayer
 from .losses import MeanSquaredError
@@ -43,10 +44,11 @@ def capture(model: onnx.ModelProto, names: list[str], arrays: dict[str, np.ndarr
 
 
 def layer_model(model: onnx.ModelProto, node: onnx.NodeProto, x: np.ndarray,
-                stop: set[str]) -> tuple[onnx.ModelProto, str]:
+                stop: set[str], cut: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, str]:
     """The node and the cheap ops after it (activation, pooling, reshape: each with one
     non-constant input, reading a tensor nothing else reads) up to the next layer in `stop` or a
-    graph output; its activation input is the graph input, constant inputs are initializers.
+    graph output, or a node in `cut` (one ORT cannot train through); its activation input is the
+    graph input, constant inputs are initializers.
     Reconstructing what the next layer reads (after ReLU, after pooling) ignores differences the
     model itself discards. Returns the model and the tensor to reconstruct."""
     inits = initializer_map(model.graph)
@@ -59,7 +61,8 @@ def layer_model(model: onnx.ModelProto, node: onnx.NodeProto, x: np.ndarray,
     while out not in outputs and len(readers.get(out, [])) == 1:
         nxt = readers[out][0]
         dynamic = [i for i in nxt.input if i and i not in inits]
-        if nxt.op_type not in FOLLOWERS or nxt.name in stop or dynamic != [out] or len(nxt.output) != 1:
+        if (nxt.op_type not in FOLLOWERS or nxt.name in stop or nxt.name in cut or dynamic != [out]
+                or len(nxt.output) != 1):
             break
         chain.append(nxt)
         out = nxt.output[0]
@@ -81,17 +84,18 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
     rows = np.sort(rng.permutation(n)[:CALIBRATION_SAMPLES])
     calib = {k: arrays[k][rows] for k in input_names}
     nodes = {nd.name: nd for nd in model.graph.node}
+    stop = {layer.name for layer in layers}
+    cuts = {layer.name: window_cut(model, nodes[layer.name], stop, shapes) for layer in layers}
     current = model
     masks: dict[str, np.ndarray] = {}
     weights: dict[str, np.ndarray] = {}
     phases: list[Phase] = []
-    stop = {layer.name for layer in layers}
     for i, layer in enumerate(layers):
         node = nodes[layer.name]
         inits = initializer_map(current.graph)
         data = next(x for x in node.input if x not in inits)
         x = calib[data] if data in calib else capture(current, [data], calib, input_names)[0]
-        small, out = layer_model(current, node, x, stop)
+        small, out = layer_model(current, node, x, stop, cuts[layer.name])
         y = capture(model, [out], calib, input_names)[0].astype(np.float32)  # what the dense model computes
         plan = plan_of(layer)
         target = "onnxprune_layer_target"
@@ -125,6 +129,28 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
             p.name = f"{layer.name} {p.name}"
         phases.extend(ph)
     return masks, weights, phases
+
+
+def window_cut(model: onnx.ModelProto, node: onnx.NodeProto, stop: set[str], shapes) -> frozenset[str]:
+    """The followers the layer's window must stop before: those ORT cannot train through even
+    with a stand-in. Checked for every layer before any is trained, so a layer that cannot be
+    trained at all is named in seconds, not after the layers before it."""
+    inits = initializer_map(model.graph)
+    data = next(i for i in node.input if i not in inits)
+    probe = np.empty((1, *shapes[data][1:]), np.float32)
+    cut: set[str] = set()
+    while True:
+        small, out = layer_model(model, node, probe, stop, frozenset(cut))
+        trainable, _ = standins.apply(small, shapes)
+        bad = [n for n in trainable.graph.node if n.op_type not in standins.KNOWN_TRAINABLE
+               and not n.name.startswith(standins.PREFIX)]
+        if not bad:
+            return frozenset(cut)
+        if any(n.name == node.name for n in bad) or all(n.name in cut for n in bad):
+            raise OnnxPruneError(f"layer {node.name} ({node.op_type}) cannot be trained by ONNX Runtime 1.19, even "
+                                 f"alone; prune it one-shot with --method magnitude, or leave it out with "
+                                 f"--exclude {node.name}")
+        cut.update(n.name for n in bad)
 
 
 def _only(quantizer, names):

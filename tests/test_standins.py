@@ -230,3 +230,20 @@ def test_conv_transpose_kernel_trains_through_its_stand_in(attrs, tmp_path):
         lo = [float(np.mean((probe.run(None, {"x": x, "k": v.astype(np.float32)})[0] - target) ** 2)) for v in (up, down)]
         fd[i] = (lo[0] - lo[1]) / 2e-2
     assert np.linalg.norm(grad - fd) <= 0.01 * np.linalg.norm(fd)
+
+
+def test_layerwise_window_stops_before_an_op_without_gradient(monkeypatch):
+    """Without HardSigmoid's stand-in, the layer's window ends before it instead of refusing."""
+    from onnxprune import layerwise, standins
+
+    model = _model("HardSigmoid")
+    shapes = tensor_shapes(model, {"x": X})
+    conv = model.graph.node[0]
+    assert layerwise.window_cut(model, conv, {"conv"}, shapes) == frozenset()
+    small, out = layerwise.layer_model(model, conv, X, {"conv"})
+    assert out == "y"  # with the stand-in, the window reaches the activation
+    monkeypatch.delitem(standins.STANDINS, "HardSigmoid")
+    cut = layerwise.window_cut(model, conv, {"conv"}, shapes)
+    assert cut == {"the_op"}
+    small, out = layerwise.layer_model(model, conv, X, {"conv"}, cut)
+    assert out == "h" and [n.op_type for n in small.graph.node] == ["Conv"]
