@@ -53,7 +53,7 @@ class Sub:
     node: onnx.NodeProto
     shapes: dict[str, tuple[int, ...]]
     opset: int
-    scales: dict[str, np.ndarray] = field(default_factory=dict)  # the model's small float constants
+    small: dict[str, np.ndarray] = field(default_factory=dict)  # the model's small constants (scales, axes)
     consts: list[onnx.TensorProto] = field(default_factory=list)
 
     @property
@@ -243,16 +243,54 @@ def reduce_sum_square(s: Sub):
     shape = s.shapes.get(s.x)
     if shape is None:
         return None
-    axes = s.attrs.get("axes")
-    if axes is None and len(s.node.input) > 1 and s.node.input[1]:
-        return None  # axes given as an input: left to ORT
-    axes = [a % len(shape) for a in axes] if axes else list(range(len(shape)))
+    axes = _axes(s, shape)
+    if axes is None:
+        return None
     nodes = [s.op("Mul", [s.x, s.x], "sq"), _reduce(s, "ReduceSum", s.name("sq"), axes, "sum")]
     if s.attrs.get("keepdims", 1):
         nodes[-1].output[0] = s.y
         return nodes
     kept = [d for i, d in enumerate(shape) if i not in axes]
     return nodes + [s.op("Reshape", [s.name("sum"), s.const("shape", np.array(kept, np.int64))], "y", output=s.y)]
+
+
+def _axes(s: Sub, shape) -> list[int] | None:
+    """A reduction's axes, from its attribute or its constant second input; None when computed."""
+    axes = s.attrs.get("axes")
+    if axes is None and len(s.node.input) > 1 and s.node.input[1]:
+        if s.node.input[1] not in s.small:
+            return None
+        axes = s.small[s.node.input[1]].reshape(-1).tolist()
+    if not axes:
+        return [] if s.attrs.get("noop_with_empty_axes", 0) else list(range(len(shape)))
+    return sorted(a % len(shape) for a in axes)
+
+
+@standin("ReduceMax", "ReduceMin")
+def reduce_max(s: Sub):
+    """A reduction over the trailing spatial axes as a MaxPool over them (Min: of −x, negated)."""
+    shape = s.shapes.get(s.x)
+    if shape is None or len(shape) < 3:
+        return None
+    axes = _axes(s, shape)
+    if not axes or axes != list(range(axes[0], len(shape))) or axes[0] < 2:
+        return None
+    lead = len(shape) - len(axes)  # MaxPool needs [N, C, spatial…]: fold the other leading axes into C
+    nodes, x = [], s.x
+    if s.node.op_type == "ReduceMin":
+        nodes.append(s.op("Neg", [x], "neg"))
+        x = s.name("neg")
+    fold = [0, int(np.prod(shape[1:lead]))] + list(shape[lead:])
+    nodes += [s.op("Reshape", [x, s.const("fold", np.array(fold, np.int64))], "fold"),
+              s.op("MaxPool", [s.name("fold")], "pool", kernel_shape=list(shape[lead:]))]
+    out = list(shape[:lead]) + ([1] * len(axes) if s.attrs.get("keepdims", 1) else [])
+    out[0] = 0
+    final = s.op("Reshape", [s.name("pool"), s.const("out", np.array(out, np.int64))], "shaped",
+                 output=None if s.node.op_type == "ReduceMin" else s.y)
+    nodes.append(final)
+    if s.node.op_type == "ReduceMin":
+        nodes.append(s.op("Neg", [s.name("shaped")], "y", output=s.y))
+    return nodes
 
 
 @standin("DepthToSpace", "SpaceToDepth")
@@ -431,7 +469,7 @@ def _interpolation(s: Sub, axis: int, n_in: int, n_out: int) -> np.ndarray | Non
     ins = list(s.node.input) + [""] * (4 - len(s.node.input))
     inits = []
     if ins[2]:  # scales given: this axis keeps its own scale (the coordinates use it, not n_out/n_in)
-        scales = s.scales.get(ins[2])
+        scales = s.small.get(ins[2])
         if scales is None:
             return None
         one = np.ones(4, np.float32)
@@ -462,8 +500,7 @@ def apply(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[o
     m = copy.deepcopy(model)
     graph, opset = m.graph, default_opset(m)
     inits = {t.name: t for t in graph.initializer}
-    small = {n: numpy_helper.to_array(t) for n, t in inits.items()
-             if t.data_type == onnx.TensorProto.FLOAT and int(np.prod(t.dims)) <= 8}
+    small = {n: numpy_helper.to_array(t) for n, t in inits.items() if int(np.prod(t.dims)) <= 8}
     body, done, checked = [], {}, {}
     for node in graph.node:
         fn = STANDINS.get(node.op_type) if node.domain in ("", "ai.onnx") else None

@@ -198,7 +198,7 @@ def _explain_gradient_error(message: str, graph: onnx.ModelProto, trainable: lis
                     r"operator \((\w+)\) in node \(([^)]*)\)"):
         m = re.search(pattern, message)
         if m:
-            op, node = m.group(1), m.group(2).split("_Grad/")[0]
+            op, node = m.group(1), m.group(2).split("_Grad/")[0].removesuffix("_training")
             grad = op.endswith("Grad")
             op = op[: -len("Grad")] if grad else op
             node = f" (node {node})" if node else ""

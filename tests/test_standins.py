@@ -61,6 +61,11 @@ CASES = {
     "Sum": dict(extra_inputs=["h", "h"]),
     "Mean": dict(extra_inputs=["h"]),
     "ReduceSumSquare": dict(attrs={"axes": [2, 3], "keepdims": 0}),
+    "ReduceSumSquare/18": dict(op="ReduceSumSquare", opset=18, extra_inputs=["axes"],
+                               extra_inits=[numpy_helper.from_array(np.array([1, 3], np.int64), "axes")]),
+    "ReduceMax": dict(attrs={"axes": [2, 3]}),
+    "ReduceMin/18": dict(op="ReduceMin", opset=18, attrs={"keepdims": 0}, extra_inputs=["axes"],
+                         extra_inits=[numpy_helper.from_array(np.array([-1], np.int64), "axes")]),
     "DepthToSpace": dict(attrs={"blocksize": 2, "mode": "CRD"}),
     "SpaceToDepth": dict(attrs={"blocksize": 2}),
     "AveragePool": dict(attrs={"kernel_shape": [2, 2]}),
@@ -157,7 +162,7 @@ def test_an_op_whose_gradient_crashes_is_refused_in_one_line(monkeypatch):
 
 @pytest.mark.parametrize("message,words", [
     ("Type Error: Type 'tensor(float)' of input parameter (y) of operator (LSTMGrad) in node "
-     "(the_op_training_Grad/LSTMGrad_0) is invalid.", "no working CPU gradient for op LSTM (node the_op_training)"),
+     "(the_op_training_Grad/LSTMGrad_0) is invalid.", "no working CPU gradient for op LSTM (node the_op)"),
     ("gradient builder has not been registered: HardSigmoid for node hs_1", "cannot differentiate op HardSigmoid (node hs_1)"),
     ("Could not find an implementation for ConvTransposeGrad(1) node with name 'up_Grad/ConvTransposeGrad_0'",
      "no working CPU gradient for op ConvTranspose (node up)"),
