@@ -108,10 +108,12 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
                      and t.data_type == onnx.TensorProto.FLOAT]  # the layer's weight and bias only
         frozen = ([mask_name(w) for w in plan.tensors] + [coef_name(w) for w in plan.penalized]
                   + [correction_name(w) for w in corrected])
-        trainer = Trainer(graph, trainable, frozen, workdir / f"layer{i}", sched.lr * LR_SCALE, threads)
+        layer_arrays = {data: x, target: y}
+        rows = np.resize(np.arange(len(x)), sched.batch_size)
+        trainer = Trainer(graph, trainable, frozen, workdir / f"layer{i}", sched.lr * LR_SCALE, threads,
+                          probe={k: v[rows] for k, v in layer_arrays.items()})
         # λ in units of the output's mean square, so one setting suits every layer's scale
         scale = float(np.mean(y.astype(np.float64) ** 2)) or 1.0
-        layer_arrays = {data: x, target: y}
         layer_sched = dataclasses.replace(sched, lam=sched.lam * scale, lr=sched.lr * LR_SCALE,
                                           finetune_lr=sched.lr * LR_SCALE)
         sub_quantizer = _only(quantizer, corrected)

@@ -93,7 +93,8 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
         if out.workdir is not None:  # a kept work folder gets a checkpoint after every epoch
             ckpt = Checkpoints(wd, fingerprint(loaded.original.SerializeToString(), arrays, cfg.training_options()),
                                out.resume)
-        trainer = Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None)
+        trainer = Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
+                          probe=first_batch(arrays, sched.batch_size))
         if cfg.pruning.method == "reweighted":
             masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt)
         else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
@@ -122,6 +123,12 @@ def _layerwise(loaded, data, plan, cfg, sched, rng, progress):
         return layerwise.run(loaded.prepared.train_base, loaded.layers, plan_of, select_of,
                              data.inputs(data.train), data.input_names, sched, rng, progress, wd,
                              cfg.output.threads, plan.shapes, plan.quantizer)
+
+
+def first_batch(arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """One training batch (samples repeated when there are fewer), for the isolated first step."""
+    rows = np.resize(np.arange(len(next(iter(arrays.values())))), size)
+    return {k: v[rows] for k, v in arrays.items()}
 
 
 @contextlib.contextmanager

@@ -154,17 +154,24 @@ class Trainer:
     """ORT training artifacts for one training graph, and the step loop's primitives."""
 
     def __init__(self, graph: onnx.ModelProto, trainable: list[str], frozen: list[str], workdir: Path,
-                 learning_rate: float, threads: int | None = None, checkpoint: Path | None = None) -> None:
-        """`checkpoint`: start from this saved state (weights, frozen tensors, optimizer) instead."""
+                 learning_rate: float, threads: int | None = None, checkpoint: Path | None = None,
+                 probe: dict[str, np.ndarray] | None = None) -> None:
+        """`checkpoint`: start from this saved state (weights, frozen tensors, optimizer) instead.
+        `probe`: one batch of the training inputs. With it, the artifacts are generated and one
+        step is taken on them in a child process first, so that a crash in ORT's native code ends
+        as a one-line error instead of taking this process down."""
         from . import ort_training as ot
 
         workdir.mkdir(parents=True, exist_ok=True)
         try:
-            with ot.quiet_artifact_logs():
-                ot.artifacts.generate_artifacts(
-                    graph, requires_grad=trainable, frozen_params=frozen, loss=None,
-                    optimizer=ot.onnxblock.optim.AdamW(eps=1e-8, weight_decay=0.0),
-                    artifact_directory=str(workdir))
+            if probe is not None:
+                _generate_isolated(graph, trainable, frozen, workdir, probe, threads)
+            else:
+                with ot.quiet_artifact_logs():
+                    ot.artifacts.generate_artifacts(
+                        graph, requires_grad=trainable, frozen_params=frozen, loss=None,
+                        optimizer=ot.onnxblock.optim.AdamW(eps=1e-8, weight_decay=0.0),
+                        artifact_directory=str(workdir))
             self.state = ot.CheckpointState.load_checkpoint(str(checkpoint or workdir / "checkpoint"))
             self.module = ot.Module(str(workdir / "training_model.onnx"), self.state,
                                     str(workdir / "eval_model.onnx"), session_options=session_options(threads))
@@ -212,3 +219,68 @@ def _explain_gradient_error(message: str, graph: onnx.ModelProto, trainable: lis
                 f"weights and the loss it is not known to train {', '.join(dict.fromkeys(suspects))}; "
                 f"{standins.NO_GRADIENT_ROUTES}")
     return "ONNX Runtime could not build the training graph: " + first_line(message.strip().splitlines()[-1])
+
+
+# run in a child process by _generate_isolated: generate the artifacts, then take one step on a
+# copy of the fresh state (the parent starts from the untouched checkpoint)
+_CHILD = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import ort_training as ot
+graph, workdir, spec = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+try:
+    with ot.quiet_artifact_logs():
+        ot.artifacts.generate_artifacts(graph, requires_grad=spec["trainable"], frozen_params=spec["frozen"],
+                                        loss=None, optimizer=ot.onnxblock.optim.AdamW(eps=1e-8, weight_decay=0.0),
+                                        artifact_directory=workdir)
+    state = ot.CheckpointState.load_checkpoint(workdir + "/checkpoint")
+    module = ot.Module(workdir + "/training_model.onnx", state, workdir + "/eval_model.onnx")
+    optimizer = ot.Optimizer(workdir + "/optimizer_model.onnx", module)
+    with np.load(spec["feed"]) as z:
+        feed = [z[n] for n in module.input_names()]
+    module.train()
+    module.lazy_reset_grad()
+    module(*feed)
+    optimizer.step()
+except RuntimeError as e:
+    sys.stderr.write("ORT-ERROR:" + str(e))
+    sys.exit(3)
+"""
+
+
+def _generate_isolated(graph: onnx.ModelProto, trainable, frozen, workdir: Path, probe: dict[str, np.ndarray],
+                       threads: int | None) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path, feed = workdir / "training_graph.onnx", workdir / "probe_feed.npz"
+    onnx.save_model(graph, path)
+    np.savez(feed, **probe)
+    spec = json.dumps({"trainable": list(trainable), "frozen": list(frozen), "feed": str(feed)})
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(Path(__file__).parent), str(path), str(workdir), spec],
+                          capture_output=True, text=True, env=env)
+    path.unlink(missing_ok=True)
+    feed.unlink(missing_ok=True)
+    if done.returncode == 0:
+        return
+    if done.returncode == 3 and "ORT-ERROR:" in done.stderr:
+        raise RuntimeError(done.stderr.split("ORT-ERROR:", 1)[1])
+    if done.returncode < 0:
+        try:
+            what = signal.Signals(-done.returncode).name
+        except ValueError:
+            what = f"signal {-done.returncode}"
+        suspects = [f"{n.op_type} (node {n.name})" for n in standins.gradient_path(graph, trainable, [LOSS])
+                    if n.op_type not in standins.KNOWN_TRAINABLE and not n.name.startswith(PREFIX)]
+        raise OnnxPruneError(f"ONNX Runtime 1.19 crashed ({what}) taking a training step on this graph"
+                             + (f"; ops on the path it is not known to train: {', '.join(dict.fromkeys(suspects))}"
+                                if suspects else "")
+                             + f"; nothing was written. {standins.NO_GRADIENT_ROUTES[0].upper()}"
+                             + standins.NO_GRADIENT_ROUTES[1:])
+    raise OnnxPruneError("ONNX Runtime could not build the training graph: "
+                         + first_line((done.stderr.strip().splitlines() or ["no message"])[-1]))

@@ -252,3 +252,21 @@ def test_layerwise_window_stops_before_an_op_without_gradient(monkeypatch):
     assert cut == {"the_op"}
     small, out = layerwise.layer_model(model, conv, X, {"conv"}, cut)
     assert out == "h" and [n.op_type for n in small.graph.node] == ["Conv"]
+
+
+def test_a_native_crash_in_training_is_a_one_line_error(tmp_path):
+    """ORT 1.19's AveragePool gradient dies with SIGFPE. Built without its stand-in, the training
+    graph crashes the first step, which runs in a child process: this process gets one line."""
+    from onnxprune.errors import OnnxPruneError
+
+    model = _model("AveragePool", attrs={"kernel_shape": [2, 2]})
+    shapes = tensor_shapes(model, {"x": X})
+    graph = build_training_graph(model, {"w": W.shape}, set(), [MeanSquaredError("y", "y", "t", shapes["y"][1:])],
+                                 shapes)
+    probe = {"x": X, "t": np.zeros(shapes["y"], np.float32)}
+    with pytest.raises(OnnxPruneError, match=r"crashed \(SIGFPE\) taking a training step.*AveragePool \(node the_op\)"):
+        Trainer(graph, ["w"], [mask_name("w")], tmp_path, 1e-3, probe=probe)
+    fine = build_training_graph(apply(model, shapes)[0], {"w": W.shape}, set(),
+                                [MeanSquaredError("y", "y", "t", shapes["y"][1:])], shapes)
+    tr = Trainer(fine, ["w"], [mask_name("w")], tmp_path / "ok", 1e-3, probe=probe)
+    assert np.isfinite(tr.step(probe)[0])
