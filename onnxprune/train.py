@@ -80,8 +80,10 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     base, notes = standins.apply(loaded.prepared.train_base, plan.shapes)
     terms, targets = loss_terms(base, data.selected, data.train.get(LABELS), data.dense_train)
     arrays = {**data.inputs(data.train), **targets}
-    wanted = set(groups.tensors) | set(trainable_parameters(base, loaded.layers))
-    trainable = [t.name for t in base.graph.initializer if t.name in wanted]
+    # the user's parameters, found in the user's graph: a stand-in's own constants are not trained
+    original = loaded.prepared.train_base
+    wanted = set(groups.tensors) | set(trainable_parameters(original, loaded.layers))
+    trainable = [t.name for t in original.graph.initializer if t.name in wanted]
     standins.check_crashes(base, trainable, [t.tensor for t in terms])
     corrected = set(quantizer.names) if quantizer else set()
     graph = build_training_graph(base, groups.tensors, set(groups.penalized), terms, plan.shapes, corrected)

@@ -270,3 +270,27 @@ def test_a_native_crash_in_training_is_a_one_line_error(tmp_path):
                                 [MeanSquaredError("y", "y", "t", shapes["y"][1:])], shapes)
     tr = Trainer(fine, ["w"], [mask_name("w")], tmp_path / "ok", 1e-3, probe=probe)
     assert np.isfinite(tr.step(probe)[0])
+
+
+def test_stand_in_constants_are_not_trained_and_user_parameters_are(tmp_path):
+    """AveragePool's stand-in is a Conv whose kernel of ones must stay ones; PRelu's slope, now read
+    by a Mul, is still the user's trainable parameter."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], name="conv"),
+             helper.make_node("PRelu", ["h", "slope"], ["p"], name="act"),
+             helper.make_node("AveragePool", ["p"], ["a"], name="pool", kernel_shape=[2, 2]),
+             helper.make_node("Flatten", ["a"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "fc"], ["logits"], name="fc")]
+    inits = [numpy_helper.from_array(W, "w"), _const("slope", np.full((4, 1, 1), 0.25)),
+             _const("fc", RNG.standard_normal((36, 3)))]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = RNG.standard_normal((32, 3, 4, 4)).astype(np.float32)
+    out = tmp_path / "o.onnx"
+    r = onnxprune.prune(model, 0.5, data={"x": x}, out=out, latency=False, simplify=False,
+                        schedule=onnxprune.Schedule(epochs=2, finetune_epochs=1, batch_size=8, lr=0.05))
+    written = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    assert not any(name.startswith("onnxprune_standin") for name in written)
+    assert not np.allclose(written["slope"], 0.25)  # trained
+    assert {"AveragePool", "PRelu"} <= {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert any("AveragePool×1" in c for c in r.report["preparation"])
