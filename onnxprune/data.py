@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import OnnxPruneError
-from .plumbing import first_line, warn
+from .plumbing import first_line, one_line, warn
 
 LABELS = "labels"
 
@@ -151,7 +151,10 @@ def run_model(session: ort.InferenceSession, arrays: dict[str, np.ndarray], inpu
     for start in range(0, n, batch):
         rows = np.arange(start, min(start + batch, n))
         take = np.resize(rows, batch) if fixed else rows
-        outs = session.run(None, {k: arrays[k][take] for k in input_names})
+        try:
+            outs = session.run(None, {k: arrays[k][take] for k in input_names})
+        except Exception as e:  # shapes the model refuses: ORT's message, whole, on one line
+            raise OnnxPruneError(f"ONNX Runtime cannot run the model on these inputs: {one_line(e)}") from None
         per = [o.ndim > 0 and o.shape[0] == len(take) for o in outs]
         batched = per if batched is None else [a and b for a, b in zip(batched, per)]
         parts.append([o[: len(rows)] if b else o for o, b in zip(outs, per)])

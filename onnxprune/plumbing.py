@@ -23,6 +23,11 @@ def first_line(e: BaseException | str, limit: int = 300) -> str:
     return text.splitlines()[0][:limit] if text else ""
 
 
+def one_line(e: BaseException | str, limit: int = 300) -> str:
+    """The whole message on one line (ORT continues 'for the following indices' on the next)."""
+    return " ".join(str(e).split())[:limit]
+
+
 def warn(warnings: list[str], message: str) -> None:
     """Log a warning and keep it for the report."""
     warnings.append(message)

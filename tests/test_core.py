@@ -187,3 +187,13 @@ def test_the_library_reports_through_logging(caplog, tmp_path):
                             schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1))
     assert any("synthesized inputs" in rec.message for rec in caplog.records if rec.name == "onnxprune")
     assert r.report["warnings"]
+
+
+def test_ort_refusing_the_inputs_is_one_whole_line():
+    """ORT continues 'for the following indices' on the next line: the user gets all of it, once."""
+    from onnxprune.data import run_model
+    from onnxprune.plumbing import session
+
+    with pytest.raises(OnnxPruneError, match=r"for the following indices index: 1 Got: 5 Expected: 4") as e:
+        run_model(session(small_model()), {"x": np.zeros((3, 5), np.float32)}, ["x"])
+    assert "\n" not in str(e.value)
