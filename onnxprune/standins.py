@@ -268,26 +268,25 @@ def _axes(s: Sub, shape) -> list[int] | None:
 
 @standin("ReduceMax", "ReduceMin")
 def reduce_max(s: Sub):
-    """A reduction over the trailing spatial axes as a MaxPool over them (Min: of −x, negated)."""
-    shape = s.shapes.get(s.x)
-    if shape is None or len(shape) < 3:
+    """Max over any axes but the batch as a 1-D MaxPool: the reduced axes moved last and folded
+    into one, the kept ones into channels (Min: of −x, negated). MaxPool has a gradient."""
+    shape, out = s.shapes.get(s.x), s.shapes.get(s.y)
+    axes = _axes(s, shape) if shape is not None else None
+    if not axes or out is None or 0 in axes:
         return None
-    axes = _axes(s, shape)
-    if not axes or axes != list(range(axes[0], len(shape))) or axes[0] < 2:
-        return None
-    lead = len(shape) - len(axes)  # MaxPool needs [N, C, spatial…]: fold the other leading axes into C
+    kept = [a for a in range(len(shape)) if a not in axes]
+    window = int(np.prod([shape[a] for a in axes]))
     nodes, x = [], s.x
     if s.node.op_type == "ReduceMin":
         nodes.append(s.op("Neg", [x], "neg"))
         x = s.name("neg")
-    fold = [0, int(np.prod(shape[1:lead]))] + list(shape[lead:])
-    nodes += [s.op("Reshape", [x, s.const("fold", np.array(fold, np.int64))], "fold"),
-              s.op("MaxPool", [s.name("fold")], "pool", kernel_shape=list(shape[lead:]))]
-    out = list(shape[:lead]) + ([1] * len(axes) if s.attrs.get("keepdims", 1) else [])
-    out[0] = 0
-    final = s.op("Reshape", [s.name("pool"), s.const("out", np.array(out, np.int64))], "shaped",
-                 output=None if s.node.op_type == "ReduceMin" else s.y)
-    nodes.append(final)
+    if kept + axes != list(range(len(shape))):
+        nodes.append(s.op("Transpose", [x], "moved", perm=kept + axes))
+        x = s.name("moved")
+    nodes += [s.op("Reshape", [x, s.const("fold", np.array([0, -1, window], np.int64))], "fold"),
+              s.op("MaxPool", [s.name("fold")], "pool", kernel_shape=[window]),
+              s.op("Reshape", [s.name("pool"), s.const("out", np.array([0, *out[1:]], np.int64))], "shaped",
+                   output=None if s.node.op_type == "ReduceMin" else s.y)]
     if s.node.op_type == "ReduceMin":
         nodes.append(s.op("Neg", [s.name("shaped")], "y", output=s.y))
     return nodes

@@ -64,6 +64,7 @@ CASES = {
     "ReduceSumSquare/18": dict(op="ReduceSumSquare", opset=18, extra_inputs=["axes"],
                                extra_inits=[numpy_helper.from_array(np.array([1, 3], np.int64), "axes")]),
     "ReduceMax": dict(attrs={"axes": [2, 3]}),
+    "ReduceMax/channels": dict(op="ReduceMax", attrs={"axes": [1, 3], "keepdims": 0}),
     "ReduceMin/18": dict(op="ReduceMin", opset=18, attrs={"keepdims": 0}, extra_inputs=["axes"],
                          extra_inits=[numpy_helper.from_array(np.array([-1], np.int64), "axes")]),
     "DepthToSpace": dict(attrs={"blocksize": 2, "mode": "CRD"}),
