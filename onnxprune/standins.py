@@ -73,6 +73,8 @@ class Sub:
 
     def const(self, what: str, value) -> str:
         name = self.name(f"const_{what}")  # constants and node outputs share one namespace
+        if any(t.name == name for t in self.consts):
+            return name
         self.consts.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
@@ -416,6 +418,90 @@ def conv_transpose(s: Sub):
     return nodes
 
 
+@standin("LSTM")
+def lstm(s: Sub):
+    """The recurrence unrolled over the sequence's real length (ORT 1.19's LSTM gradient crashes
+    or is refused): per direction, the input projection is one MatMul for all steps, then each step
+    is gates = x_t + h·Rᵀ, split into i, o, f, c, and c_t = σ(f)·c + σ(i)·tanh(c̃), h_t = σ(o)·tanh(c_t).
+    W, R and B stay the trained tensors. Default activations, no peepholes, clip or
+    sequence_lens, layout 0."""
+    a, ins = s.attrs, list(s.node.input) + [""] * (8 - len(s.node.input))
+    shape = s.shapes.get(s.x)
+    if (shape is None or len(shape) != 3 or s.opset < 13 or a.get("layout", 0) or "clip" in a
+            or a.get("input_forget", 0) or ins[4] or ins[7]
+            or [_text(x) for x in a.get("activations", [])] not in ([], ["Sigmoid", "Tanh", "Tanh"] * 2,
+                                                                    ["Sigmoid", "Tanh", "Tanh"])):
+        return None
+    direction = _text(a.get("direction", "forward"))
+    hidden, steps = a["hidden_size"], shape[0]
+    dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]
+    axis0 = s.const("axis0", np.array([0], np.int64))
+    nodes, ys, hs, cs = [], [], [], []
+    for d, way in enumerate(dirs):
+        p = f"d{d}"
+        pick = s.const(f"{p}_index", np.array(d, np.int64))
+        nodes += [s.op("Gather", [ins[1], pick], f"{p}_W"), s.op("Transpose", [s.name(f"{p}_W")], f"{p}_Wt", perm=[1, 0]),
+                  s.op("Gather", [ins[2], pick], f"{p}_R"), s.op("Transpose", [s.name(f"{p}_R")], f"{p}_Rt", perm=[1, 0]),
+                  s.op("MatMul", [s.x, s.name(f"{p}_Wt")], f"{p}_xw")]
+        xw = s.name(f"{p}_xw")
+        if ins[3]:  # B = [Wb, Rb]: both added to every step
+            nodes += [s.op("Gather", [ins[3], pick], f"{p}_B"),
+                      s.op("Split", [s.name(f"{p}_B"), s.const(f"{p}_bsplit", np.array([4 * hidden] * 2, np.int64))],
+                           f"{p}_Wb", output=s.name(f"{p}_Wb")),
+                      ]
+            nodes[-1].output.append(s.name(f"{p}_Rb"))
+            nodes += [s.op("Add", [s.name(f"{p}_Wb"), s.name(f"{p}_Rb")], f"{p}_b"),
+                      s.op("Add", [xw, s.name(f"{p}_b")], f"{p}_xwb")]
+            xw = s.name(f"{p}_xwb")
+        split = s.op("Split", [xw, s.const(f"{p}_steps", np.ones(steps, np.int64))], f"{p}_x0", axis=0)
+        del split.output[:]
+        split.output.extend(s.name(f"{p}_x{t}") for t in range(steps))
+        nodes.append(split)
+        h = c = None
+        if ins[5]:
+            nodes.append(s.op("Gather", [ins[5], pick], f"{p}_h0"))
+            h = s.name(f"{p}_h0")
+        if ins[6]:
+            nodes.append(s.op("Gather", [ins[6], pick], f"{p}_c0"))
+            c = s.name(f"{p}_c0")
+        order = range(steps) if way == "forward" else range(steps - 1, -1, -1)
+        outs = {}
+        for t in order:
+            q = f"{p}_t{t}"
+            nodes.append(s.op("Squeeze", [s.name(f"{p}_x{t}"), axis0], f"{q}_x"))
+            gates = s.name(f"{q}_x")
+            if h is not None:
+                nodes += [s.op("MatMul", [h, s.name(f"{p}_Rt")], f"{q}_hr"),
+                          s.op("Add", [gates, s.name(f"{q}_hr")], f"{q}_g")]
+                gates = s.name(f"{q}_g")
+            parts = s.op("Split", [gates, s.const(f"{q}_gsplit", np.full(4, hidden, np.int64))], f"{q}_i", axis=-1)
+            del parts.output[:]
+            parts.output.extend(s.name(f"{q}_{g}") for g in "iofc")
+            nodes += [parts, s.op("Sigmoid", [s.name(f"{q}_i")], f"{q}_si"), s.op("Sigmoid", [s.name(f"{q}_o")], f"{q}_so"),
+                      s.op("Sigmoid", [s.name(f"{q}_f")], f"{q}_sf"), s.op("Tanh", [s.name(f"{q}_c")], f"{q}_tc"),
+                      s.op("Mul", [s.name(f"{q}_si"), s.name(f"{q}_tc")], f"{q}_ic")]
+            # f·c_prev, with c_prev = 0 when there is no initial state: the forget gate stays on the
+            # path, because ORT's Split gradient breaks when one of its outputs has none
+            nodes += [s.op("Mul", [s.name(f"{q}_sf"), c if c is not None else s.const("zero", np.float32(0))],
+                           f"{q}_fc"),
+                      s.op("Add", [s.name(f"{q}_fc"), s.name(f"{q}_ic")], f"{q}_cell")]
+            cell = s.name(f"{q}_cell")
+            nodes += [s.op("Tanh", [cell], f"{q}_tcell"), s.op("Mul", [s.name(f"{q}_so"), s.name(f"{q}_tcell")], f"{q}_h")]
+            h, c = s.name(f"{q}_h"), cell
+            nodes.append(s.op("Unsqueeze", [h, axis0], f"{q}_y"))
+            outs[t] = s.name(f"{q}_y")
+        nodes += [s.op("Concat", [outs[t] for t in range(steps)], f"{p}_y", axis=0),  # [T, N, H]
+                  s.op("Unsqueeze", [s.name(f"{p}_y"), s.const(f"{p}_axis1", np.array([1], np.int64))], f"{p}_Y"),
+                  s.op("Unsqueeze", [h, axis0], f"{p}_Yh"), s.op("Unsqueeze", [c, axis0], f"{p}_Yc")]
+        ys.append(s.name(f"{p}_Y"))
+        hs.append(s.name(f"{p}_Yh"))
+        cs.append(s.name(f"{p}_Yc"))
+    for k, (parts, axis) in enumerate([(ys, 1), (hs, 0), (cs, 0)]):
+        if k < len(s.node.output) and s.node.output[k]:
+            nodes.append(s.op("Concat", parts, f"out{k}", output=s.node.output[k], axis=axis))
+    return nodes
+
+
 @standin("GlobalMaxPool")
 def global_max_pool(s: Sub):
     """A MaxPool whose window is the whole spatial extent (MaxPool has a gradient)."""
@@ -523,8 +609,9 @@ def apply(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[o
 
 
 def _same(node, nodes, consts, inits, shapes, model, tolerance: float = 1e-5) -> bool:
-    """Do `nodes` compute what `node` computes, on random inputs of the real shape?"""
-    y = node.output[0]
+    """Do `nodes` compute what `node` computes (every output it has), on random inputs of the
+    real shapes?"""
+    outputs = [o for o in node.output if o]
     computed = list(dict.fromkeys(i for i in node.input if i and i not in inits))
     if any(i not in shapes for i in computed):
         return False
@@ -535,15 +622,16 @@ def _same(node, nodes, consts, inits, shapes, model, tolerance: float = 1e-5) ->
     def run(body):
         g = helper.make_graph(body, "check", [helper.make_tensor_value_info(i, onnx.TensorProto.FLOAT, None)
                                               for i in computed],
-                              [onnx.ValueInfoProto(name=y)], needed + list(consts))
+                              [onnx.ValueInfoProto(name=o) for o in outputs], needed + list(consts))
         mm = helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
-        return session(mm, f"the {node.op_type} check", session_options(optimize=False)).run(None, feed)[0]
+        return session(mm, f"the {node.op_type} check", session_options(optimize=False)).run(None, feed)
     try:
         want, got = run([node]), run(nodes)
     except Exception as e:  # a stand-in that cannot run here is not used
         log.debug("stand-in for %s not used: %s", node.op_type, first_line(e))
         return False
-    return want.shape == got.shape and float(np.abs(want - got).max()) <= tolerance * max(1.0, float(np.abs(want).max()))
+    return all(w.shape == g.shape and float(np.abs(w - g).max()) <= tolerance * max(1.0, float(np.abs(w).max()))
+               for w, g in zip(want, got))
 
 
 def gradient_path(model: onnx.ModelProto, trainable, losses) -> list[onnx.NodeProto]:

@@ -295,3 +295,51 @@ def test_stand_in_constants_are_not_trained_and_user_parameters_are(tmp_path):
     assert not np.allclose(written["slope"], 0.25)  # trained
     assert {"AveragePool", "PRelu"} <= {n.op_type for n in onnx.load(str(out)).graph.node}
     assert any("AveragePool×1" in c for c in r.report["preparation"])
+
+
+@pytest.mark.parametrize("direction,states,bias", [("forward", True, True), ("reverse", False, True),
+                                                   ("bidirectional", True, False), ("bidirectional", False, True)])
+def test_lstm_unrolled_matches_and_its_weights_train(direction, states, bias, tmp_path):
+    """ORT 1.19 crashes or refuses LSTM training; the unrolled stand-in gives the same Y, Y_h, Y_c
+    and the right gradient for the input weights W (checked against finite differences)."""
+    T, N, I, H = 4, 3, 5, 2
+    D = 2 if direction == "bidirectional" else 1
+    rng = np.random.default_rng(1)
+    w = (0.5 * rng.standard_normal((D, 4 * H, I))).astype(np.float32)
+    consts = {"R": 0.5 * rng.standard_normal((D, 4 * H, H)), "B": 0.1 * rng.standard_normal((D, 8 * H)),
+              "h0": rng.standard_normal((D, N, H)), "c0": rng.standard_normal((D, N, H))}
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+
+    def build(w_as_input):
+        ins = ["x", "W", "R", "B" if bias else "", "", "h0" if states else "", "c0" if states else ""]
+        g = helper.make_graph(
+            [helper.make_node("LSTM", ins, ["Y", "Yh", "Yc"], name="rnn", hidden_size=H, direction=direction)], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, "N", I])]
+            + ([helper.make_tensor_value_info("W", TensorProto.FLOAT, list(w.shape))] if w_as_input else []),
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("Y", "Yh", "Yc")],
+            [_const(k, v) for k, v in consts.items()] + ([] if w_as_input else [numpy_helper.from_array(w, "W")]))
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = build(False)
+    shapes = tensor_shapes(model, {"x": x})
+    replaced, notes = apply(model, shapes)
+    assert notes and "LSTM" in notes[0] and "LSTM" not in {n.op_type for n in replaced.graph.node}
+    for want, got in zip(session(model).run(None, {"x": x}), session(replaced).run(None, {"x": x})):
+        assert want.shape == got.shape and np.allclose(want, got, atol=1e-5)
+
+    del replaced.graph.output[1:]  # train on Y
+    target = rng.standard_normal(shapes["Y"]).astype(np.float32)
+    graph = build_training_graph(replaced, {"W": w.shape}, set(), [MeanSquaredError("Y", "Y", "t", shapes["Y"][1:])],
+                                 shapes)
+    tr = Trainer(graph, ["W"], [mask_name("W")], tmp_path, 1e-3, probe={"x": x, "t": target})
+    tr.module.lazy_reset_grad()
+    tr.module(x, target)
+    grad = np.array(tr.state.parameters["W"].grad).reshape(w.shape)
+    probe = session(build(True))
+    fd = np.zeros(w.shape)
+    for i in np.ndindex(w.shape):
+        up, down = w.astype(np.float64), w.astype(np.float64)
+        up[i] += 1e-3
+        down[i] -= 1e-3
+        lo = [float(np.mean((probe.run(["Y"], {"x": x, "W": v.astype(np.float32)})[0] - target) ** 2)) for v in (up, down)]
+        fd[i] = (lo[0] - lo[1]) / 2e-3
+    assert np.linalg.norm(grad - fd) <= 0.02 * np.linalg.norm(fd)
