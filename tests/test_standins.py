@@ -34,6 +34,17 @@ def _const(name, value):
     return numpy_helper.from_array(np.asarray(value, np.float32), name)
 
 
+def _finite_differences(loss, w: np.ndarray, eps: float) -> np.ndarray:
+    """Central differences of `loss` at `w`, element by element."""
+    fd = np.zeros(w.shape)
+    for i in np.ndindex(w.shape):
+        up, down = w.astype(np.float64), w.astype(np.float64)
+        up[i] += eps
+        down[i] -= eps
+        fd[i] = (loss(up) - loss(down)) / (2 * eps)
+    return fd
+
+
 RESIZE_SCALES = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
 CASES = {
     "HardSigmoid": dict(attrs={"alpha": 0.3, "beta": 0.4}),
@@ -110,13 +121,7 @@ def test_stand_in_matches_the_op_and_its_gradient(op, tmp_path):
 
     def loss(w):
         return float(np.mean((probe.run(None, {"x": X, "w": w.astype(np.float32)})[0].astype(np.float64) - target) ** 2))
-    fd = np.zeros_like(W, dtype=np.float64)
-    eps = 1e-3  # small: a max or a clamp must not switch sides within ±eps
-    for i in np.ndindex(W.shape):
-        up, down = W.astype(np.float64), W.astype(np.float64)
-        up[i] += eps
-        down[i] -= eps
-        fd[i] = (loss(up) - loss(down)) / (2 * eps)
+    fd = _finite_differences(loss, W, 1e-3)  # small: a max or a clamp must not switch sides within ±eps
     assert np.linalg.norm(grad - fd) <= 0.03 * np.linalg.norm(fd), (grad.ravel(), fd.ravel())
 
 
@@ -228,13 +233,8 @@ def test_conv_transpose_kernel_trains_through_its_stand_in(attrs, tmp_path):
     grad = np.array(tr.state.parameters["k"].grad).reshape(k.shape)
     probe = session(build(True))
     # the loss is quadratic in k: central differences are exact up to rounding
-    fd = np.zeros(k.shape)
-    for i in np.ndindex(k.shape):
-        up, down = k.astype(np.float64), k.astype(np.float64)
-        up[i] += 1e-2
-        down[i] -= 1e-2
-        lo = [float(np.mean((probe.run(None, {"x": x, "k": v.astype(np.float32)})[0] - target) ** 2)) for v in (up, down)]
-        fd[i] = (lo[0] - lo[1]) / 2e-2
+    fd = _finite_differences(lambda v: float(np.mean((probe.run(None, {"x": x, "k": v.astype(np.float32)})[0]
+                                                      - target) ** 2)), k, 1e-2)
     assert np.linalg.norm(grad - fd) <= 0.01 * np.linalg.norm(fd)
 
 
@@ -335,11 +335,6 @@ def test_lstm_unrolled_matches_and_its_weights_train(direction, states, bias, tm
     tr.module(x, target)
     grad = np.array(tr.state.parameters["W"].grad).reshape(w.shape)
     probe = session(build(True))
-    fd = np.zeros(w.shape)
-    for i in np.ndindex(w.shape):
-        up, down = w.astype(np.float64), w.astype(np.float64)
-        up[i] += 1e-3
-        down[i] -= 1e-3
-        lo = [float(np.mean((probe.run(["Y"], {"x": x, "W": v.astype(np.float32)})[0] - target) ** 2)) for v in (up, down)]
-        fd[i] = (lo[0] - lo[1]) / 2e-3
+    fd = _finite_differences(lambda v: float(np.mean((probe.run(["Y"], {"x": x, "W": v.astype(np.float32)})[0]
+                                                      - target) ** 2)), w, 1e-3)
     assert np.linalg.norm(grad - fd) <= 0.02 * np.linalg.norm(fd)
