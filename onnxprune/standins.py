@@ -502,6 +502,92 @@ def lstm(s: Sub):
     return nodes
 
 
+@standin("GRU")
+def gru(s: Sub):
+    """The recurrence unrolled over the real sequence length, as for LSTM: z, r = σ(x_t + h·R_zrᵀ),
+    h̃ = tanh(x_h + (r·h)·R_hᵀ + b) (or r·(h·R_hᵀ + b) with linear_before_reset), and
+    h_t = (1 − z)·h̃ + z·h. Without an initial state h starts at 0."""
+    a, ins = s.attrs, list(s.node.input) + [""] * (6 - len(s.node.input))
+    shape = s.shapes.get(s.x)
+    if (shape is None or len(shape) != 3 or s.opset < 13 or a.get("layout", 0) or "clip" in a or ins[4]
+            or [_text(x) for x in a.get("activations", [])] not in ([], ["Sigmoid", "Tanh"], ["Sigmoid", "Tanh"] * 2)):
+        return None
+    hidden, steps, before = a["hidden_size"], shape[0], a.get("linear_before_reset", 0)
+    direction = _text(a.get("direction", "forward"))
+    dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]
+    axis0 = s.const("axis0", np.array([0], np.int64))
+    cut = lambda name, lo, hi, what: s.op("Slice", [name, s.const(f"lo{lo}", np.array([lo], np.int64)),  # noqa: E731
+                                                    s.const(f"hi{hi}", np.array([hi], np.int64)),
+                                                    s.const("last", np.array([-1], np.int64))], what)
+    nodes, ys, hs = [], [], []
+    for d, way in enumerate(dirs):
+        p = f"d{d}"
+        pick = s.const(f"{p}_index", np.array(d, np.int64))
+        nodes += [s.op("Gather", [ins[1], pick], f"{p}_W"), s.op("Transpose", [s.name(f"{p}_W")], f"{p}_Wt", perm=[1, 0]),
+                  s.op("Gather", [ins[2], pick], f"{p}_R"), s.op("Transpose", [s.name(f"{p}_R")], f"{p}_Rt", perm=[1, 0]),
+                  cut(s.name(f"{p}_Rt"), 0, 2 * hidden, f"{p}_Rzr"), cut(s.name(f"{p}_Rt"), 2 * hidden, 3 * hidden, f"{p}_Rh"),
+                  s.op("MatMul", [s.x, s.name(f"{p}_Wt")], f"{p}_xw")]
+        xw, rb = s.name(f"{p}_xw"), None
+        if ins[3]:
+            nodes += [s.op("Gather", [ins[3], pick], f"{p}_B"), cut(s.name(f"{p}_B"), 0, 3 * hidden, f"{p}_Wb"),
+                      cut(s.name(f"{p}_B"), 3 * hidden, 6 * hidden, f"{p}_Rb"),
+                      s.op("Add", [xw, s.name(f"{p}_Wb")], f"{p}_xwb"),
+                      cut(s.name(f"{p}_Rb"), 0, 2 * hidden, f"{p}_Rbzr"), cut(s.name(f"{p}_Rb"), 2 * hidden, 3 * hidden, f"{p}_Rbh")]
+            xw, rb = s.name(f"{p}_xwb"), (s.name(f"{p}_Rbzr"), s.name(f"{p}_Rbh"))
+        split = s.op("Split", [xw, s.const(f"{p}_steps", np.ones(steps, np.int64))], f"{p}_x0", axis=0)
+        del split.output[:]
+        split.output.extend(s.name(f"{p}_x{t}") for t in range(steps))
+        nodes.append(split)
+        order = list(range(steps)) if way == "forward" else list(range(steps - 1, -1, -1))
+        if ins[5]:
+            nodes.append(s.op("Gather", [ins[5], pick], f"{p}_h0"))
+        else:  # zeros of the right shape, still on the graph's path: no special first step
+            nodes += [s.op("Squeeze", [s.name(f"{p}_x{order[0]}"), axis0], f"{p}_first"),
+                      cut(s.name(f"{p}_first"), 0, hidden, f"{p}_first_h"),
+                      s.op("Mul", [s.name(f"{p}_first_h"), s.const("zero", np.float32(0))], f"{p}_h0")]
+        h, outs = s.name(f"{p}_h0"), {}
+        for t in order:
+            q = f"{p}_t{t}"
+            nodes += [s.op("Squeeze", [s.name(f"{p}_x{t}"), axis0], f"{q}_x"),
+                      cut(s.name(f"{q}_x"), 0, 2 * hidden, f"{q}_xzr"), cut(s.name(f"{q}_x"), 2 * hidden, 3 * hidden, f"{q}_xh"),
+                      s.op("MatMul", [h, s.name(f"{p}_Rzr")], f"{q}_hzr")]
+            hzr = s.name(f"{q}_hzr")
+            if rb:
+                nodes.append(s.op("Add", [hzr, rb[0]], f"{q}_hzrb"))
+                hzr = s.name(f"{q}_hzrb")
+            nodes += [s.op("Add", [s.name(f"{q}_xzr"), hzr], f"{q}_zr"), s.op("Sigmoid", [s.name(f"{q}_zr")], f"{q}_szr"),
+                      cut(s.name(f"{q}_szr"), 0, hidden, f"{q}_z"), cut(s.name(f"{q}_szr"), hidden, 2 * hidden, f"{q}_r")]
+            if before:  # r·(h·R_hᵀ + Rb_h)
+                nodes.append(s.op("MatMul", [h, s.name(f"{p}_Rh")], f"{q}_hh"))
+                hh = s.name(f"{q}_hh")
+                if rb:
+                    nodes.append(s.op("Add", [hh, rb[1]], f"{q}_hhb"))
+                    hh = s.name(f"{q}_hhb")
+                nodes.append(s.op("Mul", [s.name(f"{q}_r"), hh], f"{q}_rh"))
+                rh = s.name(f"{q}_rh")
+            else:  # (r·h)·R_hᵀ + Rb_h
+                nodes += [s.op("Mul", [s.name(f"{q}_r"), h], f"{q}_rh0"),
+                          s.op("MatMul", [s.name(f"{q}_rh0"), s.name(f"{p}_Rh")], f"{q}_rh")]
+                rh = s.name(f"{q}_rh")
+                if rb:
+                    nodes.append(s.op("Add", [rh, rb[1]], f"{q}_rhb"))
+                    rh = s.name(f"{q}_rhb")
+            nodes += [s.op("Add", [s.name(f"{q}_xh"), rh], f"{q}_pre"), s.op("Tanh", [s.name(f"{q}_pre")], f"{q}_cand"),
+                      s.op("Sub", [h, s.name(f"{q}_cand")], f"{q}_diff"), s.op("Mul", [s.name(f"{q}_z"), s.name(f"{q}_diff")], f"{q}_zd"),
+                      s.op("Add", [s.name(f"{q}_cand"), s.name(f"{q}_zd")], f"{q}_h"),  # h̃ + z·(h − h̃)
+                      s.op("Unsqueeze", [s.name(f"{q}_h"), axis0], f"{q}_y")]
+            h, outs[t] = s.name(f"{q}_h"), s.name(f"{q}_y")
+        nodes += [s.op("Concat", [outs[t] for t in range(steps)], f"{p}_y", axis=0),
+                  s.op("Unsqueeze", [s.name(f"{p}_y"), s.const("axis1", np.array([1], np.int64))], f"{p}_Y"),
+                  s.op("Unsqueeze", [h, axis0], f"{p}_Yh")]
+        ys.append(s.name(f"{p}_Y"))
+        hs.append(s.name(f"{p}_Yh"))
+    for k, (parts, axis) in enumerate([(ys, 1), (hs, 0)]):
+        if k < len(s.node.output) and s.node.output[k]:
+            nodes.append(s.op("Concat", parts, f"out{k}", output=s.node.output[k], axis=axis))
+    return nodes
+
+
 @standin("GlobalMaxPool")
 def global_max_pool(s: Sub):
     """A MaxPool whose window is the whole spatial extent (MaxPool has a gradient)."""

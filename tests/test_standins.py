@@ -297,32 +297,38 @@ def test_stand_in_constants_are_not_trained_and_user_parameters_are(tmp_path):
     assert any("AveragePool×1" in c for c in r.report["preparation"])
 
 
-@pytest.mark.parametrize("direction,states,bias", [("forward", True, True), ("reverse", False, True),
-                                                   ("bidirectional", True, False), ("bidirectional", False, True)])
-def test_lstm_unrolled_matches_and_its_weights_train(direction, states, bias, tmp_path):
-    """ORT 1.19 crashes or refuses LSTM training; the unrolled stand-in gives the same Y, Y_h, Y_c
+@pytest.mark.parametrize("op,direction,states,bias,extra", [
+    ("LSTM", "forward", True, True, {}), ("LSTM", "reverse", False, True, {}),
+    ("LSTM", "bidirectional", True, False, {}), ("LSTM", "bidirectional", False, True, {}),
+    ("GRU", "forward", True, True, {}), ("GRU", "reverse", False, True, {"linear_before_reset": 1}),
+    ("GRU", "bidirectional", False, False, {})])
+def test_recurrent_unrolled_matches_and_its_weights_train(op, direction, states, bias, extra, tmp_path):
+    """ORT 1.19 crashes or refuses LSTM/GRU training; the unrolled stand-in gives the same outputs
     and the right gradient for the input weights W (checked against finite differences)."""
     T, N, I, H = 4, 3, 5, 2
     D = 2 if direction == "bidirectional" else 1
+    G = 4 if op == "LSTM" else 3
     rng = np.random.default_rng(1)
-    w = (0.5 * rng.standard_normal((D, 4 * H, I))).astype(np.float32)
-    consts = {"R": 0.5 * rng.standard_normal((D, 4 * H, H)), "B": 0.1 * rng.standard_normal((D, 8 * H)),
+    w = (0.5 * rng.standard_normal((D, G * H, I))).astype(np.float32)
+    consts = {"R": 0.5 * rng.standard_normal((D, G * H, H)), "B": 0.1 * rng.standard_normal((D, 2 * G * H)),
               "h0": rng.standard_normal((D, N, H)), "c0": rng.standard_normal((D, N, H))}
+    outs = ("Y", "Yh", "Yc") if op == "LSTM" else ("Y", "Yh")
     x = rng.standard_normal((T, N, I)).astype(np.float32)
 
     def build(w_as_input):
-        ins = ["x", "W", "R", "B" if bias else "", "", "h0" if states else "", "c0" if states else ""]
+        ins = ["x", "W", "R", "B" if bias else "", "", "h0" if states else ""] + (
+            ["c0" if states else ""] if op == "LSTM" else [])
         g = helper.make_graph(
-            [helper.make_node("LSTM", ins, ["Y", "Yh", "Yc"], name="rnn", hidden_size=H, direction=direction)], "g",
+            [helper.make_node(op, ins, list(outs), name="rnn", hidden_size=H, direction=direction, **extra)], "g",
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, "N", I])]
             + ([helper.make_tensor_value_info("W", TensorProto.FLOAT, list(w.shape))] if w_as_input else []),
-            [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("Y", "Yh", "Yc")],
-            [_const(k, v) for k, v in consts.items()] + ([] if w_as_input else [numpy_helper.from_array(w, "W")]))
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
+            [_const(k, v) for k, v in consts.items() if k != "c0" or op == "LSTM"] + ([] if w_as_input else [numpy_helper.from_array(w, "W")]))
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     model = build(False)
     shapes = tensor_shapes(model, {"x": x})
     replaced, notes = apply(model, shapes)
-    assert notes and "LSTM" in notes[0] and "LSTM" not in {n.op_type for n in replaced.graph.node}
+    assert notes and op in notes[0] and op not in {n.op_type for n in replaced.graph.node}
     for want, got in zip(session(model).run(None, {"x": x}), session(replaced).run(None, {"x": x})):
         assert want.shape == got.shape and np.allclose(want, got, atol=1e-5)
 
