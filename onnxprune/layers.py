@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .plumbing import initializer_map, names_used_in_subgraphs
 

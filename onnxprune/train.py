@@ -17,6 +17,7 @@ import numpy as np
 from . import layerwise, standins
 from .config import PruneConfig, Schedule
 from .data import LABELS, Dataset
+from .layers import trainable_parameters
 from .loading import Loaded
 from .losses import loss_terms
 from .planning import Plan
@@ -24,7 +25,6 @@ from .plumbing import warn
 from .resume import Checkpoints, fingerprint
 from .schedule import Phase, current_weights, finetune, reweighted
 from .training import Trainer, build_training_graph, coef_name, correction_name, mask_name
-from .layers import trainable_parameters
 
 
 @dataclass

@@ -7,7 +7,12 @@ dense (P=0, M=1), reweighted (P refreshed), masked fine-tuning (P=0, M fixed).
 from __future__ import annotations
 
 import copy
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,12 +256,6 @@ except RuntimeError as e:
 
 def _generate_isolated(graph: onnx.ModelProto, trainable, frozen, workdir: Path, probe: dict[str, np.ndarray],
                        threads: int | None) -> None:
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-
     path, feed = workdir / "training_graph.onnx", workdir / "probe_feed.npz"
     onnx.save_model(graph, path)
     np.savez(feed, **probe)

@@ -2,14 +2,13 @@
 registered, modules import without cycles, and every fallback says what it did."""
 import ast
 import logging
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import MODELS, ROOT, run_cli, small_model
+from conftest import ROOT, run_cli, small_model
 import onnxprune
 from onnxprune import compress, config, oprules, structures
 from onnxprune.errors import OnnxPruneError

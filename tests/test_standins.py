@@ -9,7 +9,7 @@ import onnxprune
 from onnxprune.losses import MeanSquaredError
 from onnxprune.plumbing import session, tensor_shapes
 from onnxprune.standins import apply
-from onnxprune.training import Trainer, build_training_graph, coef_name, mask_name
+from onnxprune.training import Trainer, build_training_graph, mask_name
 
 RNG = np.random.default_rng(0)
 W = (0.5 * RNG.standard_normal((4, 3, 1, 1))).astype(np.float32)
