@@ -49,9 +49,9 @@ TEST = ROOT / "models" / "mnist_test.npz"
 RATES = {"lenet5": 0.97, "resnet_mnist": 0.8}
 
 
-def storage_bytes(model: onnx.ModelProto, slots: dict[str, int]) -> int:
+def storage_bytes(model: onnx.ModelProto, slots: dict[str, tuple[str, int]]) -> int:
     nodes = {n.name: n for n in model.graph.node}
-    return sum(weight_storage(model, nodes[name].input[slot])[0] for name, slot in slots.items() if name in nodes)
+    return sum(weight_storage(model, nodes[node].input[slot])[0] for node, slot in slots.values() if node in nodes)
 
 
 def plain_sequence(path: Path, rate: float, sched, seed: int, train) -> onnx.ModelProto:

@@ -53,12 +53,14 @@ class ChannelGraph:
     param_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     uses: Counter = field(default_factory=Counter)  # how many node inputs read each tensor
 
-    def add_members(self, ids, tensor: str, axis: int, kind: str) -> None:
+    def add_members(self, ids, tensor: str, axis: int, kind: str, offset: int = 0) -> None:
+        """Channel c of `ids` owns slice `offset + c` of the tensor's `axis` (an offset picks one
+        gate's block of a recurrent weight)."""
         if self.uses[tensor] > 1:  # slicing a shared tensor would change its other reader
             self.block(ids, f"{tensor} is shared by several nodes")
         for c, i in enumerate(ids):
             if i >= 0:
-                self.members[int(i)].append(Member(tensor, axis, c, kind))
+                self.members[int(i)].append(Member(tensor, axis, offset + c, kind))
 
     def add_constant(self, ids, const: str, dims: tuple[int, ...], out_rank: int, axis: int, kind: str) -> bool:
         """A constant operand broadcast against a channel tensor: slice its channel dim.

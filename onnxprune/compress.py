@@ -25,7 +25,7 @@ class Compressed:
     outputs: list[np.ndarray]  # its outputs on the evaluation samples
     quantized: list[str]  # int8: the layers ORT's quantizer quantized
     kept: dict[str, int]  # weight -> non-zeros as written
-    slots: dict[str, int]  # node -> which input holds its weight
+    slots: dict[str, tuple[str, int]]  # layer -> (node, which input holds its weight)
     stored: dict[str, onnx.TensorProto]  # node -> the tensor that stores its weight
     forms: dict[str, str]  # stored tensor -> storage form
 
@@ -99,10 +99,10 @@ def storage_report(model: onnx.ModelProto, layers, slots, stored, forms, mode: s
     nodes = {n.name: n for n in model.graph.node}
     rows = []
     for layer in layers:
-        node = nodes.get(layer.name)
+        node = nodes.get(layer.node)
         if node is None or layer.name not in stored:
             continue
-        nbytes, tensors = weight_storage(model, node.input[slots[layer.name]])
+        nbytes, tensors = weight_storage(model, node.input[slots[layer.name][1]])
         rows.append({"name": layer.name, "form": forms.get(stored[layer.name].name, "dense"),
                      "dtype": onnx.helper.tensor_dtype_to_np_dtype(stored[layer.name].data_type).name,
                      "bytes": nbytes, "dense_fp32_bytes": 4 * layer.size, "tensors": tensors})

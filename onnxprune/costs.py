@@ -12,6 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from .data import feed
+from .layers import RECURRENT
 from .plumbing import initializer_map, session, session_options, tensor_shapes
 
 
@@ -23,45 +24,45 @@ def count_macs(model: onnx.ModelProto, feed: dict[str, np.ndarray], shapes: dict
     batch = max(len(next(iter(feed.values()))), 1)
     dense = sparse = 0.0
     for node in model.graph.node:
-        found = layer_macs(node, shapes, batch)
-        if found is None:
-            continue
-        weight, per_element = found
-        macs = per_element * np.prod(shapes[weight])
-        density = 1.0
-        if weight in inits:
-            arr = numpy_helper.to_array(inits[weight])
-            density = np.count_nonzero(arr) / max(arr.size, 1)
-        dense += macs
-        sparse += macs * density
+        for weight, per_element in layer_macs(node, shapes, batch):
+            macs = per_element * np.prod(shapes[weight])
+            density = 1.0
+            if weight in inits:
+                arr = numpy_helper.to_array(inits[weight])
+                density = np.count_nonzero(arr) / max(arr.size, 1)
+            dense += macs
+            sparse += macs * density
     return int(round(dense)), sparse
 
 
-def layer_macs(node: onnx.NodeProto, shapes: dict, batch: int) -> tuple[str, float] | None:
-    """(weight operand, MACs per sample that each of its elements does) for a Conv,
-    ConvTranspose, Gemm or MatMul node; None for other nodes or unknown shapes."""
-    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
-        return None
-    x, w, y = (shapes.get(n) for n in (node.input[0], node.input[1], node.output[0]))
-    if x is None or w is None or y is None:
-        return None
+def layer_macs(node: onnx.NodeProto, shapes: dict, batch: int) -> list[tuple[str, float]]:
+    """(weight operand, MACs per sample that each of its elements does) for each weight of a Conv,
+    ConvTranspose, Gemm, MatMul or recurrent node; empty for other nodes or unknown shapes."""
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", *RECURRENT) or len(node.input) < 2:
+        return []
+    x, w, y = (shapes.get(n) for n in (node.input[0], node.input[1], node.output[0] if node.output[0] else ""))
+    if x is None or w is None:
+        return []
+    if node.op_type in RECURRENT:  # W and R: one MAC per element at every time step
+        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        return [(name, float(x[1] if layout else x[0])) for name in node.input[1:3] if name]
+    if y is None:
+        return []
     if node.op_type == "Conv":
-        return node.input[1], float(np.prod(y[2:]))
+        return [(node.input[1], float(np.prod(y[2:])))]
     if node.op_type == "ConvTranspose":
-        return node.input[1], float(np.prod(x[2:]))
+        return [(node.input[1], float(np.prod(x[2:])))]
     if node.op_type == "Gemm":
         trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-        return node.input[1], (x[1] if trans_a else x[0]) / batch
-    return node.input[1], float(np.prod(y)) * x[-1] / batch / max(float(np.prod(w)), 1)  # MatMul
+        return [(node.input[1], (x[1] if trans_a else x[0]) / batch)]
+    return [(node.input[1], float(np.prod(y)) * x[-1] / batch / max(float(np.prod(w)), 1))]  # MatMul
 
 
 def macs_per_weight(model: onnx.ModelProto, shapes: dict, batch: int) -> dict[str, float]:
     """MACs per sample done by one element of each layer weight: what removing it saves."""
     out = {}
     for node in model.graph.node:
-        found = layer_macs(node, shapes, batch)
-        if found:
-            out[found[0]] = found[1]
+        out.update(layer_macs(node, shapes, batch))
     return out
 
 

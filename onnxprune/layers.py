@@ -1,5 +1,6 @@
 """Finding prunable weights (part of the load stage): constant float weights of Conv,
-ConvTranspose, Gemm and MatMul, and the other float parameters training may adjust (biases, norms).
+ConvTranspose, Gemm and MatMul, the input and recurrent weights (W, R) of LSTM, GRU and RNN, and
+the other float parameters training may adjust (biases, norms).
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ PARAMETER_INPUTS = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
     "Add": (0, 1), "Sub": (0, 1), "BatchNormalization": (1, 2), "PRelu": (1,),
     "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2),
+    "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3),
 }
+RECURRENT = {"LSTM": 4, "GRU": 3, "RNN": 1}  # gates: W is [directions, gates·hidden, input]
 
 
 @dataclass
@@ -31,6 +34,10 @@ class PrunableLayer:
     weight: str  # initializer name
     shape: tuple[int, ...]
     out_axis: int  # weight axis that indexes output features (the GEMM view's rows)
+    node: str = ""  # the node that reads the weight (its name; an LSTM's W and R share one)
+
+    def __post_init__(self) -> None:
+        self.node = self.node or self.name
 
     @property
     def size(self) -> int:
@@ -55,32 +62,32 @@ def find_prunable(model: onnx.ModelProto, exclude: tuple[str, ...] = (),
     skipped: list[Skipped] = []
     seen: dict[str, str] = {}
     for index, node in enumerate(graph.node):
-        found = _weight_of(node, inits)
-        if found is None:
-            continue
-        weight, out_axis, rank_ok = found
-        name = node.name or f"{node.op_type}_{index}"
+        node_name = node.name or f"{node.op_type}_{index}"
+        found = _weights_of(node, inits)
+        for weight, out_axis, rank_ok, part in found:
+            name = f"{node_name}.{part}" if part else node_name
 
-        def skip(reason: str) -> None:
-            skipped.append(Skipped(name, node.op_type, weight, reason))
+            def skip(reason: str) -> None:
+                skipped.append(Skipped(name, node.op_type, weight, reason))
 
-        if weight not in inits:
-            skip("weight is computed at run time, not a stored constant")
-        elif weight in computed:
-            skip("weight is made when the model runs (e.g. by ConstantOfShape), not stored trained values")
-        elif inits[weight].data_type != FLOAT:
-            skip(f"weight type is {onnx.TensorProto.DataType.Name(inits[weight].data_type)}, not float32")
-        elif not rank_ok(len(inits[weight].dims)):
-            skip(f"weight has rank {len(inits[weight].dims)}, not a plain layer weight")
-        elif any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(weight, p) for p in exclude):
-            skip("excluded by --exclude")
-        elif weight in in_subgraphs:
-            skip("weight is also used inside an If/Loop/Scan subgraph")
-        elif weight in seen:
-            skip(f"weight shared with layer {seen[weight]}, pruned there")
-        else:
-            seen[weight] = name
-            layers.append(PrunableLayer(name, node.op_type, weight, tuple(inits[weight].dims), out_axis))
+            if weight not in inits:
+                skip("weight is computed at run time, not a stored constant")
+            elif weight in computed:
+                skip("weight is made when the model runs (e.g. by ConstantOfShape), not stored trained values")
+            elif inits[weight].data_type != FLOAT:
+                skip(f"weight type is {onnx.TensorProto.DataType.Name(inits[weight].data_type)}, not float32")
+            elif not rank_ok(len(inits[weight].dims)):
+                skip(f"weight has rank {len(inits[weight].dims)}, not a plain layer weight")
+            elif any(fnmatch.fnmatchcase(p, x) for p in (node_name, name, weight) for x in exclude):
+                skip("excluded by --exclude")
+            elif weight in in_subgraphs:
+                skip("weight is also used inside an If/Loop/Scan subgraph")
+            elif weight in seen:
+                skip(f"weight shared with layer {seen[weight]}, pruned there")
+            else:
+                seen[weight] = name
+                layers.append(PrunableLayer(name, node.op_type, weight, tuple(inits[weight].dims), out_axis,
+                                            node_name))
     return layers, skipped
 
 
@@ -99,22 +106,25 @@ def trainable_parameters(model: onnx.ModelProto, layers: list[PrunableLayer]) ->
     return [t.name for t in model.graph.initializer if t.name in names]
 
 
-def _weight_of(node: onnx.NodeProto, inits: dict):
-    """(weight input name, output axis, rank check) for a prunable op, or None."""
+def _weights_of(node: onnx.NodeProto, inits) -> list[tuple[str, int, object, str]]:
+    """(weight input name, output axis, rank check, part) for each weight of a prunable op. `part`
+    names the weight when a node has several (an LSTM's input weights W and recurrent weights R)."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     if node.domain not in ("", "ai.onnx") or len(node.input) < 2:
-        return None
+        return []
     if node.op_type == "Conv":
-        return node.input[1], 0, lambda r: r >= 3
+        return [(node.input[1], 0, lambda r: r >= 3, "")]
     if node.op_type == "ConvTranspose":
-        return node.input[1], 1, lambda r: r >= 3
+        return [(node.input[1], 1, lambda r: r >= 3, "")]
     if node.op_type == "Gemm":  # Y = A·B (+C), B is [K, N], or [N, K] with transB
-        return node.input[1], 0 if attrs.get("transB", 0) else 1, lambda r: r == 2
+        return [(node.input[1], 0 if attrs.get("transB", 0) else 1, lambda r: r == 2, "")]
     if node.op_type == "MatMul":  # X·W with W [K, N]; a constant left operand W·X has W [M, K]
         if node.input[0] in inits and node.input[1] not in inits:
-            return node.input[0], 0, lambda r: r == 2
-        return node.input[1], 1, lambda r: r == 2
-    return None
+            return [(node.input[0], 0, lambda r: r == 2, "")]
+        return [(node.input[1], 1, lambda r: r == 2, "")]
+    if node.op_type in RECURRENT and len(node.input) > 2:  # W [D, G·H, I], R [D, G·H, H]: rows are gates
+        return [(node.input[k], 1, lambda r: r == 3, part) for k, part in ((1, "W"), (2, "R"))]
+    return []
 
 
 def made_at_run_time(model: onnx.ModelProto) -> list[str]:
@@ -127,13 +137,11 @@ def made_at_run_time(model: onnx.ModelProto) -> list[str]:
     producer = {o: n for n in model.graph.node for o in n.output}
     made = []
     for node in model.graph.node:
-        found = _weight_of(node, stored)
-        if found is None:
-            continue
-        src = producer.get(found[0])
-        if found[0] in stored or (src is not None and src.op_type in WEIGHT_VIEWS and src.input
-                                  and src.input[0] in stored):
-            return []
-        if src is not None:  # a weight fed as a graph input is the caller's business, not "made"
-            made.append(f"{node.name or node.op_type}: {src.op_type}")
+        for weight, *_ in _weights_of(node, stored):
+            src = producer.get(weight)
+            if weight in stored or (src is not None and src.op_type in WEIGHT_VIEWS and src.input
+                                    and src.input[0] in stored):
+                return []
+            if src is not None:  # a weight fed as a graph input is the caller's business, not "made"
+                made.append(f"{node.name or node.op_type}: {src.op_type}")
     return made

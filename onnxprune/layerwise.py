@@ -21,11 +21,12 @@ from .errors import OnnxPruneError
 from .export import with_weights
 from .layers import PrunableLayer
 from .losses import MeanSquaredError
-from .plumbing import initializer_map, session, with_outputs
+from .plumbing import initializer_map, move_axis, sample_axes, session, tensor_shapes, with_outputs
 from .schedule import Phase, current_weights, reweighted
 from .training import Trainer, build_training_graph, coef_name, correction_name, mask_name
 
 CALIBRATION_SAMPLES = 8192
+SAMPLES_FIRST = "__samples_first"
 # one layer's reconstruction is a small, well-conditioned problem: both of its phases train at 10x
 # the end-to-end --lr (LeNet-5 at 0.9: 94.3% vs 92.6% at 1x, same epochs)
 LR_SCALE = 10.0
@@ -37,20 +38,38 @@ FOLLOWERS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "HardSigmoid
 
 
 def capture(model: onnx.ModelProto, names: list[str], arrays: dict[str, np.ndarray],
-            input_names: list[str]) -> list[np.ndarray]:
-    """The values of tensors `names` of `model` on `arrays` (graph outputs added for them)."""
-    sess = session(with_outputs(model, names, only=True), f"the model to capture {names[0]}")
+            input_names: list[str], axes: dict[str, int] | None = None, shapes=None) -> list[np.ndarray]:
+    """The values of tensors `names` of `model` on `arrays` (graph outputs added for them), samples
+    first: a tensor with its samples on another axis (`axes`, with its rank from `shapes`) is
+    transposed in the graph."""
+    axes = axes or {}
+    m = copy.deepcopy(model)
+    for name in names:
+        if axes.get(name, 0):
+            m.graph.node.append(move_axis(name, axes[name], 0, len(shapes[name]), samples_first(name, axes)))
+    sess = session(with_outputs(m, [samples_first(n, axes) for n in names], only=True),
+                   f"the model to capture {names[0]}")
     return run_model(sess, arrays, input_names)
 
 
-def layer_model(model: onnx.ModelProto, node: onnx.NodeProto, x: np.ndarray,
-                stop: set[str], cut: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, str]:
+def samples_first(name: str, axes: dict[str, int]) -> str:
+    """The name a tensor has once its samples are moved to axis 0 (itself when they are there)."""
+    return f"{name}{SAMPLES_FIRST}" if axes.get(name, 0) else name
+
+
+def layer_model(model: onnx.ModelProto, node: onnx.NodeProto, xs: dict[str, np.ndarray],
+                stop: set[str], cut: frozenset[str] = frozenset(),
+                axes: dict[str, int] | None = None, shapes=None) -> tuple[onnx.ModelProto, str]:
     """The node and the cheap ops after it (activation, pooling, reshape: each with one
     non-constant input, reading a tensor nothing else reads) up to the next layer in `stop` or a
-    graph output, or a node in `cut` (one ORT cannot train through); its activation input is the
-    graph input, constant inputs are initializers.
+    graph output, or a node in `cut` (one ORT cannot train through). The node's computed inputs
+    (`xs`: its activation, and a recurrent layer's initial state) are the graph inputs, constant
+    inputs are initializers. Every input and the output have their samples first: a tensor whose
+    samples are on another axis (`axes`: a recurrent layer's time-major input; ranks from
+    `shapes`) is transposed inside the small model, and `xs` holds it samples first.
     Reconstructing what the next layer reads (after ReLU, after pooling) ignores differences the
     model itself discards. Returns the model and the tensor to reconstruct."""
+    axes = axes or {}
     inits = initializer_map(model.graph)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
@@ -66,50 +85,80 @@ def layer_model(model: onnx.ModelProto, node: onnx.NodeProto, x: np.ndarray,
             break
         chain.append(nxt)
         out = nxt.output[0]
-    data = next(i for i in node.input if i not in inits)
     consts = dict.fromkeys(i for n in chain for i in n.input if i in inits)
+    nodes = [move_axis(samples_first(t, axes), 0, axes[t], x.ndim, t) for t, x in xs.items() if axes.get(t, 0)]
+    nodes += [copy.deepcopy(n) for n in chain]
+    if axes.get(out, 0):
+        nodes.append(move_axis(out, axes[out], 0, len(shapes[out]), samples_first(out, axes)))
+        out = samples_first(out, axes)
     g = helper.make_graph(
-        [copy.deepcopy(n) for n in chain], f"layer {node.name}",
-        [helper.make_tensor_value_info(data, helper.np_dtype_to_tensor_dtype(x.dtype), ["N", *x.shape[1:]])],
+        nodes, f"layer {node.name}",
+        [helper.make_tensor_value_info(samples_first(name, axes), helper.np_dtype_to_tensor_dtype(x.dtype),
+                                       ["N", *x.shape[1:]]) for name, x in xs.items()],
         [onnx.ValueInfoProto(name=out)], [copy.deepcopy(inits[i]) for i in consts])
     return helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version), out
 
 
+def _sample_axes(model, calib, input_names, shapes) -> dict[str, int]:
+    """Where each tensor keeps its samples, when not on axis 0 (the graph's inputs are given
+    samples first). Empty when the batch is fixed or there is one sample."""
+    if len(calib[input_names[0]]) < 2:
+        return {}
+    try:
+        two = tensor_shapes(model, {k: calib[k][:2] for k in input_names})
+    except OnnxPruneError:  # a fixed batch size: samples stay where the data has them
+        return {}
+    return {t: a for t, a in sample_axes(shapes, two).items() if a and t not in input_names}
+
+
+def computed_inputs(model: onnx.ModelProto, node: onnx.NodeProto) -> list[str]:
+    """The node's inputs that the graph computes (not initializers, not omitted)."""
+    inits = initializer_map(model.graph)
+    return list(dict.fromkeys(i for i in node.input if i and i not in inits))
+
+
 def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of, arrays: dict[str, np.ndarray],
         input_names: list[str], sched, rng, progress, workdir: Path, threads, shapes, quantizer=None):
-    """Prune `layers` of `model` one by one. `plan_of(layer)`: its GroupPlan; `select_of(plan)`:
-    its hard-pruning rule; `shapes`: the model's tensor shapes. Returns (masks, new weights by
-    name, phases)."""
+    """Prune `layers` of `model` node by node (an LSTM's W and R together). `plan_of(layers)`:
+    their GroupPlan; `select_of(plan)`: its hard-pruning rule; `shapes`: the model's tensor
+    shapes. Returns (masks, new weights by name, phases)."""
     n = len(arrays[input_names[0]])
     rows = np.sort(rng.permutation(n)[:CALIBRATION_SAMPLES])
     calib = {k: arrays[k][rows] for k in input_names}
     nodes = {nd.name: nd for nd in model.graph.node}
-    stop = {layer.name for layer in layers}
-    cuts = {layer.name: window_cut(model, nodes[layer.name], stop, shapes) for layer in layers}
+    by_node: dict[str, list[PrunableLayer]] = {}
+    for layer in layers:
+        by_node.setdefault(layer.node, []).append(layer)
+    stop = set(by_node)
+    axes = _sample_axes(model, calib, input_names, shapes)
+    cuts = {name: window_cut(model, nodes[name], stop, shapes, axes) for name in by_node}
     current = model
     masks: dict[str, np.ndarray] = {}
     weights: dict[str, np.ndarray] = {}
     phases: list[Phase] = []
-    for i, layer in enumerate(layers):
-        node = nodes[layer.name]
-        inits = initializer_map(current.graph)
-        data = next(x for x in node.input if x not in inits)
-        x = calib[data] if data in calib else capture(current, [data], calib, input_names)[0]
-        small, out = layer_model(current, node, x, stop, cuts[layer.name])
-        y = capture(model, [out], calib, input_names)[0].astype(np.float32)  # what the dense model computes
-        plan = plan_of(layer)
+    for i, (name, group) in enumerate(by_node.items()):
+        node = nodes[name]
+        wanted = computed_inputs(current, node)
+        missing = [t for t in wanted if t not in calib]
+        got = dict(zip(missing, capture(current, missing, calib, input_names, axes, shapes))) if missing else {}
+        xs = {t: calib[t] if t in calib else got[t] for t in wanted}
+        small, out = layer_model(current, node, xs, stop, cuts[name], axes, shapes)
+        # what the dense model computes
+        y = capture(model, [out.removesuffix(SAMPLES_FIRST)], calib, input_names, axes, shapes)[0].astype(np.float32)
+        plan = plan_of(group)
         target = "onnxprune_layer_target"
-        corrected = {layer.weight} if quantizer and layer.weight in quantizer.names else set()
+        own = {layer.weight for layer in group}
+        corrected = own & set(quantizer.names) if quantizer else set()
         small, _ = standins.apply(small, shapes)
-        standins.check_crashes(small, [layer.weight], [out])
+        standins.check_crashes(small, sorted(own), [out])
         graph = build_training_graph(small, plan.tensors, set(plan.penalized),
                                      [MeanSquaredError(out, out, target, y.shape[1:])], shapes, corrected)
         trainable = [t.name for t in small.graph.initializer if t.name in node.input
-                     and t.data_type == onnx.TensorProto.FLOAT]  # the layer's weight and bias only
+                     and t.data_type == onnx.TensorProto.FLOAT]  # the layer's weights and bias only
         frozen = ([mask_name(w) for w in plan.tensors] + [coef_name(w) for w in plan.penalized]
                   + [correction_name(w) for w in corrected])
-        layer_arrays = {data: x, target: y}
-        rows = np.resize(np.arange(len(x)), sched.batch_size)
+        layer_arrays = {**{samples_first(t, axes): x for t, x in xs.items()}, target: y}
+        rows = np.resize(np.arange(len(y)), sched.batch_size)
         trainer = Trainer(graph, trainable, frozen, workdir / f"layer{i}", sched.lr * LR_SCALE, threads,
                           probe={k: v[rows] for k, v in layer_arrays.items()})
         # λ in units of the output's mean square, so one setting suits every layer's scale
@@ -117,10 +166,11 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
         layer_sched = dataclasses.replace(sched, lam=sched.lam * scale, lr=sched.lr * LR_SCALE,
                                           finetune_lr=sched.lr * LR_SCALE)
         sub_quantizer = _only(quantizer, corrected)
-        m, ph = reweighted(trainer, layer_arrays, plan, select_of(plan), layer_sched, rng, _labelled(progress, layer.name),
+        label = group[0].name if len(group) == 1 else name
+        m, ph = reweighted(trainer, layer_arrays, plan, select_of(plan), layer_sched, rng, _labelled(progress, label),
                            sub_quantizer)
         masks.update(m)
-        new = {name: trainer.get(name) for name in trainable}
+        new = {t: trainer.get(t) for t in trainable}
         new.update(current_weights(trainer, plan))
         if sub_quantizer:
             for w in sub_quantizer.names:
@@ -128,21 +178,25 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
         weights.update(new)
         current = with_weights(current, new)
         for p in ph:
-            p.name = f"{layer.name} {p.name}"
+            p.name = f"{label} {p.name}"
         phases.extend(ph)
     return masks, weights, phases
 
 
-def window_cut(model: onnx.ModelProto, node: onnx.NodeProto, stop: set[str], shapes) -> frozenset[str]:
+def window_cut(model: onnx.ModelProto, node: onnx.NodeProto, stop: set[str], shapes,
+               axes: dict[str, int] | None = None) -> frozenset[str]:
     """The followers the layer's window must stop before: those ORT cannot train through even
     with a stand-in. Checked for every layer before any is trained, so a layer that cannot be
     trained at all is named in seconds, not after the layers before it."""
-    inits = initializer_map(model.graph)
-    data = next(i for i in node.input if i not in inits)
-    probe = np.empty((1, *shapes[data][1:]), np.float32)
+    axes = axes or {}
+    probe = {}
+    for t in computed_inputs(model, node):
+        dims = list(shapes[t])
+        dims.insert(0, dims.pop(axes.get(t, 0)))
+        probe[t] = np.empty(dims, np.float32)
     cut: set[str] = set()
     while True:
-        small, out = layer_model(model, node, probe, stop, frozenset(cut))
+        small, out = layer_model(model, node, probe, stop, frozenset(cut), axes, shapes)
         trainable, _ = standins.apply(small, shapes)
         bad = [n for n in trainable.graph.node if n.op_type not in standins.KNOWN_TRAINABLE
                and not n.name.startswith(standins.PREFIX)]

@@ -63,7 +63,7 @@ def load(model, exclude: tuple[str, ...] = (), simplify: bool = True, optimize: 
     layers, skipped = find_prunable(prepared.export_base, tuple(exclude), prepared.computed)
     if not layers:
         why = ("; ".join(sorted({s.reason for s in skipped}))
-               or "no Conv, ConvTranspose, Gemm or MatMul with a constant weight")
+               or "no Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU or RNN with a constant weight")
         raise OnnxPruneError(f"no prunable weights in the model ({why})")
     dense, base = _runnable(prepared)
     return Loaded(source, original, prepared, base, dense, layers, skipped)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from onnx import helper, numpy_helper
 
+from .layers import RECURRENT
+
 if TYPE_CHECKING:
     from .channels import Analysis, Site
 
@@ -69,6 +71,57 @@ def _depthwise_group(out: str):
     def fix(graph, node, cg, pruned, inits, opset):  # a depthwise Conv's group is its channel count
         for attr in node.attribute:
             if attr.name == "group":
+                attr.i = len(cg.kept(out, pruned))
+    return fix
+
+
+@rule("LSTM", "GRU", "RNN", makes_channels=True)
+def recurrent(a: Analysis, s: Site) -> None:
+    """Hidden unit h is one channel: rows g·H + h of W and R for every gate (both directions, so
+    a unit goes whole), its biases, and column h of R, which feeds it back. A unit whose gate rows
+    and biases are zero outputs 0 from a zero initial state, and nothing reads it once its R
+    column and its readers' slices are gone, so the shrunk layer computes what the masked one
+    does. Outputs carry units on the hidden axis: Y [T, D, N, H] axis 3, Y_h and Y_c axis 2."""
+    ins = s.ins + [""] * (8 - len(s.ins))
+    x, w, r, b = ins[:4]
+    states = [t for t in ins[5:7] if t] if s.op == "LSTM" else [t for t in ins[5:6] if t]
+    if (a.prunable.get(w) is None or a.prunable.get(r) is None or (b and b not in a.inits)
+            or s.attrs.get("layout", 0) or (s.op == "LSTM" and ins[7] and ins[7] not in a.inits)):
+        a.block_tensor(x, f"read by {s.name}, whose weights are not pruned whole")
+        return
+    gates, hidden = RECURRENT[s.op], s.attrs["hidden_size"]
+    if x in a.ch:
+        if a.ch[x][0] == 2:
+            a.cg.add_members(a.ch[x][1], w, 2, "in")
+        else:
+            a.block_tensor(x, f"read by {s.name} on an axis other than its features")
+    ids = a.cg.new(hidden, s.name)
+    for g in range(gates):
+        a.cg.add_members(ids, w, 1, "out", g * hidden)
+        a.cg.add_members(ids, r, 1, "out", g * hidden)
+    a.cg.add_members(ids, r, 2, "in")
+    if b:
+        for k in range(2 * gates):
+            a.cg.add_members(ids, b, 1, "out", k * hidden)
+    if s.op == "LSTM" and ins[7]:  # peepholes [D, 3H]: only sliced
+        for k in range(3):
+            a.cg.add_members(ids, ins[7], 1, "aux", k * hidden)
+    for t in states:
+        if t in a.inits:
+            a.cg.add_members(ids, t, 2, "aux")
+        else:
+            a.cg.block(ids, f"{s.name}'s initial state {t} is computed by the graph")
+    outs = [o for o in s.node.output[:3] if o]
+    for k, o in enumerate(s.node.output[:3]):
+        if o:
+            a.ch[o] = (3 if k == 0 else 2, ids)
+    a.cg.edits.append((s.index, _hidden_size(outs[0])))
+
+
+def _hidden_size(out: str):
+    def fix(graph, node, cg, pruned, inits, opset):
+        for attr in node.attribute:
+            if attr.name == "hidden_size":
                 attr.i = len(cg.kept(out, pruned))
     return fix
 

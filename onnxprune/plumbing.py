@@ -99,6 +99,28 @@ def tensor_shapes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[s
     return shapes
 
 
+def sample_axes(one: dict[str, tuple[int, ...]], two: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """The axis that holds samples in each tensor, from its shapes on one and on two samples: the
+    one axis that grows. A time-major recurrent tensor [T, N, H] has it on axis 1, an LSTM's
+    output [T, D, N, H] on axis 2. Tensors that do not grow (weights, shape constants, a fixed
+    batch) are left out."""
+    out = {}
+    for name, a in one.items():
+        b = two.get(name)
+        if b is not None and len(a) == len(b):
+            grew = [k for k, (x, y) in enumerate(zip(a, b)) if x != y]
+            if len(grew) == 1:
+                out[name] = grew[0]
+    return out
+
+
+def move_axis(name: str, src: int, dst: int, rank: int, new: str) -> onnx.NodeProto:
+    """A Transpose node that writes `name` with axis `src` moved to `dst`, as `new`."""
+    perm = list(range(rank))
+    perm.insert(dst, perm.pop(src))
+    return helper.make_node("Transpose", [name], [new], name=new, perm=perm)
+
+
 def names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
     """Every tensor name read inside an If/Loop/Scan body (at any depth)."""
     used: set[str] = set()

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxPruneError
-from .layers import PrunableLayer
+from .layers import RECURRENT, PrunableLayer
 from .plumbing import default_opset, first_line
 from .storage import stored_tensors, weight_slots
 
@@ -38,15 +38,17 @@ def check_not_quantized(model: onnx.ModelProto) -> None:
 
 def kept_in_float(model: onnx.ModelProto, layers: list[PrunableLayer], target: str,
                   shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
-    """Layers left in float32, by node name, with the reason. On x86 CPUs (ORT's MLAS), an int8
-    Conv that reads fewer than 8 channels per group (an image's first layer) runs slower than the
-    float one; a depthwise Conv has its own int8 kernel and is kept."""
+    """Layers left in float32, by layer name, with the reason. ORT's static (QDQ) quantizer has no
+    recurrent op. On x86 CPUs (ORT's MLAS), an int8 Conv that reads fewer than 8 channels per group
+    (an image's first layer) runs slower than the float one; a depthwise Conv has its own int8
+    kernel and is kept."""
+    out = {layer.name: f"ONNX Runtime's static int8 quantizer has no {layer.op} kernel" for layer in layers
+           if layer.op in RECURRENT}
     if target != "ort":
-        return {}
+        return out
     nodes = {n.name: n for n in model.graph.node}
-    out = {}
     for layer in layers:
-        node = nodes.get(layer.name)
+        node = nodes.get(layer.node)
         if node is None or layer.op != "Conv":
             continue
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
@@ -88,6 +90,8 @@ def int8(model: onnx.ModelProto, calibration: dict[str, np.ndarray], input_names
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     wanted = [layer.name for layer in layers if layer.name not in keep_float]
+    quantize_nodes = sorted({layer.node for layer in layers if layer.name in wanted})
+    exclude_nodes = sorted({layer.node for layer in layers if layer.name in keep_float} - set(quantize_nodes))
     if not wanted:
         raise OnnxPruneError("--quantize int8 has nothing to quantize: " + (
             "; ".join(f"{k}: {v}" for k, v in keep_float.items()) or "no Conv, Gemm or MatMul layer"))
@@ -108,8 +112,8 @@ def int8(model: onnx.ModelProto, calibration: dict[str, np.ndarray], input_names
             quantize_static(
                 str(src), str(dst), _Reader(calibration, input_names, batch or 32),
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=list(INT8_OPS) if trt else None,
-                nodes_to_quantize=wanted if trt else None,
-                nodes_to_exclude=None if trt else sorted(keep_float),
+                nodes_to_quantize=quantize_nodes if trt else None,
+                nodes_to_exclude=None if trt else exclude_nodes,
                 per_channel=True, reduce_range=False,
                 activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax, extra_options=options)
@@ -122,8 +126,8 @@ def int8(model: onnx.ModelProto, calibration: dict[str, np.ndarray], input_names
     return out
 
 
-def quantized_layers(model: onnx.ModelProto, slots: dict[str, int]) -> list[str]:
-    """The layer nodes whose weight is now stored as integers under a DequantizeLinear."""
+def quantized_layers(model: onnx.ModelProto, slots: dict[str, tuple[str, int]]) -> list[str]:
+    """The layers whose weight is now stored as integers under a DequantizeLinear."""
     return [name for name, t in stored_tensors(model, slots).items() if t.data_type != onnx.TensorProto.FLOAT]
 
 

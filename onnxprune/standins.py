@@ -418,174 +418,171 @@ def conv_transpose(s: Sub):
     return nodes
 
 
+class _Unrolled:
+    """What the recurrent stand-ins share: per direction, the input projection x·Wᵀ for all steps
+    in one MatMul (with the biases folded in where the cell allows), split into steps; the steps
+    run in the direction's order; outputs are stacked as the op has them (Y [T, D, N, H], the last
+    states [D, N, H]). W, R and B stay the trained tensors; constants are the stand-in's own."""
+
+    def __init__(self, s: Sub, gates: int, slots: int, acts: list[str]) -> None:
+        self.s, self.gates = s, gates
+        a, self.ins = s.attrs, list(s.node.input) + [""] * (slots - len(s.node.input))
+        shape = s.shapes.get(s.x)
+        self.ok = not (shape is None or len(shape) != 3 or s.opset < 13 or a.get("layout", 0) or "clip" in a
+                       or self.ins[4] or [_text(x) for x in a.get("activations", [])] not in ([], acts, acts * 2))
+        if self.ok:
+            self.hidden, self.steps = a["hidden_size"], shape[0]
+            direction = _text(a.get("direction", "forward"))
+            self.dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]
+            self.axis0 = s.const("axis0", np.array([0], np.int64))
+        self.nodes: list[onnx.NodeProto] = []
+
+    def add(self, op: str, inputs: list[str], what: str, **attrs) -> str:
+        self.nodes.append(self.s.op(op, inputs, what, **attrs))
+        return self.s.name(what)
+
+    def split(self, x: str, sizes: list[int], what: str, names: list[str], axis: int = 0) -> list[str]:
+        node = self.s.op("Split", [x, self.s.const(f"{what}_sizes", np.array(sizes, np.int64))], what, axis=axis)
+        del node.output[:]
+        node.output.extend(self.s.name(n) for n in names)
+        self.nodes.append(node)
+        return list(node.output)
+
+    def direction(self, d: int, fold_recurrent_bias: bool) -> tuple[list[str], str, str | None]:
+        """Direction d's input projection per step (+ Wb, + Rb when folded), Rᵀ, and Rb when not folded."""
+        s, p, gh = self.s, f"d{d}", self.gates * self.hidden
+        pick = s.const(f"{p}_index", np.array(d, np.int64))
+        wt = self.add("Transpose", [self.add("Gather", [self.ins[1], pick], f"{p}_W")], f"{p}_Wt", perm=[1, 0])
+        rt = self.add("Transpose", [self.add("Gather", [self.ins[2], pick], f"{p}_R")], f"{p}_Rt", perm=[1, 0])
+        xw, rb = self.add("MatMul", [s.x, wt], f"{p}_xw"), None
+        if self.ins[3]:  # B = [Wb, Rb]
+            wb, rb = self.split(self.add("Gather", [self.ins[3], pick], f"{p}_B"), [gh, gh], f"{p}_bsplit",
+                                [f"{p}_Wb", f"{p}_Rb"])
+            if fold_recurrent_bias:
+                wb, rb = self.add("Add", [wb, rb], f"{p}_b"), None
+            xw = self.add("Add", [xw, wb], f"{p}_xwb")
+        parts = self.split(xw, [1] * self.steps, f"{p}_steps", [f"{p}_x{t}" for t in range(self.steps)])
+        return [self.add("Squeeze", [x, self.axis0], f"{p}_t{t}_x") for t, x in enumerate(parts)], rt, rb
+
+    def initial(self, slot: int, d: int, what: str) -> str | None:
+        if not self.ins[slot]:
+            return None
+        return self.add("Gather", [self.ins[slot], self.s.const(f"d{d}_index", np.array(d, np.int64))], f"d{d}_{what}")
+
+    def order(self, way: str) -> list[int]:
+        return list(range(self.steps)) if way == "forward" else list(range(self.steps - 1, -1, -1))
+
+    def finish(self, ys: list[dict[int, str]], finals: list[list[str]]) -> list[onnx.NodeProto]:
+        """Y from each direction's step outputs, and the last states, in the op's output slots."""
+        stacked = [[], *[[] for _ in finals[0]]]
+        for d, (outs, last) in enumerate(zip(ys, finals)):
+            steps = [self.add("Unsqueeze", [outs[t], self.axis0], f"d{d}_t{t}_y") for t in range(self.steps)]
+            y = self.add("Concat", steps, f"d{d}_y", axis=0)  # [T, N, H]
+            stacked[0].append(self.add("Unsqueeze", [y, self.s.const("axis1", np.array([1], np.int64))], f"d{d}_Y"))
+            for k, state in enumerate(last):
+                stacked[k + 1].append(self.add("Unsqueeze", [state, self.axis0], f"d{d}_last{k}"))
+        for k, (parts, axis) in enumerate(zip(stacked, [1] + [0] * len(finals[0]))):
+            if k < len(self.s.node.output) and self.s.node.output[k]:
+                self.nodes.append(self.s.op("Concat", parts, f"out{k}", output=self.s.node.output[k], axis=axis))
+        return self.nodes
+
+
 @standin("LSTM")
 def lstm(s: Sub):
     """The recurrence unrolled over the sequence's real length (ORT 1.19's LSTM gradient crashes
-    or is refused): per direction, the input projection is one MatMul for all steps, then each step
-    is gates = x_t + h·Rᵀ, split into i, o, f, c, and c_t = σ(f)·c + σ(i)·tanh(c̃), h_t = σ(o)·tanh(c_t).
-    W, R and B stay the trained tensors. Default activations, no peepholes, clip or
-    sequence_lens, layout 0."""
-    a, ins = s.attrs, list(s.node.input) + [""] * (8 - len(s.node.input))
-    shape = s.shapes.get(s.x)
-    if (shape is None or len(shape) != 3 or s.opset < 13 or a.get("layout", 0) or "clip" in a
-            or a.get("input_forget", 0) or ins[4] or ins[7]
-            or [_text(x) for x in a.get("activations", [])] not in ([], ["Sigmoid", "Tanh", "Tanh"] * 2,
-                                                                    ["Sigmoid", "Tanh", "Tanh"])):
+    or is refused): gates = x_t·Wᵀ + h·Rᵀ + b, split into i, o, f, c̃, then
+    c_t = σ(f)·c + σ(i)·tanh(c̃), h_t = σ(o)·tanh(c_t). Default activations, no peepholes, clip
+    or sequence_lens, layout 0."""
+    u = _Unrolled(s, 4, 8, ["Sigmoid", "Tanh", "Tanh"])
+    if not u.ok or u.ins[7] or s.attrs.get("input_forget", 0):
         return None
-    direction = _text(a.get("direction", "forward"))
-    hidden, steps = a["hidden_size"], shape[0]
-    dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]
-    axis0 = s.const("axis0", np.array([0], np.int64))
-    nodes, ys, hs, cs = [], [], [], []
-    for d, way in enumerate(dirs):
-        p = f"d{d}"
-        pick = s.const(f"{p}_index", np.array(d, np.int64))
-        nodes += [s.op("Gather", [ins[1], pick], f"{p}_W"), s.op("Transpose", [s.name(f"{p}_W")], f"{p}_Wt", perm=[1, 0]),
-                  s.op("Gather", [ins[2], pick], f"{p}_R"), s.op("Transpose", [s.name(f"{p}_R")], f"{p}_Rt", perm=[1, 0]),
-                  s.op("MatMul", [s.x, s.name(f"{p}_Wt")], f"{p}_xw")]
-        xw = s.name(f"{p}_xw")
-        if ins[3]:  # B = [Wb, Rb]: both added to every step
-            nodes += [s.op("Gather", [ins[3], pick], f"{p}_B"),
-                      s.op("Split", [s.name(f"{p}_B"), s.const(f"{p}_bsplit", np.array([4 * hidden] * 2, np.int64))],
-                           f"{p}_Wb", output=s.name(f"{p}_Wb")),
-                      ]
-            nodes[-1].output.append(s.name(f"{p}_Rb"))
-            nodes += [s.op("Add", [s.name(f"{p}_Wb"), s.name(f"{p}_Rb")], f"{p}_b"),
-                      s.op("Add", [xw, s.name(f"{p}_b")], f"{p}_xwb")]
-            xw = s.name(f"{p}_xwb")
-        split = s.op("Split", [xw, s.const(f"{p}_steps", np.ones(steps, np.int64))], f"{p}_x0", axis=0)
-        del split.output[:]
-        split.output.extend(s.name(f"{p}_x{t}") for t in range(steps))
-        nodes.append(split)
-        h = c = None
-        if ins[5]:
-            nodes.append(s.op("Gather", [ins[5], pick], f"{p}_h0"))
-            h = s.name(f"{p}_h0")
-        if ins[6]:
-            nodes.append(s.op("Gather", [ins[6], pick], f"{p}_c0"))
-            c = s.name(f"{p}_c0")
-        order = range(steps) if way == "forward" else range(steps - 1, -1, -1)
-        outs = {}
-        for t in order:
-            q = f"{p}_t{t}"
-            nodes.append(s.op("Squeeze", [s.name(f"{p}_x{t}"), axis0], f"{q}_x"))
-            gates = s.name(f"{q}_x")
-            if h is not None:
-                nodes += [s.op("MatMul", [h, s.name(f"{p}_Rt")], f"{q}_hr"),
-                          s.op("Add", [gates, s.name(f"{q}_hr")], f"{q}_g")]
-                gates = s.name(f"{q}_g")
-            parts = s.op("Split", [gates, s.const(f"{q}_gsplit", np.full(4, hidden, np.int64))], f"{q}_i", axis=-1)
-            del parts.output[:]
-            parts.output.extend(s.name(f"{q}_{g}") for g in "iofc")
-            nodes += [parts, s.op("Sigmoid", [s.name(f"{q}_i")], f"{q}_si"), s.op("Sigmoid", [s.name(f"{q}_o")], f"{q}_so"),
-                      s.op("Sigmoid", [s.name(f"{q}_f")], f"{q}_sf"), s.op("Tanh", [s.name(f"{q}_c")], f"{q}_tc"),
-                      s.op("Mul", [s.name(f"{q}_si"), s.name(f"{q}_tc")], f"{q}_ic")]
+    ys, finals = [], []
+    for d, way in enumerate(u.dirs):
+        xs, rt, _ = u.direction(d, fold_recurrent_bias=True)
+        h, c, outs = u.initial(5, d, "h0"), u.initial(6, d, "c0"), {}
+        for t in u.order(way):
+            q = f"d{d}_t{t}"
+            gates = xs[t] if h is None else u.add("Add", [xs[t], u.add("MatMul", [h, rt], f"{q}_hr")], f"{q}_g")
+            i, o, f, g = u.split(gates, [u.hidden] * 4, f"{q}_gates", [f"{q}_{k}" for k in "iofc"], axis=-1)
+            ic = u.add("Mul", [u.add("Sigmoid", [i], f"{q}_si"), u.add("Tanh", [g], f"{q}_tc")], f"{q}_ic")
             # f·c_prev, with c_prev = 0 when there is no initial state: the forget gate stays on the
             # path, because ORT's Split gradient breaks when one of its outputs has none
-            nodes += [s.op("Mul", [s.name(f"{q}_sf"), c if c is not None else s.const("zero", np.float32(0))],
-                           f"{q}_fc"),
-                      s.op("Add", [s.name(f"{q}_fc"), s.name(f"{q}_ic")], f"{q}_cell")]
-            cell = s.name(f"{q}_cell")
-            nodes += [s.op("Tanh", [cell], f"{q}_tcell"), s.op("Mul", [s.name(f"{q}_so"), s.name(f"{q}_tcell")], f"{q}_h")]
-            h, c = s.name(f"{q}_h"), cell
-            nodes.append(s.op("Unsqueeze", [h, axis0], f"{q}_y"))
-            outs[t] = s.name(f"{q}_y")
-        nodes += [s.op("Concat", [outs[t] for t in range(steps)], f"{p}_y", axis=0),  # [T, N, H]
-                  s.op("Unsqueeze", [s.name(f"{p}_y"), s.const(f"{p}_axis1", np.array([1], np.int64))], f"{p}_Y"),
-                  s.op("Unsqueeze", [h, axis0], f"{p}_Yh"), s.op("Unsqueeze", [c, axis0], f"{p}_Yc")]
-        ys.append(s.name(f"{p}_Y"))
-        hs.append(s.name(f"{p}_Yh"))
-        cs.append(s.name(f"{p}_Yc"))
-    for k, (parts, axis) in enumerate([(ys, 1), (hs, 0), (cs, 0)]):
-        if k < len(s.node.output) and s.node.output[k]:
-            nodes.append(s.op("Concat", parts, f"out{k}", output=s.node.output[k], axis=axis))
-    return nodes
+            fc = u.add("Mul", [u.add("Sigmoid", [f], f"{q}_sf"), c if c is not None else s.const("zero", np.float32(0))],
+                       f"{q}_fc")
+            c = u.add("Add", [fc, ic], f"{q}_cell")
+            h = outs[t] = u.add("Mul", [u.add("Sigmoid", [o], f"{q}_so"), u.add("Tanh", [c], f"{q}_tcell")], f"{q}_h")
+        ys.append(outs)
+        finals.append([h, c])
+    return u.finish(ys, finals)
 
 
 @standin("GRU")
 def gru(s: Sub):
-    """The recurrence unrolled over the real sequence length, as for LSTM: z, r = σ(x_t + h·R_zrᵀ),
-    h̃ = tanh(x_h + (r·h)·R_hᵀ + b) (or r·(h·R_hᵀ + b) with linear_before_reset), and
+    """The recurrence unrolled as for LSTM: z, r = σ(x_t + h·R_zrᵀ + Rb_zr),
+    h̃ = tanh(x_h + (r·h)·R_hᵀ + Rb_h) (or r·(h·R_hᵀ + Rb_h) with linear_before_reset), and
     h_t = (1 − z)·h̃ + z·h. Without an initial state h starts at 0."""
-    a, ins = s.attrs, list(s.node.input) + [""] * (6 - len(s.node.input))
-    shape = s.shapes.get(s.x)
-    if (shape is None or len(shape) != 3 or s.opset < 13 or a.get("layout", 0) or "clip" in a or ins[4]
-            or [_text(x) for x in a.get("activations", [])] not in ([], ["Sigmoid", "Tanh"], ["Sigmoid", "Tanh"] * 2)):
+    u = _Unrolled(s, 3, 6, ["Sigmoid", "Tanh"])
+    if not u.ok:
         return None
-    hidden, steps, before = a["hidden_size"], shape[0], a.get("linear_before_reset", 0)
-    direction = _text(a.get("direction", "forward"))
-    dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]
-    axis0 = s.const("axis0", np.array([0], np.int64))
-    cut = lambda name, lo, hi, what: s.op("Slice", [name, s.const(f"lo{lo}", np.array([lo], np.int64)),  # noqa: E731
-                                                    s.const(f"hi{hi}", np.array([hi], np.int64)),
-                                                    s.const("last", np.array([-1], np.int64))], what)
-    nodes, ys, hs = [], [], []
-    for d, way in enumerate(dirs):
+    hidden, before = u.hidden, s.attrs.get("linear_before_reset", 0)
+    cut = lambda name, lo, hi, what: u.add("Slice", [name, s.const(f"lo{lo}", np.array([lo], np.int64)),  # noqa: E731
+                                                     s.const(f"hi{hi}", np.array([hi], np.int64)),
+                                                     s.const("last", np.array([-1], np.int64))], what)
+    ys, finals = [], []
+    for d, way in enumerate(u.dirs):
         p = f"d{d}"
-        pick = s.const(f"{p}_index", np.array(d, np.int64))
-        nodes += [s.op("Gather", [ins[1], pick], f"{p}_W"), s.op("Transpose", [s.name(f"{p}_W")], f"{p}_Wt", perm=[1, 0]),
-                  s.op("Gather", [ins[2], pick], f"{p}_R"), s.op("Transpose", [s.name(f"{p}_R")], f"{p}_Rt", perm=[1, 0]),
-                  cut(s.name(f"{p}_Rt"), 0, 2 * hidden, f"{p}_Rzr"), cut(s.name(f"{p}_Rt"), 2 * hidden, 3 * hidden, f"{p}_Rh"),
-                  s.op("MatMul", [s.x, s.name(f"{p}_Wt")], f"{p}_xw")]
-        xw, rb = s.name(f"{p}_xw"), None
-        if ins[3]:
-            nodes += [s.op("Gather", [ins[3], pick], f"{p}_B"), cut(s.name(f"{p}_B"), 0, 3 * hidden, f"{p}_Wb"),
-                      cut(s.name(f"{p}_B"), 3 * hidden, 6 * hidden, f"{p}_Rb"),
-                      s.op("Add", [xw, s.name(f"{p}_Wb")], f"{p}_xwb"),
-                      cut(s.name(f"{p}_Rb"), 0, 2 * hidden, f"{p}_Rbzr"), cut(s.name(f"{p}_Rb"), 2 * hidden, 3 * hidden, f"{p}_Rbh")]
-            xw, rb = s.name(f"{p}_xwb"), (s.name(f"{p}_Rbzr"), s.name(f"{p}_Rbh"))
-        split = s.op("Split", [xw, s.const(f"{p}_steps", np.ones(steps, np.int64))], f"{p}_x0", axis=0)
-        del split.output[:]
-        split.output.extend(s.name(f"{p}_x{t}") for t in range(steps))
-        nodes.append(split)
-        order = list(range(steps)) if way == "forward" else list(range(steps - 1, -1, -1))
-        if ins[5]:
-            nodes.append(s.op("Gather", [ins[5], pick], f"{p}_h0"))
-        else:  # zeros of the right shape, still on the graph's path: no special first step
-            nodes += [s.op("Squeeze", [s.name(f"{p}_x{order[0]}"), axis0], f"{p}_first"),
-                      cut(s.name(f"{p}_first"), 0, hidden, f"{p}_first_h"),
-                      s.op("Mul", [s.name(f"{p}_first_h"), s.const("zero", np.float32(0))], f"{p}_h0")]
-        h, outs = s.name(f"{p}_h0"), {}
+        xs, rt, rb = u.direction(d, fold_recurrent_bias=False)
+        r_zr, r_h = cut(rt, 0, 2 * hidden, f"{p}_Rzr"), cut(rt, 2 * hidden, 3 * hidden, f"{p}_Rh")
+        if rb:
+            rb = (cut(rb, 0, 2 * hidden, f"{p}_Rbzr"), cut(rb, 2 * hidden, 3 * hidden, f"{p}_Rbh"))
+        order = u.order(way)
+        h = u.initial(5, d, "h0")
+        if h is None:  # zeros of the right shape, still on the graph's path: no special first step
+            h = u.add("Mul", [cut(xs[order[0]], 0, hidden, f"{p}_first_h"), s.const("zero", np.float32(0))], f"{p}_h0")
+        outs = {}
         for t in order:
             q = f"{p}_t{t}"
-            nodes += [s.op("Squeeze", [s.name(f"{p}_x{t}"), axis0], f"{q}_x"),
-                      cut(s.name(f"{q}_x"), 0, 2 * hidden, f"{q}_xzr"), cut(s.name(f"{q}_x"), 2 * hidden, 3 * hidden, f"{q}_xh"),
-                      s.op("MatMul", [h, s.name(f"{p}_Rzr")], f"{q}_hzr")]
-            hzr = s.name(f"{q}_hzr")
+            hzr = u.add("MatMul", [h, r_zr], f"{q}_hzr")
             if rb:
-                nodes.append(s.op("Add", [hzr, rb[0]], f"{q}_hzrb"))
-                hzr = s.name(f"{q}_hzrb")
-            nodes += [s.op("Add", [s.name(f"{q}_xzr"), hzr], f"{q}_zr"), s.op("Sigmoid", [s.name(f"{q}_zr")], f"{q}_szr"),
-                      cut(s.name(f"{q}_szr"), 0, hidden, f"{q}_z"), cut(s.name(f"{q}_szr"), hidden, 2 * hidden, f"{q}_r")]
+                hzr = u.add("Add", [hzr, rb[0]], f"{q}_hzrb")
+            szr = u.add("Sigmoid", [u.add("Add", [cut(xs[t], 0, 2 * hidden, f"{q}_xzr"), hzr], f"{q}_zr")], f"{q}_szr")
+            z, r = cut(szr, 0, hidden, f"{q}_z"), cut(szr, hidden, 2 * hidden, f"{q}_r")
             if before:  # r·(h·R_hᵀ + Rb_h)
-                nodes.append(s.op("MatMul", [h, s.name(f"{p}_Rh")], f"{q}_hh"))
-                hh = s.name(f"{q}_hh")
+                hh = u.add("MatMul", [h, r_h], f"{q}_hh")
                 if rb:
-                    nodes.append(s.op("Add", [hh, rb[1]], f"{q}_hhb"))
-                    hh = s.name(f"{q}_hhb")
-                nodes.append(s.op("Mul", [s.name(f"{q}_r"), hh], f"{q}_rh"))
-                rh = s.name(f"{q}_rh")
+                    hh = u.add("Add", [hh, rb[1]], f"{q}_hhb")
+                rh = u.add("Mul", [r, hh], f"{q}_rh")
             else:  # (r·h)·R_hᵀ + Rb_h
-                nodes += [s.op("Mul", [s.name(f"{q}_r"), h], f"{q}_rh0"),
-                          s.op("MatMul", [s.name(f"{q}_rh0"), s.name(f"{p}_Rh")], f"{q}_rh")]
-                rh = s.name(f"{q}_rh")
+                rh = u.add("MatMul", [u.add("Mul", [r, h], f"{q}_rh0"), r_h], f"{q}_rh")
                 if rb:
-                    nodes.append(s.op("Add", [rh, rb[1]], f"{q}_rhb"))
-                    rh = s.name(f"{q}_rhb")
-            nodes += [s.op("Add", [s.name(f"{q}_xh"), rh], f"{q}_pre"), s.op("Tanh", [s.name(f"{q}_pre")], f"{q}_cand"),
-                      s.op("Sub", [h, s.name(f"{q}_cand")], f"{q}_diff"), s.op("Mul", [s.name(f"{q}_z"), s.name(f"{q}_diff")], f"{q}_zd"),
-                      s.op("Add", [s.name(f"{q}_cand"), s.name(f"{q}_zd")], f"{q}_h"),  # h̃ + z·(h − h̃)
-                      s.op("Unsqueeze", [s.name(f"{q}_h"), axis0], f"{q}_y")]
-            h, outs[t] = s.name(f"{q}_h"), s.name(f"{q}_y")
-        nodes += [s.op("Concat", [outs[t] for t in range(steps)], f"{p}_y", axis=0),
-                  s.op("Unsqueeze", [s.name(f"{p}_y"), s.const("axis1", np.array([1], np.int64))], f"{p}_Y"),
-                  s.op("Unsqueeze", [h, axis0], f"{p}_Yh")]
-        ys.append(s.name(f"{p}_Y"))
-        hs.append(s.name(f"{p}_Yh"))
-    for k, (parts, axis) in enumerate([(ys, 1), (hs, 0)]):
-        if k < len(s.node.output) and s.node.output[k]:
-            nodes.append(s.op("Concat", parts, f"out{k}", output=s.node.output[k], axis=axis))
-    return nodes
+                    rh = u.add("Add", [rh, rb[1]], f"{q}_rhb")
+            cand = u.add("Tanh", [u.add("Add", [cut(xs[t], 2 * hidden, 3 * hidden, f"{q}_xh"), rh], f"{q}_pre")],
+                         f"{q}_cand")
+            zd = u.add("Mul", [z, u.add("Sub", [h, cand], f"{q}_diff")], f"{q}_zd")
+            h = outs[t] = u.add("Add", [cand, zd], f"{q}_h")  # h̃ + z·(h − h̃)
+        ys.append(outs)
+        finals.append([h])
+    return u.finish(ys, finals)
+
+
+@standin("RNN")
+def rnn(s: Sub):
+    """The recurrence unrolled as for LSTM: h_t = tanh(x_t·Wᵀ + h·Rᵀ + Wb + Rb) (ORT 1.19 has no
+    RNN gradient). Default Tanh activation."""
+    u = _Unrolled(s, 1, 6, ["Tanh"])
+    if not u.ok:
+        return None
+    ys, finals = [], []
+    for d, way in enumerate(u.dirs):
+        xs, rt, _ = u.direction(d, fold_recurrent_bias=True)
+        h, outs = u.initial(5, d, "h0"), {}
+        for t in u.order(way):
+            q = f"d{d}_t{t}"
+            pre = xs[t] if h is None else u.add("Add", [xs[t], u.add("MatMul", [h, rt], f"{q}_hr")], f"{q}_pre")
+            h = outs[t] = u.add("Tanh", [pre], f"{q}_h")
+        ys.append(outs)
+        finals.append([h])
+    return u.finish(ys, finals)
 
 
 @standin("GlobalMaxPool")

@@ -27,27 +27,31 @@ FORMS = ("compact", "sparse", "dense")
 P = "onnxprune_store"
 
 
-def weight_slots(model: onnx.ModelProto, layers) -> dict[str, int]:
-    """Which input of each layer's node holds its weight: quantization and compact storage
-    rename or replace the weight, the node and the slot stay."""
+def weight_slots(model: onnx.ModelProto, layers) -> dict[str, tuple[str, int]]:
+    """Which node, and which of its inputs, holds each layer's weight (by layer name): quantization
+    and compact storage rename or replace the weight, the node and the slot stay."""
     nodes = {n.name: n for n in model.graph.node}
-    return {layer.name: list(nodes[layer.name].input).index(layer.weight) for layer in layers if layer.name in nodes}
+    return {layer.name: (layer.node, list(nodes[layer.node].input).index(layer.weight))
+            for layer in layers if layer.node in nodes}
 
 
-def stored_tensors(model: onnx.ModelProto, slots: dict[str, int]) -> dict[str, onnx.TensorProto]:
-    """The initializer that stores each layer's weight (by node name): the weight itself, or the
+def stored_tensors(model: onnx.ModelProto, slots: dict[str, tuple[str, int]]) -> dict[str, onnx.TensorProto]:
+    """The initializer that stores each layer's weight (by layer name): the weight itself, or the
     integer tensor under its DequantizeLinear."""
     inits = initializer_map(model.graph)
     producer = {o: n for n in model.graph.node for o in n.output}
+    nodes = {n.name: n for n in model.graph.node}
     out = {}
-    for node in model.graph.node:
-        if node.name in slots and slots[node.name] < len(node.input):
-            name = node.input[slots[node.name]]
-            src = producer.get(name)
-            if src is not None and src.op_type == "DequantizeLinear":
-                name = src.input[0]
-            if name in inits:
-                out[node.name] = inits[name]
+    for layer, (node_name, slot) in slots.items():
+        node = nodes.get(node_name)
+        if node is None or slot >= len(node.input):
+            continue
+        name = node.input[slot]
+        src = producer.get(name)
+        if src is not None and src.op_type == "DequantizeLinear":
+            name = src.input[0]
+        if name in inits:
+            out[layer] = inits[name]
     return out
 
 

@@ -113,13 +113,15 @@ def _layerwise(loaded, data, plan, cfg, sched, rng, progress):
     ranking with floors); then each layer is reconstructed at exactly its share."""
     shares = {w: 1 - float(m.sum()) / m.size for w, m in plan.select(plan.dense_weights).items()}
 
-    def plan_of(layer):
-        return plan.structure.plan([layer], {layer.weight: plan.dense_weights[layer.weight]}, model=loaded.base,
-                                   shapes=plan.shapes)
+    def plan_of(layers):
+        return plan.structure.plan(layers, {layer.weight: plan.dense_weights[layer.weight] for layer in layers},
+                                   model=loaded.base, shapes=plan.shapes)
 
-    def select_of(groups):
-        share = max(shares[t] for t in groups.counted)
-        return lambda w: plan.select(w, groups, rate=share, scope="layer")
+    def select_of(groups):  # one node's weights (an LSTM's W and R) share its count of weights removed
+        sizes = {t: int(np.prod(groups.tensors[t])) for t in groups.counted}
+        share = sum(shares[t] * n for t, n in sizes.items()) / sum(sizes.values())
+        scope = "layer" if len(sizes) == 1 else "global"
+        return lambda w: plan.select(w, groups, rate=share, scope=scope)
 
     with workdir(cfg.output.workdir) as wd:
         return layerwise.run(loaded.prepared.train_base, loaded.layers, plan_of, select_of,

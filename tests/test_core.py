@@ -137,7 +137,7 @@ def test_the_zero_check_covers_tensors_whose_shape_changed():
     before.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.resize(w, (4, 3)), "w"))
     after = small_model()
     after.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((3, 4), np.float32), "w"))
-    slots = {"fc": 1}
+    slots = {"fc": ("fc", 1)}
     stored = {"fc": after.graph.initializer[0]}
     with pytest.raises(OnnxPruneError, match="non-zero"):
         compress.check_zeros_kept(before, after, slots, stored)

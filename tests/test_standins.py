@@ -246,12 +246,12 @@ def test_layerwise_window_stops_before_an_op_without_gradient(monkeypatch):
     shapes = tensor_shapes(model, {"x": X})
     conv = model.graph.node[0]
     assert layerwise.window_cut(model, conv, {"conv"}, shapes) == frozenset()
-    small, out = layerwise.layer_model(model, conv, X, {"conv"})
+    small, out = layerwise.layer_model(model, conv, {"x": X}, {"conv"})
     assert out == "y"  # with the stand-in, the window reaches the activation
     monkeypatch.delitem(standins.STANDINS, "HardSigmoid")
     cut = layerwise.window_cut(model, conv, {"conv"}, shapes)
     assert cut == {"the_op"}
-    small, out = layerwise.layer_model(model, conv, X, {"conv"}, cut)
+    small, out = layerwise.layer_model(model, conv, {"x": X}, {"conv"}, cut)
     assert out == "h" and [n.op_type for n in small.graph.node] == ["Conv"]
 
 
@@ -301,13 +301,14 @@ def test_stand_in_constants_are_not_trained_and_user_parameters_are(tmp_path):
     ("LSTM", "forward", True, True, {}), ("LSTM", "reverse", False, True, {}),
     ("LSTM", "bidirectional", True, False, {}), ("LSTM", "bidirectional", False, True, {}),
     ("GRU", "forward", True, True, {}), ("GRU", "reverse", False, True, {"linear_before_reset": 1}),
-    ("GRU", "bidirectional", False, False, {})])
+    ("GRU", "bidirectional", False, False, {}), ("RNN", "forward", True, True, {}),
+    ("RNN", "bidirectional", False, True, {}), ("RNN", "reverse", True, False, {})])
 def test_recurrent_unrolled_matches_and_its_weights_train(op, direction, states, bias, extra, tmp_path):
-    """ORT 1.19 crashes or refuses LSTM/GRU training; the unrolled stand-in gives the same outputs
+    """ORT 1.19 crashes or refuses LSTM/GRU/RNN training; the unrolled stand-in gives the same outputs
     and the right gradient for the input weights W (checked against finite differences)."""
     T, N, I, H = 4, 3, 5, 2
     D = 2 if direction == "bidirectional" else 1
-    G = 4 if op == "LSTM" else 3
+    G = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
     rng = np.random.default_rng(1)
     w = (0.5 * rng.standard_normal((D, G * H, I))).astype(np.float32)
     consts = {"R": 0.5 * rng.standard_normal((D, G * H, H)), "B": 0.1 * rng.standard_normal((D, 2 * G * H)),
