@@ -72,7 +72,8 @@ def test_every_structure_name_is_registered():
 
 
 def test_op_rules_are_one_per_op_and_layers_make_channels():
-    assert {op for op, r in oprules.RULES.items() if r.makes_channels} == {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+    assert {op for op, r in oprules.RULES.items() if r.makes_channels} == {"Conv", "ConvTranspose", "Gemm", "MatMul",
+                                                                               "LSTM", "GRU", "RNN"}
     with pytest.raises(ValueError, match="already has a channel rule"):
         oprules.rule("Relu")(lambda a, s: None)
 
