@@ -3,3 +3,7 @@
 
 class OnnxPruneError(Exception):
     """A problem with the user's input or environment, explained in one line."""
+
+
+class NativeCrash(OnnxPruneError):
+    """ONNX Runtime's native code died taking a training step (caught in a child process)."""

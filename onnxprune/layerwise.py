@@ -17,7 +17,7 @@ from onnx import helper
 
 from . import standins
 from .data import run_model
-from .errors import OnnxPruneError
+from .errors import NativeCrash, OnnxPruneError
 from .export import with_weights
 from .layers import PrunableLayer
 from .losses import MeanSquaredError
@@ -149,18 +149,26 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
         target = "onnxprune_layer_target"
         own = {layer.weight for layer in group}
         corrected = own & set(quantizer.names) if quantizer else set()
-        small, _ = standins.apply(small, shapes)
-        standins.check_crashes(small, sorted(own), [out])
-        graph = build_training_graph(small, plan.tensors, set(plan.penalized),
-                                     [MeanSquaredError(out, out, target, y.shape[1:])], shapes, corrected)
         trainable = [t.name for t in small.graph.initializer if t.name in node.input
                      and t.data_type == onnx.TensorProto.FLOAT]  # the layer's weights and bias only
         frozen = ([mask_name(w) for w in plan.tensors] + [coef_name(w) for w in plan.penalized]
                   + [correction_name(w) for w in corrected])
         layer_arrays = {**{samples_first(t, axes): x for t, x in xs.items()}, target: y}
         rows = np.resize(np.arange(len(y)), sched.batch_size)
-        trainer = Trainer(graph, trainable, frozen, workdir / f"layer{i}", sched.lr * LR_SCALE, threads,
-                          probe={k: v[rows] for k, v in layer_arrays.items()})
+
+        def trainer_on(fallback):
+            model, notes = standins.apply(small, shapes, fallback)
+            standins.check_crashes(model, sorted(own), [out])
+            graph = build_training_graph(model, plan.tensors, set(plan.penalized),
+                                         [MeanSquaredError(out, out, target, y.shape[1:])], shapes, corrected)
+            return Trainer(graph, trainable, frozen, workdir / f"layer{i}", sched.lr * LR_SCALE, threads,
+                           probe={k: v[rows] for k, v in layer_arrays.items()}), notes
+        try:
+            trainer, _ = trainer_on(False)
+        except NativeCrash:  # once more with the fallback stand-ins, if any applies
+            if standins.apply(small, shapes, True)[1] == standins.apply(small, shapes)[1]:
+                raise
+            trainer, _ = trainer_on(True)
         # λ in units of the output's mean square, so one setting suits every layer's scale
         scale = float(np.mean(y.astype(np.float64) ** 2)) or 1.0
         layer_sched = dataclasses.replace(sched, lam=sched.lam * scale, lr=sched.lr * LR_SCALE,

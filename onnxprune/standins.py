@@ -26,6 +26,7 @@ from .errors import OnnxPruneError
 from .plumbing import default_opset, first_line, log, session, session_options
 
 STANDINS: dict[str, Callable] = {}
+FALLBACKS: dict[str, Callable] = {}  # for ops whose ORT gradient works, but crashed in some graph
 PREFIX = "onnxprune_standin"
 # ops ORT 1.19 trains through on CPU as they are (docs/gradients.md, benchmarks/probe_gradients.py)
 KNOWN_TRAINABLE = {
@@ -38,10 +39,12 @@ KNOWN_TRAINABLE = {
 CRASHES = {"AveragePool": "its CPU gradient kernel dies with a floating-point exception (SIGFPE)"}
 
 
-def standin(*ops: str):
+def standin(*ops: str, fallback: bool = False):
+    """Register a stand-in; a `fallback` one replaces an op ORT can train, and is used only after
+    ORT's own gradient of the graph crashed."""
     def register(fn):
         for op in ops:
-            STANDINS[op] = fn
+            (FALLBACKS if fallback else STANDINS)[op] = fn
         return fn
     return register
 
@@ -662,16 +665,53 @@ def _interpolation(s: Sub, axis: int, n_in: int, n_out: int) -> np.ndarray | Non
     return out[0, :, :, 0].T.astype(np.float32)  # [n_out, n_in]: column k is unit vector k resized
 
 
-def apply(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[onnx.ModelProto, list[str]]:
+@standin("MaxPool", fallback=True)
+def max_pool_by_index(s: Sub):
+    """MaxPool's values gathered from the flattened input at the indices the op itself returns:
+    the same forward, and Gather's gradient instead of ORT's MaxPoolGrad, which crashed (SIGSEGV)
+    in a PaddleOCR classifier although it trains the same op standalone."""
+    if s.shapes.get(s.x) is None or len(s.node.output) > 1 or s.attrs.get("storage_order", 0):
+        return None
+    pool = s.op("MaxPool", [s.x], "values", **s.attrs)  # its values go unused
+    pool.output.append(s.name("indices"))
+    return [pool, s.op("Reshape", [s.x, s.const("flat", np.array([-1], np.int64))], "flat"),
+            s.op("Gather", [s.name("flat"), s.name("indices")], "y", output=s.y)]
+
+
+@standin("LRN")
+def lrn(s: Sub):
+    """y = x / (bias + α/size · Σ_window x²)^β, the sum over `size` neighbouring channels as a 1×1
+    Conv with a band of ones (ORT 1.19 has no LRN gradient)."""
+    shape = s.shapes.get(s.x)
+    if shape is None or len(shape) < 3:
+        return None
+    a, c = s.attrs, shape[1]
+    size = a["size"]
+    lo, hi = (size - 1) // 2, size // 2  # channels c − ⌊(size−1)/2⌋ … c + ⌈(size−1)/2⌉
+    band = np.zeros((c, c) + (1,) * (len(shape) - 2), np.float32)
+    for i in range(c):
+        band[i, max(0, i - lo): min(c, i + hi + 1)] = 1
+    return [s.op("Mul", [s.x, s.x], "square"),
+            s.op("Conv", [s.name("square"), s.const("band", band)], "window"),
+            s.op("Mul", [s.name("window"), s.const("alpha", np.float32(a.get("alpha", 1e-4) / size))], "scaled"),
+            s.op("Add", [s.name("scaled"), s.const("bias", np.float32(a.get("bias", 1.0)))], "base"),
+            s.op("Pow", [s.name("base"), s.const("beta", np.float32(a.get("beta", 0.75)))], "denominator"),
+            s.op("Div", [s.x, s.name("denominator")], "y", output=s.y)]
+
+
+def apply(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+          fallback: bool = False) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of `model` with every op that has a stand-in replaced by it (where the stand-in
-    reproduces the op on the real shapes), and what was replaced."""
+    reproduces the op on the real shapes), and what was replaced. With `fallback`, the FALLBACKS
+    too: the retry after ORT crashed on the graph."""
+    table = {**STANDINS, **FALLBACKS} if fallback else STANDINS
     m = copy.deepcopy(model)
     graph, opset = m.graph, default_opset(m)
     inits = {t.name: t for t in graph.initializer}
     small = {n: numpy_helper.to_array(t) for n, t in inits.items() if int(np.prod(t.dims)) <= 8}
     body, done, checked = [], {}, {}
     for node in graph.node:
-        fn = STANDINS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        fn = table.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         s = Sub(node, shapes, opset, small)
         nodes = fn(s) if fn else None
         if nodes:

@@ -24,6 +24,7 @@ from .planning import Plan
 from .plumbing import warn
 from .resume import Checkpoints, fingerprint
 from .schedule import Phase, current_weights, finetune, reweighted
+from .errors import NativeCrash
 from .training import Trainer, build_training_graph, coef_name, correction_name, mask_name
 
 
@@ -86,7 +87,6 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     trainable = [t.name for t in original.graph.initializer if t.name in wanted]
     standins.check_crashes(base, trainable, [t.tensor for t in terms])
     corrected = set(quantizer.names) if quantizer else set()
-    graph = build_training_graph(base, groups.tensors, set(groups.penalized), terms, plan.shapes, corrected)
     frozen = ([mask_name(w) for w in groups.tensors] + [coef_name(w) for w in groups.penalized]
               + [correction_name(w) for w in groups.tensors if w in corrected])
     out = cfg.output
@@ -95,8 +95,19 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
         if out.workdir is not None:  # a kept work folder gets a checkpoint after every epoch
             ckpt = Checkpoints(wd, fingerprint(loaded.original.SerializeToString(), arrays, cfg.training_options()),
                                out.resume)
-        trainer = Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
-                          probe=first_batch(arrays, sched.batch_size))
+
+        def trainer_on(model):
+            graph = build_training_graph(model, groups.tensors, set(groups.penalized), terms, plan.shapes, corrected)
+            return Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
+                           probe=first_batch(arrays, sched.batch_size))
+        try:
+            trainer = trainer_on(base)
+        except NativeCrash:  # once more with the fallback stand-ins, if any applies
+            safer, more = standins.apply(original, plan.shapes, fallback=True)
+            if more == notes:
+                raise
+            trainer, notes = trainer_on(safer), more + ["fallback stand-ins used: ONNX Runtime's own gradient "
+                                                        "of this graph crashed"]
         if cfg.pruning.method == "reweighted":
             masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt)
         else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from . import standins
-from .errors import OnnxPruneError
+from .errors import NativeCrash, OnnxPruneError
 from .losses import PREFIX, LossTerm
 from .plumbing import first_line, session_options
 
@@ -276,7 +276,7 @@ def _generate_isolated(graph: onnx.ModelProto, trainable, frozen, workdir: Path,
             what = f"signal {-done.returncode}"
         suspects = [f"{n.op_type} (node {n.name})" for n in standins.gradient_path(graph, trainable, [LOSS])
                     if n.op_type not in standins.KNOWN_TRAINABLE and not n.name.startswith(PREFIX)]
-        raise OnnxPruneError(f"ONNX Runtime 1.19 crashed ({what}) taking a training step on this graph"
+        raise NativeCrash(f"ONNX Runtime 1.19 crashed ({what}) taking a training step on this graph"
                              + (f"; ops on the path it is not known to train: {', '.join(dict.fromkeys(suspects))}"
                                 if suspects else "")
                              + f"; nothing was written. {standins.NO_GRADIENT_ROUTES[0].upper()}"
