@@ -52,7 +52,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
             channel_multiple, exclude, method, finetune_baseline, mode, shrink (what to prune);
             schedule or epochs, finetune_epochs, lam, eps, reweight_every, lr, finetune_lr,
             batch_size; val_fraction, output_name, input_shapes, synth_samples, seed (data);
-            quantize, target, qat, bits, storage (compression); simplify, optimize (preparation);
+            quantize, target, qat, bits, storage (compression); simplify, optimize, inputs (preparation);
             out, workdir, resume, latency, threads (output). See `onnxprune --help`.
         progress: a factory `(total steps, label) -> context manager with .update(steps, loss)`.
 
@@ -69,7 +69,8 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
         export.check_output_path(Path(out), source)
     rng = np.random.default_rng(cfg.data.seed)
 
-    loaded = loading.load(model, cfg.pruning.exclude, cfg.preparation.simplify, cfg.preparation.optimize)
+    loaded = loading.load(model, cfg.pruning.exclude, cfg.preparation.simplify, cfg.preparation.optimize,
+                          cfg.preparation.inputs)
     dataset = prepare_data(loaded.dense, loaded.base, data, eval_data, cfg.data, rng, warnings)
     plan = planning.plan(loaded, dataset, cfg)
     trained = train.train(loaded, dataset, plan, cfg, rng, progress, warnings)
@@ -80,7 +81,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
                                 dataset.val, dataset.input_names, cfg.pruning.shrink, warnings)
     compressed = C.compress(rewritten.model, rewritten.outputs, loaded.base, loaded.layers, trained.masks,
                             plan.keep_float, dataset, cfg.compression, warnings)
-    written = export.write(compressed.model, Path(out), loaded.original) if out is not None else None
+    written = export.write(compressed.model, Path(out), loaded.prepared.original) if out is not None else None
 
     measured = costs.measure(loaded.base, rewritten.model, compressed.model, dataset.probe, dataset.train,
                              dataset.input_names, dataset.fixed_batch, plan.shapes, cfg.output.latency,

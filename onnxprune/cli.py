@@ -119,6 +119,9 @@ _D = Schedule()
 @click.option("--batch-size", type=int, default=_D.batch_size, show_default=True, help="Training batch size.")
 @click.option("--input-shape", multiple=True, metavar="NAME=D1xD2..",
               help="Fix an input's dynamic dimensions for synthesized data, e.g. input=1x3x224x224 (repeatable).")
+@click.option("--input", "fixed_input", multiple=True, metavar="NAME=VALUE",
+              help="Bind an input of fixed shape to a constant, e.g. sr=16000 (repeatable): the written model "
+                   "has it built in, and If branches it selects are folded, so weights inside them are pruned.")
 @click.option("--synth-samples", type=int, default=2048, show_default=True,
               help="How many inputs to synthesize when there is no --data.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for shuffling, splits and synthesized data; "
@@ -139,7 +142,7 @@ _D = Schedule()
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary table (errors still print).")
 def main(model, rate, out, data, eval_data, val_fraction, output_name, method, mode, finetune, structure, block, nm,
          channel_multiple, rate_of, no_shrink, quantize, target, qat, bits, storage, optimize, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
-         lr, finetune_lr, batch_size, input_shape, synth_samples, seed, no_simplify, workdir, resume, threads, no_latency,
+         lr, finetune_lr, batch_size, input_shape, fixed_input, synth_samples, seed, no_simplify, workdir, resume, threads, no_latency,
          report_path, quiet):
     """Prune an ONNX model to --rate with reweighted group-lasso training in ONNX Runtime,
     and write it back as the same graph: pruned weights exactly zero, or (filter/channel)
@@ -168,7 +171,7 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
             exclude=exclude, epochs=epochs, finetune_epochs=finetune_epochs, lam=lam, eps=eps,
             reweight_every=reweight_every, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size,
             val_fraction=val_fraction, input_shapes=input_shape, synth_samples=synth_samples, seed=seed,
-            simplify=not no_simplify, workdir=workdir, resume=resume, threads=threads)
+            simplify=not no_simplify, inputs=fixed_input, workdir=workdir, resume=resume, threads=threads)
         result = prune(model, data=data, eval_data=eval_data, config=config,
                        progress=_no_bars if quiet else _progress_bars)
         if report_path is not None:

@@ -183,6 +183,14 @@ class Preparation:
 
     simplify: bool = True  # onnxsim
     optimize: bool = False  # ORT's basic offline optimizations
+    inputs: tuple[str, ...] = ()  # 'sr=16000': inputs bound to constants (If branches they select folded)
+
+    def __post_init__(self):
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        for item in self.inputs:
+            name, sep, value = item.partition("=")
+            if not sep or not name or not value:
+                raise OnnxPruneError(f"--input {item!r}: expected NAME=VALUE, e.g. sr=16000")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
+from .binding import bind, branch_hint, fold_ifs, parse_inputs
 from .errors import OnnxPruneError
 from .layers import WEIGHT_VIEWS, PrunableLayer, Skipped, find_prunable, made_at_run_time
 from .optimize import optimize as ort_basic
@@ -50,21 +51,26 @@ class Loaded:
     skipped: list[Skipped]
 
 
-def load(model, exclude: tuple[str, ...] = (), simplify: bool = True, optimize: bool = False) -> Loaded:
-    """The load stage. `model`: a path or an onnx.ModelProto."""
+def load(model, exclude: tuple[str, ...] = (), simplify: bool = True, optimize: bool = False,
+         inputs: tuple[str, ...] = ()) -> Loaded:
+    """The load stage. `model`: a path or an onnx.ModelProto; `inputs`: NAME=VALUE bindings."""
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     original = read_model(source) if source else checked_proto(model)
     check_not_quantized(original)
-    made = made_at_run_time(original)
+    bound, folded = fold_ifs(bind(original, parse_inputs(inputs, original)))
+    made = made_at_run_time(bound)
     if made:
         raise OnnxPruneError(f"no prunable weights in the model: every layer weight is computed when it runs, "
                              f"not stored ({'; '.join(made[:3])}{' …' if len(made) > 3 else ''})")
-    prepared = prepare(original, simplify=simplify, optimize=optimize)
+    prepared = prepare(bound, simplify=simplify, optimize=optimize)
+    if inputs:
+        prepared.changes.insert(0, f"input(s) bound to constants: {', '.join(inputs)}"
+                                + (f"; {folded} If node(s) folded into the branch taken" if folded else ""))
     layers, skipped = find_prunable(prepared.export_base, tuple(exclude), prepared.computed)
     if not layers:
         why = ("; ".join(sorted({s.reason for s in skipped}))
                or "no Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU or RNN with a constant weight")
-        raise OnnxPruneError(f"no prunable weights in the model ({why})")
+        raise OnnxPruneError(f"no prunable weights in the model ({branch_hint(prepared.export_base) or why})")
     dense, base = _runnable(prepared)
     return Loaded(source, original, prepared, base, dense, layers, skipped)
 

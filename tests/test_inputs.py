@@ -1,0 +1,80 @@
+"""Inputs as real models have them: `--input NAME=VALUE` binds a constant input (a sample rate),
+and the If branches it selects are folded, so the weights inside them are pruned."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxprune
+from onnxprune.binding import bind, fold_ifs, parse_inputs
+from onnxprune.errors import OnnxPruneError
+from onnxprune.plumbing import session
+
+RNG = np.random.default_rng(0)
+
+
+def _branch(name: str, scale: float) -> onnx.GraphProto:
+    """x [N, 3, 8, 8] → Conv(w_name) → Relu → GlobalAveragePool → Flatten: one branch's network,
+    its weight stored in the branch (as exporters write them)."""
+    w = numpy_helper.from_array((scale * RNG.standard_normal((16, 3, 3, 3))).astype(np.float32), f"w_{name}")
+    fc = numpy_helper.from_array((0.3 * RNG.standard_normal((16, 4))).astype(np.float32), f"fc_{name}")
+    nodes = [helper.make_node("Conv", ["x", f"w_{name}"], [f"h_{name}"], name=f"conv_{name}", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", [f"h_{name}"], [f"r_{name}"], name=f"relu_{name}"),
+             helper.make_node("GlobalAveragePool", [f"r_{name}"], [f"p_{name}"], name=f"gap_{name}"),
+             helper.make_node("Flatten", [f"p_{name}"], [f"f_{name}"], name=f"flat_{name}"),
+             helper.make_node("MatMul", [f"f_{name}", f"fc_{name}"], [f"y_{name}"], name=f"fc_{name}")]
+    return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, None)],
+                             [w, fc])
+
+
+def sample_rate_model() -> onnx.ModelProto:
+    """A detector that switches networks on its sample-rate input, like silero-vad: every weight
+    lives inside the If's two branches."""
+    nodes = [helper.make_node("Equal", ["sr", "k16"], ["is16"], name="is16k"),
+             helper.make_node("If", ["is16"], ["y"], name="by_rate", then_branch=_branch("16k", 0.4),
+                              else_branch=_branch("8k", 0.2))]
+    g = helper.make_graph(nodes, "vad",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
+                           helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(np.array(16000, np.int64), "k16")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+X = RNG.standard_normal((64, 3, 8, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("items,message", [
+    (("sr",), "expected NAME=VALUE"), (("rate=16000",), "not a model input"),
+    (("x=1",), "dynamic dimensions"), (("sr=1,2",), "2 values for an input of shape"), (("sr=fast",), "must be a number")])
+def test_bad_bindings_are_one_line_errors(items, message):
+    with pytest.raises(OnnxPruneError, match=message):
+        parse_inputs(items, sample_rate_model())
+
+
+def test_binding_the_selector_folds_the_if_and_computes_the_same():
+    model = sample_rate_model()
+    for rate, branch in ((16000, "16k"), (8000, "8k")):
+        folded, n = fold_ifs(bind(model, parse_inputs((f"sr={rate}",), model)))
+        assert n == 1 and "If" not in {nd.op_type for nd in folded.graph.node}
+        assert {t.name for t in folded.graph.initializer} >= {f"w_{branch}"} and "sr" not in {
+            i.name for i in folded.graph.input}
+        want = session(model).run(None, {"x": X[:4], "sr": np.array(rate, np.int64)})[0]
+        assert np.allclose(session(folded).run(None, {"x": X[:4]})[0], want, atol=1e-6)
+
+
+def test_weights_inside_branches_are_named_with_the_input_to_fix():
+    with pytest.raises(OnnxPruneError, match=r"992 weights are inside If/Loop bodies.*--input sr=VALUE"):
+        onnxprune.prune(sample_rate_model(), 0.5, data={"x": X}, latency=False)
+
+
+def test_a_bound_input_prunes_the_branch_it_selects(tmp_path):
+    out = tmp_path / "vad16k.onnx"
+    r = onnxprune.prune(sample_rate_model(), 0.5, data={"x": X}, inputs=("sr=16000",), out=out, latency=False,
+                        storage="dense", schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1, batch_size=16))
+    written = onnx.load(str(out))
+    assert [i.name for i in written.graph.input] == ["x"]  # the binding is part of the written model
+    assert {row["weight"] for row in r.report["layers"]} == {"w_16k", "fc_16k"}
+    w = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "w_16k"))
+    assert 0.2 < 1 - np.count_nonzero(w) / w.size < 0.8
+    assert any("sr=16000" in c and "1 If node(s) folded" in c for c in r.report["preparation"])
