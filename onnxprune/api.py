@@ -17,11 +17,10 @@ from . import compress as C
 from . import costs, export, loading, planning, report, rewrite, train
 from .config import PruneConfig
 from .data import prepare as prepare_data
-from .data import run_model
+from .data import feed
 from .errors import OnnxPruneError
 from .export import with_weights
 from .metrics import metric
-from .plumbing import session
 
 
 @dataclass
@@ -76,16 +75,17 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
     trained = train.train(loaded, dataset, plan, cfg, rng, progress, warnings)
 
     masked = with_weights(loaded.base, trained.weights)
-    masked_out = run_model(session(masked, "the pruned model"), dataset.val, dataset.input_names)
+    masked_out = dataset.outputs(masked, "the pruned model")
     rewritten = rewrite.rewrite(plan.structure, masked, masked_out, plan.groups, trained.masks, plan.shapes,
-                                dataset.val, dataset.input_names, cfg.pruning.shrink, warnings)
+                                dataset.outputs, cfg.pruning.shrink, warnings)
     compressed = C.compress(rewritten.model, rewritten.outputs, loaded.base, loaded.layers, trained.masks,
                             plan.keep_float, dataset, cfg.compression, warnings)
     written = export.write(compressed.model, Path(out), loaded.prepared.original) if out is not None else None
 
-    measured = costs.measure(loaded.base, rewritten.model, compressed.model, dataset.probe, dataset.train,
-                             dataset.input_names, dataset.fixed_batch, plan.shapes, cfg.output.latency,
-                             cfg.output.threads, cfg.compression.int8)
+    measured = costs.measure(loaded.base, rewritten.model, compressed.model, dataset.model_feed(dataset.probe),
+                             lambda b: dataset.model_feed(feed(dataset.train, dataset.input_names, b)),
+                             dataset.fixed_batch, plan.shapes, cfg.output.latency, cfg.output.threads,
+                             cfg.compression.int8)
     scores = {name: _score(dataset, outs) for name, outs in
               (("float", rewritten.outputs), ("final", compressed.outputs))}
     facts = report.build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, measured, scores,

@@ -11,10 +11,10 @@ import onnx
 from onnx import numpy_helper
 
 from .config import Compression
-from .data import Dataset, run_model
+from .data import Dataset
 from .errors import OnnxPruneError
 from .layers import PrunableLayer
-from .plumbing import session, warn
+from .plumbing import warn
 from .quantize import int8, quantized_layers
 from .storage import encode, stored_tensors, weight_slots, weight_storage
 
@@ -38,15 +38,16 @@ def compress(pruned: onnx.ModelProto, outputs: list[np.ndarray], base: onnx.Mode
     slots = weight_slots(base, layers)
     final, quantized = pruned, []
     if cfg.int8:
-        final = int8(final, data.train, data.input_names, cfg.target, layers, keep_float, data.fixed_batch)
+        final = int8(final, data.train, data.input_names, cfg.target, layers, keep_float, data.fixed_batch,
+                     data.layout.to_model)
         quantized = quantized_layers(final, slots)
-        outputs = run_model(session(final, "the int8 model"), data.val, data.input_names)
+        outputs = data.outputs(final, "the int8 model")
     stored = stored_tensors(final, slots)
     kept = kept_counts(layers, stored, masks, warnings)
     check_zeros_kept(pruned, final, slots, stored)
     encoded, forms = encode(final, [t.name for t in stored.values()], cfg.storage)
     if encoded is not final:
-        same_outputs(encoded, outputs, data.val, data.input_names, 0.0, f"--storage {cfg.storage}")
+        same_outputs(encoded, outputs, data, 0.0, f"--storage {cfg.storage}")
     return Compressed(encoded, outputs, quantized, kept, slots, stored, forms)
 
 
@@ -83,9 +84,9 @@ def check_zeros_kept(pruned: onnx.ModelProto, final: onnx.ModelProto, slots, sto
             raise OnnxPruneError(f"quantization made pruned weights of {name} non-zero; nothing was written")
 
 
-def same_outputs(model: onnx.ModelProto, want, val, names, tolerance: float, what: str):
+def same_outputs(model: onnx.ModelProto, want, data, tolerance: float, what: str):
     """`model`'s outputs on the eval samples, which must match `want` within `tolerance` (relative)."""
-    got = run_model(session(model, what), val, names)
+    got = data.outputs(model, what)
     err = max(float(np.abs(g.astype(np.float64) - w).max() / max(np.abs(w).max(), 1e-12)) if g.size else 0.0
               for g, w in zip(got, want))
     if err > tolerance:

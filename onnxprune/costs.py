@@ -11,17 +11,18 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .data import feed
 from .layers import RECURRENT
 from .plumbing import initializer_map, session, session_options, tensor_shapes
 
 
-def count_macs(model: onnx.ModelProto, feed: dict[str, np.ndarray], shapes: dict | None = None) -> tuple[int, float]:
-    """(MACs as executed, MACs that meet a non-zero weight) for one pass over `feed`,
-    divided by its batch size. `shapes`: the model's tensor shapes on `feed`, if known."""
+def count_macs(model: onnx.ModelProto, feed: dict[str, np.ndarray], shapes: dict | None = None,
+               batch: int | None = None) -> tuple[int, float]:
+    """(MACs as executed, MACs that meet a non-zero weight) for one pass over `feed` (the model's
+    own layout), divided by its `batch` size (default: the first array's first axis). `shapes`:
+    the model's tensor shapes on `feed`, if known."""
     shapes = shapes or tensor_shapes(model, feed)
     inits = initializer_map(model.graph)
-    batch = max(len(next(iter(feed.values()))), 1)
+    batch = batch or max(len(next(iter(feed.values()))), 1)
     dense = sparse = 0.0
     for node in model.graph.node:
         for weight, per_element in layer_macs(node, shapes, batch):
@@ -96,14 +97,14 @@ def latencies(models: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray], r
 
 
 def measure(dense: onnx.ModelProto, pruned: onnx.ModelProto, final: onnx.ModelProto, one: dict[str, np.ndarray],
-            samples: dict[str, np.ndarray], names: list[str], fixed: int | None, dense_shapes: dict,
+            batch_of, fixed: int | None, dense_shapes: dict,
             latency: bool = True, threads: int | None = None, int8: bool = False) -> dict:
     """The costs stage: params and MACs of `dense` vs `pruned` (the float model), latency of
-    `dense` vs `final` (the one written; with `int8`, `pruned` is timed beside it). `one`: a batch
-    of `fixed or 1` samples, the one `dense_shapes` were measured on; `samples`: where latency
-    batches come from."""
-    macs_d, _ = count_macs(dense, one, dense_shapes)
-    macs_p, sparse_p = count_macs(pruned, one)
+    `dense` vs `final` (the one written; with `int8`, `pruned` is timed beside it). `one`: a feed
+    of `fixed or 1` samples in the model's own layout, the one `dense_shapes` were measured on;
+    `batch_of(b)`: such a feed of b samples, for latency."""
+    macs_d, _ = count_macs(dense, one, dense_shapes, fixed or 1)
+    macs_p, sparse_p = count_macs(pruned, one, batch=fixed or 1)
     out = {"params": {"dense": param_count(dense), "compressed": param_count(pruned)},
            "macs": {"dense": macs_d, "compressed": macs_p, "compressed_nonzero": sparse_p},
            "latency_ms": {}}
@@ -111,5 +112,5 @@ def measure(dense: onnx.ModelProto, pruned: onnx.ModelProto, final: onnx.ModelPr
         for b in sorted({fixed} if fixed else {1, 32}):
             models = {"dense": dense, "pruned float": pruned, "compressed": final} if int8 else \
                 {"dense": dense, "compressed": final}
-            out["latency_ms"][f"batch {b}"] = latencies(models, feed(samples, names, b), threads=threads)
+            out["latency_ms"][f"batch {b}"] = latencies(models, batch_of(b), threads=threads)
     return out

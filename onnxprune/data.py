@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -15,7 +15,8 @@ import onnx
 import onnxruntime as ort
 
 from .errors import OnnxPruneError
-from .plumbing import first_line, one_line, warn
+from .layout import Layout, LayoutSession, input_axes, output_axes
+from .plumbing import first_line, one_line, session, warn
 
 LABELS = "labels"
 SYNTH_BYTES = 512 * 2**20  # synthesized inputs stop at this size (but never below SYNTH_FLOOR samples)
@@ -76,8 +77,10 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def check_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], source: str,
-                 num_classes: int | None) -> int:
-    """Check a user's arrays against the model's inputs; returns the sample count."""
+                 num_classes: int | None, axes: dict[str, int | None] | None = None) -> int:
+    """Check a user's arrays against the model's inputs (each with its samples on its sample axis,
+    `axes`; a constant input's array has the input's whole shape); returns the sample count."""
+    axes = axes if axes is not None else {s.name: 0 for s in specs}
     names = {s.name for s in specs}
     missing = sorted(names - set(arrays))
     extra = sorted(set(arrays) - names - {LABELS})
@@ -85,57 +88,90 @@ def check_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], source: 
         raise OnnxPruneError(f"{source} lacks array(s) {', '.join(missing)} for the model input(s); it has {', '.join(sorted(arrays)) or 'none'}")
     if extra:
         raise OnnxPruneError(f"{source} has array(s) {', '.join(extra)} that are neither model inputs ({', '.join(sorted(names))}) nor '{LABELS}'")
-    counts = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
-    n = counts[specs[0].name]
+    sampled = [s for s in specs if axes.get(s.name) is not None]
+    if not sampled:
+        raise OnnxPruneError(f"{source}: no model input has a sample axis")
+    first = sampled[0]
+    a0 = arrays[first.name]
+    n = a0.shape[axes[first.name]] if a0.ndim > axes[first.name] else 0
     if n == 0:
-        raise OnnxPruneError(f"{source}: array {specs[0].name} holds no samples")
+        raise OnnxPruneError(f"{source}: array {first.name} holds no samples")
     for spec in specs:
-        a = arrays[spec.name]
+        a, axis = arrays[spec.name], axes.get(spec.name)
         if a.dtype != spec.dtype:
             raise OnnxPruneError(f"{source}: array {spec.name} is {a.dtype}, the model input wants {spec.dtype}")
-        if a.ndim != len(spec.dims) or any(isinstance(d, int) and i > 0 and a.shape[i] != d for i, d in enumerate(spec.dims)):
-            want = "x".join(str(d) if isinstance(d, int) else "?" for d in spec.dims)
-            raise OnnxPruneError(f"{source}: array {spec.name} has shape {'x'.join(map(str, a.shape))}, the model input wants {want} (first axis = samples)")
+        if axis is None:
+            if list(a.shape) != spec.dims:
+                raise OnnxPruneError(f"{source}: array {spec.name} has shape {'x'.join(map(str, a.shape)) or '()'}; "
+                                     f"input {spec.name} holds one value for every sample, of shape "
+                                     f"{'x'.join(map(str, spec.dims)) or '()'}")
+        elif a.ndim != len(spec.dims) or any(isinstance(d, int) and i != axis and a.shape[i] != d
+                                             for i, d in enumerate(spec.dims)):
+            want = "x".join("N" if i == axis else str(d) if isinstance(d, int) else "?" for i, d in enumerate(spec.dims))
+            raise OnnxPruneError(f"{source}: array {spec.name} has shape {'x'.join(map(str, a.shape))}, the model input "
+                                 f"wants {want} (N = samples, on axis {axis})")
+        elif a.shape[axis] != n:
+            raise OnnxPruneError(f"{source}: arrays disagree on the sample count ({n} in {first.name}, "
+                                 f"{a.shape[axis]} in {spec.name})")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise OnnxPruneError(f"{source}: array {spec.name} holds NaN or infinite values")
-    bad = {k: c for k, c in counts.items() if c != n}
-    if bad:
-        raise OnnxPruneError(f"{source}: arrays disagree on the sample count ({n} in {specs[0].name}, {bad})")
     if LABELS in arrays:
         labels = arrays[LABELS]
         if labels.dtype.kind not in "iu":
             raise OnnxPruneError(f"{source}: '{LABELS}' must be integer class ids, not {labels.dtype}")
+        if len(labels) != n:
+            raise OnnxPruneError(f"{source}: arrays disagree on the sample count ({n} in {first.name}, {len(labels)} in {LABELS})")
         if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
             raise OnnxPruneError(f"{source}: labels span {labels.min()}..{labels.max()}, outside the output's {num_classes} classes (0..{num_classes - 1})")
     return n
 
 
-def synthesize(specs: list[InputSpec], n: int, shapes: dict[str, list[int]], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random inputs from the declared shapes: half uniform in [0, 1), half standard normal,
-    to cover the two common input normalizations. A last resort: real data is better."""
-    out = {}
-    for spec in specs:
-        if spec.dtype.kind != "f":
-            raise OnnxPruneError(f"input {spec.name} is {spec.dtype} (ids or byte values): inputs cannot be synthesized, pass real samples with --data")
-        dims = shapes.get(spec.name, spec.dims)
-        if len(dims) != len(spec.dims):
-            raise OnnxPruneError(f"--input-shape for {spec.name} has {len(dims)} dims, the input has {len(spec.dims)}")
-        missing = [str(d) for d in dims[1:] if not isinstance(d, int) or d < 1]
-        if missing:
-            raise OnnxPruneError(f"input {spec.name} has dynamic dimension(s) {', '.join(missing)}: fix them with --input-shape {spec.name}=" + "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in spec.dims))
-        shape = (n, *dims[1:])
-        half = n // 2
-        a = np.concatenate([rng.random((half, *shape[1:]), np.float32),
-                            rng.standard_normal((n - half, *shape[1:]), np.float32)])
-        out[spec.name] = a.astype(spec.dtype, copy=False)
+def samples_first(arrays: dict[str, np.ndarray], axes: dict[str, int | None]) -> dict[str, np.ndarray]:
+    """The sampled inputs (and labels) with their samples moved to axis 0; constants left out."""
+    out = {k: np.moveaxis(v, axes[k], 0) if axes[k] else v for k, v in arrays.items() if axes.get(k) is not None}
+    if LABELS in arrays:
+        out[LABELS] = arrays[LABELS]
     return out
 
 
-def synth_count(specs: list[InputSpec], n: int, shapes: dict[str, list[int]]) -> int:
+def synthesize(specs: list[InputSpec], n: int, shapes: dict[str, list[int]], rng: np.random.Generator,
+               axes: dict[str, int | None] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Random inputs from the declared shapes, samples first: half uniform in [0, 1), half standard
+    normal, to cover the two common input normalizations; and the constant inputs (no sample
+    axis), zeros. A last resort: real data is better."""
+    axes = axes if axes is not None else {s.name: 0 for s in specs}
+    out, constants = {}, {}
+    for spec in specs:
+        axis = axes.get(spec.name)
+        dims = shapes.get(spec.name, spec.dims)
+        if len(dims) != len(spec.dims):
+            raise OnnxPruneError(f"--input-shape for {spec.name} has {len(dims)} dims, the input has {len(spec.dims)}")
+        rest = [d for i, d in enumerate(dims) if i != axis]
+        missing = [str(d) for d in rest if not isinstance(d, int) or d < 1]
+        if missing:
+            raise OnnxPruneError(f"input {spec.name} has dynamic dimension(s) {', '.join(missing)}: fix them with --input-shape {spec.name}=" + "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in spec.dims))
+        if axis is None:
+            if spec.dtype.kind != "f":
+                raise OnnxPruneError(f"input {spec.name} holds one {spec.dtype} value for every sample (shape "
+                                     f"{'x'.join(map(str, rest)) or '()'}); give it with --input {spec.name}=VALUE")
+            constants[spec.name] = np.zeros(rest, spec.dtype)
+            continue
+        if spec.dtype.kind != "f":
+            raise OnnxPruneError(f"input {spec.name} is {spec.dtype} (ids or byte values): inputs cannot be synthesized, pass real samples with --data")
+        half = n // 2
+        a = np.concatenate([rng.random((half, *rest), np.float32), rng.standard_normal((n - half, *rest), np.float32)])
+        out[spec.name] = a.astype(spec.dtype, copy=False)
+    return out, constants
+
+
+def synth_count(specs: list[InputSpec], n: int, shapes: dict[str, list[int]],
+                axes: dict[str, int | None] | None = None) -> int:
     """`n`, or fewer where n samples would take more than SYNTH_BYTES (large images): random
     inputs teach little per sample, and the dense passes over them cost time and memory."""
-    per = sum(int(np.prod([d for d in shapes.get(s.name, s.dims)[1:] if isinstance(d, int) and d > 0]))
-              * s.dtype.itemsize for s in specs)
+    axes = axes if axes is not None else {s.name: 0 for s in specs}
+    per = sum(int(np.prod([d for i, d in enumerate(shapes.get(s.name, s.dims))
+                           if i != axes.get(s.name) and isinstance(d, int) and d > 0])) * s.dtype.itemsize
+              for s in specs if axes.get(s.name) is not None)
     return max(min(n, SYNTH_FLOOR), min(n, SYNTH_BYTES // max(per, 1)))
 
 
@@ -176,6 +212,8 @@ def run_model(session: ort.InferenceSession, arrays: dict[str, np.ndarray], inpu
 
 def session_batch(session: ort.InferenceSession) -> int | None:
     """The batch size the model's inputs fix, or None when it is dynamic."""
+    if isinstance(session, LayoutSession):
+        return session.fixed_batch
     for i in session.get_inputs():
         if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
             return i.shape[0]
@@ -184,18 +222,20 @@ def session_batch(session: ort.InferenceSession) -> int | None:
 
 @dataclass
 class Dataset:
-    """Samples for training and evaluation, and what the dense model makes of them."""
+    """Samples for training and evaluation (samples first, whatever the model's own layout), and
+    what the dense model makes of them."""
 
     train: dict[str, np.ndarray]
     val: dict[str, np.ndarray]
     split: str  # what `val` is, for the report
-    input_names: list[str]
+    input_names: list[str]  # the inputs that hold samples (constant inputs are in `layout`)
     output_names: list[str]
     dense_val: dict[str, np.ndarray]  # output name -> the dense model's outputs on `val`
     selected: list[str]  # the outputs training scores (the first one is the headline metric)
     fixed_batch: int | None  # the batch size the model's inputs fix
     probe: dict[str, np.ndarray]  # one batch (`fixed_batch or 1` samples) for shapes and costs
-    dense: ort.InferenceSession | None = None
+    layout: Layout = field(default_factory=lambda: Layout({}))
+    dense: object = None  # the dense model's session, samples first
 
     @cached_property
     def dense_train(self) -> dict[str, np.ndarray]:
@@ -214,15 +254,44 @@ class Dataset:
     def inputs(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: arrays[k] for k in self.input_names}
 
+    def session(self, model: onnx.ModelProto, what: str):
+        """A session of `model` (same inputs and outputs as the dense one) that takes and gives
+        samples first."""
+        return with_layout(session(model, what), self.layout)
+
+    def outputs(self, model: onnx.ModelProto, what: str, arrays: dict[str, np.ndarray] | None = None):
+        """`model`'s outputs on `arrays` (default: the evaluation samples), samples first."""
+        return run_model(self.session(model, what), self.val if arrays is None else arrays, self.input_names)
+
+    def model_feed(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Samples-first arrays as the model itself takes them (for ORT's own tools)."""
+        return self.layout.to_model(self.inputs(arrays))
+
+
+def with_layout(sess, layout: Layout):
+    return sess if layout.plain else LayoutSession(sess, layout)
+
 
 def prepare(dense: ort.InferenceSession, model: onnx.ModelProto, data, eval_data, cfg, rng: np.random.Generator,
             warnings: list[str]) -> Dataset:
     """The data stage. `data`/`eval_data`: an .npz path or a dict of arrays (or None); `cfg`: the
     config's `Data` group; `dense`: a session of the dense model `model`."""
     specs = input_specs(model)
-    names = [s.name for s in specs]
-    train, val, split_name = _datasets(data, eval_data, specs, dense, cfg, rng, warnings)
+    axes = input_axes(specs)
+    fixed = next((s.dims[axes[s.name]] for s in specs if axes[s.name] is not None
+                  and isinstance(s.dims[axes[s.name]], int) and s.dims[axes[s.name]] > 0), None)
+    layout = Layout({k: a for k, a in axes.items() if a is not None}, fixed_batch=fixed)
+    train, val, split_name, layout.constants = _datasets(data, eval_data, specs, axes, dense, cfg, rng, warnings)
+    names = [s.name for s in specs if axes[s.name] is not None]
     output_names = [o.name for o in dense.get_outputs()]
+    inputs_first = LayoutSession(dense, layout)  # outputs still in the model's layout
+    source = val if len(val[names[0]]) else train
+    try:
+        layout.outputs, layout.ranks = output_axes(lambda f: inputs_first.run(None, f), {k: source[k] for k in names},
+                                                   output_names, fixed)
+    except Exception as e:
+        raise OnnxPruneError(f"ONNX Runtime cannot run the model on these inputs: {one_line(e)}") from None
+    dense = with_layout(dense, layout)
     dense_val = dict(zip(output_names, run_model(dense, val, names)))
     # which outputs are per-sample floats, judged on the held-out samples (or a few training ones)
     judged, judged_outputs = val, dense_val
@@ -230,9 +299,8 @@ def prepare(dense: ort.InferenceSession, model: onnx.ModelProto, data, eval_data
         judged = {k: v[:8] for k, v in train.items()}
         judged_outputs = dict(zip(output_names, run_model(dense, judged, names)))
     selected = _select_outputs(cfg.output_name, output_names, judged_outputs, LABELS in train, len(judged[names[0]]))
-    fixed = session_batch(dense)
-    probe = feed(val if len(val[names[0]]) else train, names, fixed or 1)
-    return Dataset(train, val, split_name, names, output_names, dense_val, selected, fixed, probe, dense)
+    probe = feed(source, names, fixed or 1)
+    return Dataset(train, val, split_name, names, output_names, dense_val, selected, fixed, probe, layout, dense)
 
 
 def feed(arrays: dict[str, np.ndarray], names: list[str], batch: int) -> dict[str, np.ndarray]:
@@ -248,45 +316,53 @@ def _load(source, what: str) -> tuple[dict[str, np.ndarray], str]:
     return dict(source), what
 
 
-def _datasets(data, eval_data, specs, dense, cfg, rng, warnings):
+def _datasets(data, eval_data, specs, axes, dense, cfg, rng, warnings):
+    """(train, val, what val is, constant inputs): arrays samples first."""
     shapes = parse_input_shapes(cfg.input_shapes)
     unknown = sorted(set(shapes) - {s.name for s in specs})
     if unknown:
         raise OnnxPruneError(f"--input-shape names {', '.join(unknown)}, not model input(s) "
                              f"{', '.join(s.name for s in specs)}")
     if data is None:
-        count = synth_count(specs, cfg.synth_samples, shapes)
-        arrays = synthesize(specs, count, shapes, rng)
+        count = synth_count(specs, cfg.synth_samples, shapes, axes)
+        arrays, constants = synthesize(specs, count, shapes, rng, axes)
         warn(warnings, "no --data: training on synthesized inputs by distillation from the dense model; "
                        "accuracy is only assured with real data"
              + (f" ({count} samples, not {cfg.synth_samples}: larger inputs stop at "
                 f"{SYNTH_BYTES // 2**20} MB)" if count < cfg.synth_samples else ""))
+        for name in constants:
+            warn(warnings, f"input {name} holds one value for every sample; it is held at zero (give its value "
+                           f"in --data, as an array of the input's whole shape)")
         source = "synthesized"
+        n = len(next(iter(arrays.values())))
     else:
-        arrays, source = _load(data, "data")
-    probe = {s.name: arrays[s.name][:2] for s in specs if s.name in arrays}
-    num_classes = None
-    if len(probe) == len(specs) and LABELS in arrays:
-        first = _probe_outputs(dense, probe, source)
-        num_classes = first.shape[1] if first.ndim >= 2 else None
-    n = check_arrays(arrays, specs, source, num_classes)
+        raw, source = _load(data, "data")
+        num_classes = None
+        if LABELS in raw:
+            num_classes = _classes(dense, raw, specs, axes, source)
+        n = check_arrays(raw, specs, source, num_classes, axes)
+        arrays, constants = samples_first(raw, axes), {s.name: raw[s.name] for s in specs if axes[s.name] is None}
     if eval_data is not None:
         ev, ev_source = _load(eval_data, "eval data")
-        check_arrays(ev, specs, ev_source, num_classes)
+        check_arrays(ev, specs, ev_source, None, axes)
         if (LABELS in ev) != (LABELS in arrays):
             raise OnnxPruneError("training data and eval data must both have labels, or both lack them")
-        return arrays, ev, Path(str(ev_source)).name  # batches are shuffled each epoch
+        return arrays, samples_first(ev, axes), Path(str(ev_source)).name, constants  # shuffled each epoch
     train, val = split(arrays, n, cfg.val_fraction, rng)
     if not len(next(iter(val.values()))):
-        return train, train, "training (no held-out split)"
-    return train, val, f"held-out {cfg.val_fraction:.0%}"
+        return train, train, "training (no held-out split)", constants
+    return train, val, f"held-out {cfg.val_fraction:.0%}", constants
 
 
-def _probe_outputs(dense, probe, source) -> np.ndarray:
+def _classes(dense, raw, specs, axes, source) -> int | None:
+    """The class count of the first output (for checking labels), from two samples."""
     try:
-        return run_model(dense, probe, list(probe))[0]
+        feed = {s.name: raw[s.name] if axes[s.name] is None else np.take(raw[s.name], [0, 0], axis=axes[s.name])
+                for s in specs}
+        first = dense.run(None, feed)[0]
     except Exception as e:
         raise OnnxPruneError(f"the model cannot run on {source}: {first_line(e, 200)}") from None
+    return first.shape[1] if first.ndim >= 2 else None
 
 
 def _select_outputs(output_name, names, dense_train, has_labels, n) -> list[str]:

@@ -46,7 +46,7 @@ def plan(loaded: Loaded, data: Dataset, cfg: PruneConfig) -> Plan:
     p, c = cfg.pruning, cfg.compression
     base, layers = loaded.base, loaded.layers
     structure = from_config(p)
-    shapes = tensor_shapes(base, data.probe)
+    shapes = tensor_shapes(base, data.model_feed(data.probe))
     inits = initializer_map(base.graph)
     weights_of = {layer.weight: numpy_helper.to_array(inits[layer.weight]).astype(np.float32) for layer in layers}
     groups = structure.plan(layers, weights_of, model=base, shapes=shapes)

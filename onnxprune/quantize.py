@@ -74,16 +74,18 @@ def fake_int8(w: np.ndarray, axis: int) -> np.ndarray:
 class _Reader:
     """ORT's CalibrationDataReader protocol over arrays: batches of the model's inputs."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], names: list[str], batch: int) -> None:
+    def __init__(self, arrays: dict[str, np.ndarray], names: list[str], batch: int, to_model=None) -> None:
         n = min(len(arrays[names[0]]), CALIBRATION_SAMPLES)
-        self.batches = iter([{k: arrays[k][i:i + batch] for k in names} for i in range(0, n, batch)])
+        to_model = to_model or (lambda f: f)  # samples-first batches → the model's own layout
+        self.batches = iter([to_model({k: arrays[k][i:i + batch] for k in names}) for i in range(0, n, batch)])
 
     def get_next(self):
         return next(self.batches, None)
 
 
 def int8(model: onnx.ModelProto, calibration: dict[str, np.ndarray], input_names: list[str], target: str,
-         layers: list[PrunableLayer], keep_float: dict[str, str], batch: int | None = None) -> onnx.ModelProto:
+         layers: list[PrunableLayer], keep_float: dict[str, str], batch: int | None = None,
+         to_model=None) -> onnx.ModelProto:
     """`model` statically quantized to int8 by ONNX Runtime's quantizer, calibrated (min/max) on
     up to 256 samples of `calibration`. Only the prunable layers' nodes, less `keep_float`, are
     quantized as layers; ORT adds what its format needs around them."""
@@ -110,7 +112,7 @@ def int8(model: onnx.ModelProto, calibration: dict[str, np.ndarray], input_names
         onnx.save_model(model, src)
         try:
             quantize_static(
-                str(src), str(dst), _Reader(calibration, input_names, batch or 32),
+                str(src), str(dst), _Reader(calibration, input_names, batch or 32, to_model),
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=list(INT8_OPS) if trt else None,
                 nodes_to_quantize=quantize_nodes if trt else None,
                 nodes_to_exclude=None if trt else exclude_nodes,

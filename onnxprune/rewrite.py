@@ -12,9 +12,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .data import run_model
 from .errors import OnnxPruneError
-from .plumbing import default_opset, first_line, initializer_map, session, warn
+from .plumbing import default_opset, first_line, initializer_map, warn
 
 TOLERANCE = 1e-4
 
@@ -27,15 +26,16 @@ class Rewritten:
 
 
 def rewrite(structure, masked: onnx.ModelProto, want: list[np.ndarray], plan, masks, shapes,
-            val: dict[str, np.ndarray], names: list[str], shrink: bool, warnings: list[str]) -> Rewritten:
-    """`want`: the masked model's outputs on `val`. `shrink=False` keeps coupled structures masked."""
+            outputs_of, shrink: bool, warnings: list[str]) -> Rewritten:
+    """`want`: the masked model's outputs on the evaluation samples; `outputs_of(model, what)`: a
+    model's outputs on them. `shrink=False` keeps coupled structures masked."""
     if structure.coupled and not shrink:
         return Rewritten(masked, [], want)
     try:
         model, done = structure.rewrite(masked, plan, masks, shapes)
         if model is masked:
             return Rewritten(masked, [], want)
-        got = run_model(session(model, "the rewritten model"), val, names)
+        got = outputs_of(model, "the rewritten model")
         err = max(float(np.abs(g - w).max() / max(np.abs(w).max(), 1e-12)) for g, w in zip(got, want))
         problem = None if err <= TOLERANCE else f"outputs differ from the masked model by {err:.2g} (relative)"
     except OnnxPruneError as e:

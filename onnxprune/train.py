@@ -78,13 +78,14 @@ def train(loaded: Loaded, data: Dataset, plan: Plan, cfg: PruneConfig, rng: np.r
 
 def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     groups, quantizer = plan.groups, plan.quantizer
-    base, notes = standins.apply(loaded.prepared.train_base, plan.shapes)
+    # training sees samples first, whatever the model's layout (constant inputs bound)
+    original, shapes = data.layout.view(loaded.prepared.train_base), data.layout.view_shapes(plan.shapes)
+    base, notes = standins.apply(original, shapes)
     terms, targets = loss_terms(base, data.selected, data.train.get(LABELS), data.dense_train)
     arrays = {**data.inputs(data.train), **targets}
     # the user's parameters, found in the user's graph: a stand-in's own constants are not trained
-    original = loaded.prepared.train_base
     wanted = set(groups.tensors) | set(trainable_parameters(original, loaded.layers))
-    trainable = [t.name for t in original.graph.initializer if t.name in wanted]
+    trainable = [t.name for t in original.graph.initializer if t.name in wanted and t.name not in data.layout.constants]
     standins.check_crashes(base, trainable, [t.tensor for t in terms])
     corrected = set(quantizer.names) if quantizer else set()
     frozen = ([mask_name(w) for w in groups.tensors] + [coef_name(w) for w in groups.penalized]
@@ -97,13 +98,13 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
                                out.resume)
 
         def trainer_on(model):
-            graph = build_training_graph(model, groups.tensors, set(groups.penalized), terms, plan.shapes, corrected)
+            graph = build_training_graph(model, groups.tensors, set(groups.penalized), terms, shapes, corrected)
             return Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
                            probe=first_batch(arrays, sched.batch_size))
         try:
             trainer = trainer_on(base)
         except NativeCrash:  # once more with the fallback stand-ins, if any applies
-            safer, more = standins.apply(original, plan.shapes, fallback=True)
+            safer, more = standins.apply(original, shapes, fallback=True)
             if more == notes:
                 raise
             trainer, notes = trainer_on(safer), more + ["fallback stand-ins used: ONNX Runtime's own gradient "
@@ -135,9 +136,9 @@ def _layerwise(loaded, data, plan, cfg, sched, rng, progress):
         return lambda w: plan.select(w, groups, rate=share, scope=scope)
 
     with workdir(cfg.output.workdir) as wd:
-        return layerwise.run(loaded.prepared.train_base, loaded.layers, plan_of, select_of,
+        return layerwise.run(data.layout.view(loaded.prepared.train_base), loaded.layers, plan_of, select_of,
                              data.inputs(data.train), data.input_names, sched, rng, progress, wd,
-                             cfg.output.threads, plan.shapes, plan.quantizer)
+                             cfg.output.threads, data.layout.view_shapes(plan.shapes), plan.quantizer)
 
 
 def first_batch(arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

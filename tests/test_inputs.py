@@ -78,3 +78,68 @@ def test_a_bound_input_prunes_the_branch_it_selects(tmp_path):
     w = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "w_16k"))
     assert 0.2 < 1 - np.count_nonzero(w) / w.size < 0.8
     assert any("sr=16000" in c and "1 If node(s) folded" in c for c in r.report["preparation"])
+
+
+def stateful_model() -> onnx.ModelProto:
+    """Inputs as a streaming speech model has them: x [N, T, I], a recurrent state [1, N, H] (samples
+    on axis 1), a scalar sample rate; outputs time-major logits [T, N, 3] and the new state."""
+    T, I, H = 5, 6, 8
+    consts = [numpy_helper.from_array((0.4 * RNG.standard_normal(s)).astype(np.float32), n)
+              for n, s in (("W", (1, 4 * H, I)), ("R", (1, 4 * H, H)), ("B", (1, 8 * H)), ("V", (H, 3)))]
+    consts += [numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+               numpy_helper.from_array(np.array(16000, np.float32), "k16")]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2], name="time_major"),
+             helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT, name="rate"),
+             helper.make_node("Div", ["srf", "k16"], ["scale"], name="scale"),
+             helper.make_node("Mul", ["xt", "scale"], ["xs"], name="scaled"),
+             helper.make_node("LSTM", ["xs", "W", "R", "B", "", "state"], ["y", "new_state"], name="lstm", hidden_size=H),
+             helper.make_node("Squeeze", ["y", "axis1"], ["ys"], name="squeeze"),
+             helper.make_node("MatMul", ["ys", "V"], ["logits"], name="head")]
+    g = helper.make_graph(nodes, "stream",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, I]),
+                           helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, "N", H]),
+                           helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [T, "N", 3]),
+                           helper.make_tensor_value_info("new_state", TensorProto.FLOAT, [1, "N", H])], consts)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+STREAM = {"x": RNG.standard_normal((64, 5, 6)).astype(np.float32),
+          "state": (0.5 * RNG.standard_normal((1, 64, 8))).astype(np.float32), "sr": np.array(16000, np.int64)}
+
+
+@pytest.mark.parametrize("mode", ["endtoend", "layerwise"])
+def test_samples_on_another_axis_constant_inputs_and_time_major_outputs(mode, tmp_path):
+    """The state's samples lie on axis 1, the sample rate is one scalar for every sample (an
+    array of the input's whole shape in --data), the logits are [T, N, 3]: all train, and the
+    written model keeps the user's interface."""
+    out = tmp_path / "o.onnx"
+    r = onnxprune.prune(stateful_model(), 0.5, data=STREAM, out=out, latency=False, storage="dense", mode=mode,
+                        schedule=onnxprune.Schedule(epochs=2, finetune_epochs=1, batch_size=8))
+    assert r.report["phases"] and r.report["metric"]["output"] == "logits"
+    assert r.report["metric"]["samples"] == 6  # 10% of 64 held out: samples counted on axis 1 of the state
+    written = onnx.load(str(out))
+    assert [i.name for i in written.graph.input] == ["x", "state", "sr"]
+    w = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "W"))
+    assert 0.1 < 1 - np.count_nonzero(w) / w.size < 0.9
+    logits, state = session(written).run(None, {k: v[:, :3] if k == "state" else v[:3] if v.ndim else v
+                                                for k, v in STREAM.items()})
+    assert logits.shape == (5, 3, 3) and state.shape == (1, 3, 8)
+
+
+def test_a_constant_integer_input_needs_its_value_and_ids_arrays_are_checked_on_their_axis():
+    no_rate = {k: v for k, v in STREAM.items() if k != "sr"}
+    with pytest.raises(OnnxPruneError, match=r"lacks array\(s\) sr"):
+        onnxprune.prune(stateful_model(), 0.5, data=no_rate, latency=False)
+    with pytest.raises(OnnxPruneError, match="input sr holds one int64 value for every sample.*--input sr=VALUE"):
+        onnxprune.prune(stateful_model(), 0.5, latency=False)
+    with pytest.raises(OnnxPruneError, match=r"disagree on the sample count \(64 in x, 32 in state\)"):
+        onnxprune.prune(stateful_model(), 0.5, data={**STREAM, "state": STREAM["state"][:, :32]}, latency=False)
+    with pytest.raises(OnnxPruneError, match=r"array sr has shape 64; input sr holds one value for every sample"):
+        onnxprune.prune(stateful_model(), 0.5, data={**STREAM, "sr": np.full(64, 16000, np.int64)}, latency=False)
+
+
+def test_synthesized_inputs_follow_the_sample_axis(tmp_path):
+    r = onnxprune.prune(stateful_model(), 0.5, inputs=("sr=16000",), synth_samples=64, latency=False,
+                        schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1, batch_size=8))
+    assert r.report["phases"][0]["steps"] > 0
