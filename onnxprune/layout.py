@@ -56,8 +56,9 @@ class Layout:
         moved_out = {k: a for k, a in self.outputs.items() if a}
         rename = {k: k + SUFFIX for k in [*moved_in, *moved_out]}
         for n in g.node:
-            n.input[:] = [rename.get(i, i) if i in moved_in or i in moved_out else i for i in n.input]
+            n.input[:] = [rename.get(i, i) for i in n.input]
             n.output[:] = [rename.get(o, o) if o in moved_out else o for o in n.output]
+            _rename_in_bodies(n, rename)
         front = []
         for vi in g.input:
             if vi.name in moved_in:
@@ -91,6 +92,15 @@ class Layout:
                 out[name + SUFFIX] = tuple(s)
                 out[name] = (s.pop(axis), *s)
         return out
+
+
+def _rename_in_bodies(node: onnx.NodeProto, rename: dict[str, str]) -> None:
+    """Outer tensors read inside If/Loop bodies follow a rename (bodies see the outer scope)."""
+    for a in node.attribute:
+        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for n in sub.node:
+                n.input[:] = [rename.get(i, i) for i in n.input]
+                _rename_in_bodies(n, rename)
 
 
 class LayoutSession:

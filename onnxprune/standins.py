@@ -36,7 +36,9 @@ KNOWN_TRAINABLE = {
     "Expand", "Gather", "Where", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "ReduceMean", "ReduceSum",
     "ReduceL2", "ReduceLogSumExp", "MatMul", "Gemm", "Conv", "TopK", "SoftmaxCrossEntropyLoss"}
 # ops whose ORT 1.19 gradient kills the process instead of failing: never trained through
-CRASHES = {"AveragePool": "its CPU gradient kernel dies with a floating-point exception (SIGFPE)"}
+CRASHES = {"AveragePool": "its CPU gradient kernel dies with a floating-point exception (SIGFPE)",
+           "If": "the gradient through an If aborts (SIGABRT); where an input selects the branch, fixing it "
+                 "with --input NAME=VALUE folds the If"}
 
 
 def standin(*ops: str, fallback: bool = False):
