@@ -80,7 +80,8 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
                                 dataset.outputs, cfg.pruning.shrink, warnings)
     compressed = C.compress(rewritten.model, rewritten.outputs, loaded.base, loaded.layers, trained.masks,
                             plan.keep_float, dataset, cfg.compression, warnings)
-    written = export.write(compressed.model, Path(out), loaded.prepared.original) if out is not None else None
+    final = export.public(compressed.model, loaded.prepared.original)
+    written = export.write(final, Path(out), loaded.prepared.original) if out is not None else None
 
     measured = costs.measure(loaded.base, rewritten.model, compressed.model, dataset.model_feed(dataset.probe),
                              lambda b: dataset.model_feed(feed(dataset.train, dataset.input_names, b)),
@@ -90,7 +91,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
               (("float", rewritten.outputs), ("final", compressed.outputs))}
     facts = report.build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, measured, scores,
                          warnings, time.perf_counter() - started)
-    return PruneResult(compressed.model, facts, trained.masks)
+    return PruneResult(final, facts, trained.masks)
 
 
 def _score(dataset, outputs) -> dict:

@@ -118,3 +118,17 @@ def write(model: onnx.ModelProto, out: Path, reference: onnx.ModelProto) -> onnx
     """The write stage: save atomically, then reload and check what was written."""
     save_atomic(model, Path(out))
     return verify(Path(out), reference)
+
+
+def public(model: onnx.ModelProto, reference: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with the reference's outputs only (loading may expose more for training)."""
+    keep = [o.name for o in reference.graph.output]
+    if [o.name for o in model.graph.output] == keep:
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    by_name = {o.name: o for o in m.graph.output}
+    kept = [copy.deepcopy(by_name[k]) for k in keep if k in by_name]
+    del m.graph.output[:]
+    m.graph.output.extend(kept)
+    return m

@@ -152,11 +152,30 @@ def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = Fals
         work, steps = ort_basic(work)
         changes.extend(steps)
     _name_nodes(work)
+    _expose_float_sources(work, changes)
     if work.ir_version > MAX_IR_VERSION and default_opset(work) <= MAX_TRAIN_OPSET:
         changes.append(f"IR version {work.ir_version} lowered to {MAX_IR_VERSION} so ONNX Runtime 1.19 loads it")
         work.ir_version = MAX_IR_VERSION
     train = _trainable_opset(work, changes)
     return PreparedModel(original=model, export_base=work, train_base=train, changes=changes, computed=computed)
+
+
+def _expose_float_sources(model: onnx.ModelProto, changes: list[str]) -> None:
+    """An output of integer ids made in the graph (ArgMax, ArgMin, TopK's indices) has no gradient:
+    the float tensor they are taken from becomes an extra output that training distills on (the
+    written model has only the user's outputs)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+    for out in list(model.graph.output):
+        node = producer.get(out.name)
+        if node is None or not (node.op_type in ("ArgMax", "ArgMin")
+                                or (node.op_type == "TopK" and list(node.output).index(out.name) == 1)):
+            continue
+        src = node.input[0]
+        if src and src not in outputs:
+            model.graph.output.append(onnx.ValueInfoProto(name=src))
+            outputs.add(src)
+            changes.append(f"output {out.name} is integer ids ({node.op_type} of {src}): training distills on {src}")
 
 
 def _check_external_paths(model: onnx.ModelProto, path: Path) -> None:

@@ -143,3 +143,19 @@ def test_synthesized_inputs_follow_the_sample_axis(tmp_path):
     r = onnxprune.prune(stateful_model(), 0.5, inputs=("sr=16000",), synth_samples=64, latency=False,
                         schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1, batch_size=8))
     assert r.report["phases"][0]["steps"] > 0
+
+
+def test_an_output_of_ids_distills_on_the_logits_they_come_from(tmp_path):
+    """An OCR-style model ends in ArgMax: it trains on the float logits under it, and the written
+    model still answers ids only."""
+    g = _branch("net", 0.4)
+    g.node.append(helper.make_node("ArgMax", ["y_net"], ["ids"], name="decode", axis=1, keepdims=0))
+    graph = helper.make_graph(list(g.node), "ocr", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"])], list(g.initializer))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    out = tmp_path / "o.onnx"
+    r = onnxprune.prune(model, 0.5, data={"x": X}, out=out, latency=False,
+                        schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1, batch_size=16))
+    assert r.report["metric"]["output"] == "y_net" and r.report["phases"][0]["steps"] > 0
+    assert any("output ids is integer ids (ArgMax of y_net)" in c for c in r.report["preparation"])
+    assert [o.name for o in onnx.load(str(out)).graph.output] == ["ids"] == [o.name for o in r.model.graph.output]
