@@ -42,6 +42,7 @@ ONNX_WHEEL = "onnx==1.17.0 (installed)"
 # model: (file inside the cache, extra CLI arguments, inputs made for it: name -> (kind, shape after N, detail))
 #   ints: random integers below `detail`; photo: crops of scikit-learn's sample photos; text: rendered
 #   words (black on white); `detail` for images is the model's normalization
+SR, CHUNK = ["--input", "sr=16000"], ["--input-shape", "input=1x512"]
 MODELS = {
     "ppocr-cls": ("rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", [],
                   {"x": ("text", (3, 48, 192), "paddle")}),
@@ -53,11 +54,12 @@ MODELS = {
     "ddddocr-ocr": ("ddddocr/common.onnx", [], {"input1": ("text", (1, 64, 128), "paddle")}),
     "ddddocr-ocr-old": ("ddddocr/common_old.onnx", [], {"input1": ("text", (1, 64, 128), "paddle")}),
     "magika": ("magika/models/standard_v3_3/model.onnx", [], {"bytes": ("ints", (2048,), 257)}),
-    "silero-vad": ("silero_vad/data/silero_vad.onnx", [], {}),
-    "silero-vad-16k-op15": ("silero_vad/data/silero_vad_16k_op15.onnx", [], {}),
+    # chunks of 512 samples at 16 kHz; the sample rate is an input that selects If branches
+    "silero-vad": ("silero_vad/data/silero_vad.onnx", [*SR, *CHUNK], {}),
+    "silero-vad-16k-op15": ("silero_vad/data/silero_vad_16k_op15.onnx", [*SR, *CHUNK], {}),
     "silero-vad-sequence": ("silero_vad/data/silero_vad_16k_sequence.onnx", [], {}),
-    "silero-vad-half": ("silero_vad/data/silero_vad_half.onnx", [], {}),
-    "silero-vad-ifless": ("silero_vad/data/silero_vad_op18_ifless.onnx", [], {}),
+    "silero-vad-half": ("silero_vad/data/silero_vad_half.onnx", CHUNK, {}),
+    "silero-vad-ifless": ("silero_vad/data/silero_vad_op18_ifless.onnx", [*SR, *CHUNK], {}),
     "silero-vad-openvino": ("silero_vad/data/silero_vad_openvino_16k.onnx", [], {}),
     "zoo-squeezenet": ("onnx_zoo/squeezenet.onnx", [], {"data_0": ("photo", (3, 224, 224), "caffe")}),
     "zoo-shufflenet": ("onnx_zoo/shufflenet.onnx", [], {"gpu_0/data_0": ("photo", (3, 224, 224), "caffe")}),
