@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import onnxruntime as ort
 
 from .errors import OnnxPruneError
@@ -134,12 +135,55 @@ def samples_first(arrays: dict[str, np.ndarray], axes: dict[str, int | None]) ->
     return out
 
 
+ID_VIEWS = {"Reshape", "Expand", "Unsqueeze", "Squeeze", "Cast", "Identity", "Flatten", "Transpose"}
+
+
+def id_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """For each integer input, the bound the graph implies for its values (ids in [0, R)): the
+    rows of a table it indexes (Gather), a OneHot's depth, or the classes of a one-hot made by
+    Equal against a constant 0..R-1, looking through reshapes and casts."""
+    inits = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    out = {}
+    for vi in model.graph.input:
+        if vi.name in inits or onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).kind not in "iu":
+            continue
+        bounds, frontier, seen = [], [vi.name], set()
+        while frontier:
+            t = frontier.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for n in readers.get(t, []):
+                if n.op_type in ID_VIEWS and n.input[0] == t:
+                    frontier.append(n.output[0])
+                elif n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == t and n.input[0] in inits:
+                    axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+                    bounds.append(int(inits[n.input[0]].dims[axis]))
+                elif n.op_type == "OneHot" and n.input[0] == t and n.input[1] in inits:
+                    bounds.append(int(np.asarray(numpy_helper.to_array(inits[n.input[1]])).reshape(-1)[0]))
+                elif n.op_type == "Equal":
+                    other = inits.get(n.input[1] if n.input[0] == t else n.input[0])
+                    values = np.unique(numpy_helper.to_array(other)) if other is not None else np.array([])
+                    if values.size > 1 and values.dtype.kind in "iu" and np.array_equal(values, np.arange(values.size)):
+                        bounds.append(int(values.size))
+        if bounds:
+            out[vi.name] = min(bounds)
+    return out
+
+
 def synthesize(specs: list[InputSpec], n: int, shapes: dict[str, list[int]], rng: np.random.Generator,
-               axes: dict[str, int | None] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Random inputs from the declared shapes, samples first: half uniform in [0, 1), half standard
-    normal, to cover the two common input normalizations; and the constant inputs (no sample
-    axis), zeros. A last resort: real data is better."""
+               axes: dict[str, int | None] | None = None,
+               bounds: dict[str, int] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Random inputs from the declared shapes, samples first: floats half uniform in [0, 1), half
+    standard normal, to cover the two common input normalizations; integer ids uniform below the
+    bound the graph implies (`bounds`); the constant inputs (no sample axis), zeros. A last
+    resort: real data is better."""
     axes = axes if axes is not None else {s.name: 0 for s in specs}
+    bounds = bounds or {}
     out, constants = {}, {}
     for spec in specs:
         axis = axes.get(spec.name)
@@ -156,8 +200,12 @@ def synthesize(specs: list[InputSpec], n: int, shapes: dict[str, list[int]], rng
                                      f"{'x'.join(map(str, rest)) or '()'}); give it with --input {spec.name}=VALUE")
             constants[spec.name] = np.zeros(rest, spec.dtype)
             continue
+        if spec.dtype.kind in "iu" and spec.name in bounds:
+            out[spec.name] = rng.integers(0, bounds[spec.name], (n, *rest)).astype(spec.dtype)
+            continue
         if spec.dtype.kind != "f":
-            raise OnnxPruneError(f"input {spec.name} is {spec.dtype} (ids or byte values): inputs cannot be synthesized, pass real samples with --data")
+            raise OnnxPruneError(f"input {spec.name} is {spec.dtype} (ids or byte values), and the graph implies no range "
+                                 "for them (no Gather, OneHot or one-hot Equal reads it): pass real samples with --data")
         half = n // 2
         a = np.concatenate([rng.random((half, *rest), np.float32), rng.standard_normal((n - half, *rest), np.float32)])
         out[spec.name] = a.astype(spec.dtype, copy=False)
@@ -281,7 +329,7 @@ def prepare(dense: ort.InferenceSession, model: onnx.ModelProto, data, eval_data
     fixed = next((s.dims[axes[s.name]] for s in specs if axes[s.name] is not None
                   and isinstance(s.dims[axes[s.name]], int) and s.dims[axes[s.name]] > 0), None)
     layout = Layout({k: a for k, a in axes.items() if a is not None}, fixed_batch=fixed)
-    train, val, split_name, layout.constants = _datasets(data, eval_data, specs, axes, dense, cfg, rng, warnings)
+    train, val, split_name, layout.constants = _datasets(data, eval_data, specs, axes, dense, model, cfg, rng, warnings)
     names = [s.name for s in specs if axes[s.name] is not None]
     output_names = [o.name for o in dense.get_outputs()]
     inputs_first = LayoutSession(dense, layout)  # outputs still in the model's layout
@@ -316,7 +364,7 @@ def _load(source, what: str) -> tuple[dict[str, np.ndarray], str]:
     return dict(source), what
 
 
-def _datasets(data, eval_data, specs, axes, dense, cfg, rng, warnings):
+def _datasets(data, eval_data, specs, axes, dense, model, cfg, rng, warnings):
     """(train, val, what val is, constant inputs): arrays samples first."""
     shapes = parse_input_shapes(cfg.input_shapes)
     unknown = sorted(set(shapes) - {s.name for s in specs})
@@ -325,7 +373,7 @@ def _datasets(data, eval_data, specs, axes, dense, cfg, rng, warnings):
                              f"{', '.join(s.name for s in specs)}")
     if data is None:
         count = synth_count(specs, cfg.synth_samples, shapes, axes)
-        arrays, constants = synthesize(specs, count, shapes, rng, axes)
+        arrays, constants = synthesize(specs, count, shapes, rng, axes, id_bounds(model))
         warn(warnings, "no --data: training on synthesized inputs by distillation from the dense model; "
                        "accuracy is only assured with real data"
              + (f" ({count} samples, not {cfg.synth_samples}: larger inputs stop at "

@@ -159,3 +159,50 @@ def test_an_output_of_ids_distills_on_the_logits_they_come_from(tmp_path):
     assert r.report["metric"]["output"] == "y_net" and r.report["phases"][0]["steps"] > 0
     assert any("output ids is integer ids (ArgMax of y_net)" in c for c in r.report["preparation"])
     assert [o.name for o in onnx.load(str(out)).graph.output] == ["ids"] == [o.name for o in r.model.graph.output]
+
+
+def _ids_model(kind: str) -> onnx.ModelProto:
+    """ids [N, 6] int64 → embedding rows (Gather over 20 rows) or one-hot over 7 classes (Equal
+    against 0..6, as jax2tf writes one_hot) → mean → MatMul head."""
+    consts = [numpy_helper.from_array((0.5 * RNG.standard_normal((8, 3))).astype(np.float32), "head_w"),
+              numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    if kind == "gather":
+        consts.append(numpy_helper.from_array(RNG.standard_normal((20, 8)).astype(np.float32), "table"))
+        nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed")]
+    elif kind == "onehot":
+        consts += [numpy_helper.from_array(np.arange(7, dtype=np.int64).reshape(1, 1, 7), "classes"),
+                   numpy_helper.from_array(np.array([-1], np.int64), "last"),
+                   numpy_helper.from_array(RNG.standard_normal((7, 8)).astype(np.float32), "proj")]
+        nodes = [helper.make_node("Unsqueeze", ["ids", "last"], ["ids3"], name="unsq"),
+                 helper.make_node("Equal", ["ids3", "classes"], ["hot"], name="onehot"),
+                 helper.make_node("Cast", ["hot"], ["hotf"], to=TensorProto.FLOAT, name="cast"),
+                 helper.make_node("MatMul", ["hotf", "proj"], ["emb"], name="project")]
+    else:  # ids used as numbers: nothing bounds them
+        nodes = [helper.make_node("Cast", ["ids"], ["idf"], to=TensorProto.FLOAT, name="cast"),
+                 helper.make_node("Unsqueeze", ["idf", "last"], ["emb0"], name="unsq"),
+                 helper.make_node("Expand", ["emb0", "shape8"], ["emb"], name="expand")]
+        consts += [numpy_helper.from_array(np.array([-1], np.int64), "last"),
+                   numpy_helper.from_array(np.array([1, 6, 8], np.int64), "shape8")]
+    nodes += [helper.make_node("ReduceMean", ["emb", "axis1"], ["pooled"], name="pool", keepdims=0),
+              helper.make_node("MatMul", ["pooled", "head_w"], ["y"], name="head")]
+    g = helper.make_graph(nodes, "ids", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], consts)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+@pytest.mark.parametrize("kind,bound", [("gather", 20), ("onehot", 7)])
+def test_ids_are_synthesized_within_the_range_the_graph_implies(kind, bound):
+    from onnxprune.data import id_bounds, input_specs, synthesize
+
+    model = _ids_model(kind)
+    assert id_bounds(model) == {"ids": bound}
+    arrays, _ = synthesize(input_specs(model), 200, {}, np.random.default_rng(0), None, id_bounds(model))
+    assert arrays["ids"].min() == 0 and arrays["ids"].max() == bound - 1
+    r = onnxprune.prune(model, 0.5, synth_samples=128, latency=False, simplify=False,
+                        schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1, batch_size=16))
+    assert r.report["phases"][0]["steps"] > 0
+
+
+def test_ids_the_graph_does_not_bound_need_real_samples():
+    with pytest.raises(OnnxPruneError, match="graph implies no range for them.*pass real samples with --data"):
+        onnxprune.prune(_ids_model("plain"), 0.5, latency=False, simplify=False)
