@@ -18,9 +18,10 @@ from . import costs, export, loading, planning, report, rewrite, train
 from .config import PruneConfig
 from .data import prepare as prepare_data
 from .data import feed
-from .errors import OnnxPruneError
+from .errors import OnnxPruneError, QualityError
 from .export import with_weights
-from .metrics import metric
+from .metrics import collapse, drop_points, metric
+from .plumbing import warn
 
 
 @dataclass
@@ -81,17 +82,34 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
     compressed = C.compress(rewritten.model, rewritten.outputs, loaded.base, loaded.layers, trained.masks,
                             plan.keep_float, dataset, cfg.compression, warnings)
     final = export.public(compressed.model, loaded.prepared.original)
+    scores = {name: _score(dataset, outs) for name, outs in
+              (("float", rewritten.outputs), ("final", compressed.outputs))}
+    collapsed = _gate(dataset, compressed.outputs, scores["final"], cfg.output.max_drop, warnings)
     written = export.write(final, Path(out), loaded.prepared.original) if out is not None else None
 
     measured = costs.measure(loaded.base, rewritten.model, compressed.model, dataset.model_feed(dataset.probe),
                              lambda b: dataset.model_feed(feed(dataset.train, dataset.input_names, b)),
                              dataset.fixed_batch, plan.shapes, cfg.output.latency, cfg.output.threads,
                              cfg.compression.int8)
-    scores = {name: _score(dataset, outs) for name, outs in
-              (("float", rewritten.outputs), ("final", compressed.outputs))}
+    scores["final"]["collapse"] = collapsed
     facts = report.build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, measured, scores,
                          warnings, time.perf_counter() - started)
     return PruneResult(final, facts, trained.masks)
+
+
+def _gate(dataset, outputs, score: dict, max_drop: float | None, warnings: list[str]) -> str | None:
+    """A collapsed model is a loud warning; with --max-drop, it or a larger loss writes nothing."""
+    name = dataset.selected[0]
+    collapsed = collapse(dataset.dense_val[name], dict(zip(dataset.output_names, outputs))[name])
+    if collapsed:
+        warn(warnings, f"the pruned model looks collapsed on {name}: {collapsed}")
+    if max_drop is not None:
+        drop = drop_points(score)
+        if collapsed or drop > max_drop:
+            raise QualityError(f"the pruned model lost {drop:.2f} points of {score['name']} "
+                               f"(--max-drop {max_drop:g})" + (f" and looks collapsed: {collapsed}" if collapsed else "")
+                               + "; nothing was written")
+    return collapsed
 
 
 def _score(dataset, outputs) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .config import STRUCTURES, Schedule
-from .errors import OnnxPruneError
+from .errors import OnnxPruneError, QualityError
 
 _D = Schedule()
 
@@ -137,13 +137,17 @@ _D = Schedule()
 @click.option("--threads", type=int, default=None, help="ORT intra-op threads for training (default: ORT's choice).")
 @click.option("--no-latency", is_flag=True,
               help="Skip timing dense vs compressed in ONNX Runtime (batch 1 and 32) for the report.")
+@click.option("--max-drop", type=float, default=None, metavar="POINTS",
+              help="Fail (exit 3, nothing written) when the pruned model loses more than POINTS of the headline "
+                   "metric (accuracy, top-1 agreement, or percent relative error) on the evaluation samples, "
+                   "or looks collapsed.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
               help="Also write the summary as JSON to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary table (errors still print).")
 def main(model, rate, out, data, eval_data, val_fraction, output_name, method, mode, finetune, structure, block, nm,
          channel_multiple, rate_of, no_shrink, quantize, target, qat, bits, storage, optimize, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
          lr, finetune_lr, batch_size, input_shape, fixed_input, synth_samples, seed, no_simplify, workdir, resume, threads, no_latency,
-         report_path, quiet):
+         max_drop, report_path, quiet):
     """Prune an ONNX model to --rate with reweighted group-lasso training in ONNX Runtime,
     and write it back as the same graph: pruned weights exactly zero, or (filter/channel)
     the removed channels gone from the graph.
@@ -171,11 +175,14 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
             exclude=exclude, epochs=epochs, finetune_epochs=finetune_epochs, lam=lam, eps=eps,
             reweight_every=reweight_every, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size,
             val_fraction=val_fraction, input_shapes=input_shape, synth_samples=synth_samples, seed=seed,
-            simplify=not no_simplify, inputs=fixed_input, workdir=workdir, resume=resume, threads=threads)
+            simplify=not no_simplify, inputs=fixed_input, workdir=workdir, max_drop=max_drop, resume=resume, threads=threads)
         result = prune(model, data=data, eval_data=eval_data, config=config,
                        progress=_no_bars if quiet else _progress_bars)
         if report_path is not None:
             write_json(result.report, report_path)
+    except QualityError as e:
+        click.echo(f"onnxprune: error: {e}", err=True)
+        sys.exit(3)
     except OnnxPruneError as e:
         click.echo(f"onnxprune: error: {e}", err=True)
         sys.exit(2)

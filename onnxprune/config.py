@@ -202,8 +202,11 @@ class Output:
     resume: bool = False
     latency: bool = True  # time dense vs compressed for the report
     threads: int | None = None  # ORT intra-op threads
+    max_drop: float | None = None  # points of the headline metric the run may lose, else nothing is written
 
     def __post_init__(self):
+        if self.max_drop is not None and not self.max_drop >= 0:
+            raise OnnxPruneError(f"--max-drop must be ≥ 0 points, not {self.max_drop}")
         if self.resume and self.workdir is None:
             raise OnnxPruneError("--resume continues from the checkpoint in --workdir: give the same --workdir")
         if self.threads is not None and self.threads < 1:

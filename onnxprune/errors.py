@@ -5,5 +5,9 @@ class OnnxPruneError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
 
+class QualityError(OnnxPruneError):
+    """The pruned model lost more than --max-drop allows, or collapsed: nothing was written (exit 3)."""
+
+
 class NativeCrash(OnnxPruneError):
     """ONNX Runtime's native code died taking a training step (caught in a child process)."""

@@ -29,6 +29,38 @@ def fidelity(pruned: np.ndarray, dense: np.ndarray) -> dict[str, float]:
     return out
 
 
+def drop_points(m: dict) -> float:
+    """What the pruned model lost, in points: of accuracy or top-1 agreement (percent), or of
+    relative error (percent) for outputs without classes."""
+    if m["name"] == "relative error":
+        return 100 * (m["pruned"] - m["dense"])
+    return 100 * (m["dense"] - m["pruned"])
+
+
+def collapse(dense: np.ndarray, pruned: np.ndarray) -> str | None:
+    """Why a pruned output looks collapsed (the model is broken, whatever its loss said), or None:
+    top-1 agreement no better than chance given how often each model picks each class; scores in
+    [0, 1] that no longer cross 0.5 where the dense model's do; an output no closer to the dense
+    one than zeros are."""
+    if is_classifier(dense) and len(dense) >= 10:
+        d, p = np.argmax(dense, 1), np.argmax(pruned, 1)
+        c = dense.shape[1]
+        chance = float(np.bincount(d, minlength=c) @ np.bincount(p, minlength=c)) / len(d) ** 2
+        agree = float(np.mean(d == p))
+        if agree < 0.9 and agree <= 1.25 * chance:
+            share = float(np.bincount(p, minlength=c).max() / len(p))
+            return (f"top-1 agreement {agree:.0%} is what chance gives ({chance:.0%}); the pruned model puts "
+                    f"{share:.0%} of samples in one class")
+    if dense.dtype.kind == "f" and dense.size and dense.min() >= 0 and dense.max() <= 1:
+        high_d, high_p = int((dense > 0.5).sum()), int((pruned > 0.5).sum())
+        if high_d >= 10 and high_p < 0.1 * high_d:
+            return f"{high_p} scores above 0.5 where the dense model has {high_d}"
+    err = fidelity(pruned, dense)["relative_error"]
+    if err >= 1:
+        return f"relative error {err:.3g}: the output is no closer to the dense one than zeros are"
+    return None
+
+
 def metric(output: str, labels: np.ndarray | None, dense: np.ndarray, pruned: np.ndarray, split: str) -> dict:
     """The headline metric of `output` on the evaluation split, dense vs pruned."""
     if labels is not None:

@@ -1,0 +1,50 @@
+"""No silent collapse: a pruned model that collapsed is a loud warning, and `--max-drop` turns it,
+or any larger loss, into exit 3 with nothing written."""
+import numpy as np
+
+import onnxprune
+from onnxprune.metrics import collapse, drop_points
+from tests.conftest import ROOT, run_cli
+
+RNG = np.random.default_rng(0)
+
+
+def test_collapse_is_told_from_a_loss():
+    dense = RNG.standard_normal((200, 10)).astype(np.float32)
+    assert collapse(dense, dense + 0.01 * RNG.standard_normal(dense.shape).astype(np.float32)) is None
+    one_class = np.zeros_like(dense)
+    one_class[:, 3] = 1
+    assert "puts 100% of samples in one class" in collapse(dense, one_class)
+    scores = RNG.random((50, 20)).astype(np.float32)  # a detector's scores: many cross 0.5
+    assert "scores above 0.5" in collapse(scores, scores * 0.1)
+    assert collapse(scores, scores * 0.9) is None
+    regression = RNG.standard_normal((30, 4, 2)).astype(np.float32) * 5  # not [N, C]: no classes
+    assert "no closer to the dense one than zeros" in collapse(regression, -regression)
+
+
+def test_drop_is_counted_in_points_of_the_headline_metric():
+    assert np.isclose(drop_points({"name": "accuracy", "dense": 0.96, "pruned": 0.90}), 6.0)
+    assert np.isclose(drop_points({"name": "relative error", "dense": 0.0, "pruned": 0.031}), 3.1)
+
+
+def test_max_drop_fails_with_exit_3_and_writes_nothing(tmp_path):
+    out = tmp_path / "o.onnx"
+
+    def run(rate, max_drop):
+        return run_cli(ROOT / "models" / "digits_mlp.onnx", "--rate", rate, "--method", "magnitude", "--data",
+                       ROOT / "models" / "digits_train.npz", "--eval-data", ROOT / "models" / "digits_test.npz",
+                       "--no-latency", "-o", out, "--max-drop", max_drop)
+    code, _, stderr = run(0.99, 100)  # collapsed: fails whatever the budget
+    assert code == 3 and not out.exists(), stderr
+    assert "looks collapsed" in stderr and "nothing was written" in stderr
+    code, _, stderr = run(0.9, 0)
+    assert code == 3 and not out.exists() and "points of accuracy (--max-drop 0)" in stderr, stderr
+    code, _, stderr = run(0.5, 5)
+    assert code == 0 and out.exists(), stderr
+
+
+def test_a_collapsed_model_is_a_loud_warning_without_max_drop():
+    r = onnxprune.prune(ROOT / "models" / "digits_mlp.onnx", 0.99, method="magnitude", latency=False,
+                        data=ROOT / "models" / "digits_train.npz", eval_data=ROOT / "models" / "digits_test.npz")
+    assert "in one class" in r.report["metric"]["collapse"]
+    assert any("looks collapsed on logits" in w for w in r.report["warnings"])
