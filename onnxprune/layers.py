@@ -13,6 +13,7 @@ import onnx
 from .plumbing import initializer_map, names_used_in_subgraphs
 
 FLOAT = onnx.TensorProto.FLOAT
+FLOATS = (FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)  # half ones train in float32
 # ops that show a stored weight in another layout or type (old PyTorch Linear: Transpose(W) → MatMul)
 WEIGHT_VIEWS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast")
 
@@ -74,8 +75,8 @@ def find_prunable(model: onnx.ModelProto, exclude: tuple[str, ...] = (),
                 skip("weight is computed at run time, not a stored constant")
             elif weight in computed:
                 skip("weight is made when the model runs (e.g. by ConstantOfShape), not stored trained values")
-            elif inits[weight].data_type != FLOAT:
-                skip(f"weight type is {onnx.TensorProto.DataType.Name(inits[weight].data_type)}, not float32")
+            elif inits[weight].data_type not in FLOATS:
+                skip(f"weight type is {onnx.TensorProto.DataType.Name(inits[weight].data_type)}, not a float")
             elif not rank_ok(len(inits[weight].dims)):
                 skip(f"weight has rank {len(inits[weight].dims)}, not a plain layer weight")
             elif any(fnmatch.fnmatchcase(p, x) for p in (node_name, name, weight) for x in exclude):
@@ -99,7 +100,7 @@ def trainable_parameters(model: onnx.ModelProto, layers: list[PrunableLayer]) ->
         for i in PARAMETER_INPUTS.get(node.op_type, ()):
             if i < len(node.input) and node.input[i] in inits:
                 t = inits[node.input[i]]
-                if t.data_type == FLOAT and int(np.prod(t.dims)) > 1:
+                if t.data_type in FLOATS and int(np.prod(t.dims)) > 1:
                     names.add(t.name)
     names -= names_used_in_subgraphs(model.graph)  # ORT cannot train what an If/Loop body reads
     # keep the graph's own order, so artifacts and checkpoints are deterministic

@@ -77,9 +77,12 @@ class Layout:
         nodes = front + list(g.node) + back
         del g.node[:]
         g.node.extend(nodes)
+        dtypes = {vi.name: onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type) for vi in g.input
+                  if vi.name in self.constants}  # the graph's own type (a half model trains in float32)
         for vi in [vi for vi in g.input if vi.name in self.constants]:
             g.input.remove(vi)
-        g.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in self.constants.items())
+        g.initializer.extend(onnx.numpy_helper.from_array(np.asarray(v).astype(dtypes.get(k, v.dtype)), k)
+                             for k, v in self.constants.items())
         del g.value_info[:]
         return m
 

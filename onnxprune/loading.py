@@ -156,8 +156,52 @@ def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = Fals
     if work.ir_version > MAX_IR_VERSION and default_opset(work) <= MAX_TRAIN_OPSET:
         changes.append(f"IR version {work.ir_version} lowered to {MAX_IR_VERSION} so ONNX Runtime 1.19 loads it")
         work.ir_version = MAX_IR_VERSION
-    train = _trainable_opset(work, changes)
+    train = in_float32(_trainable_opset(work, changes), changes)
     return PreparedModel(original=model, export_base=work, train_base=train, changes=changes, computed=computed)
+
+
+HALF = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def in_float32(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
+    """A float16/bfloat16 graph as float32, for training (ORT trains float32; half-precision
+    gradients underflow): half initializers and Constant values widened, Casts to half made Casts
+    to float32, half inputs and outputs declared float32. The written model keeps its types."""
+    def half_tensors(g: onnx.GraphProto) -> int:
+        n = sum(t.data_type in HALF for t in g.initializer)
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR and a.t.data_type in HALF:
+                    n += 1
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    n += half_tensors(sub)
+        return n
+    if not half_tensors(model.graph) and not any(
+            v.type.tensor_type.elem_type in HALF for v in [*model.graph.input, *model.graph.output]):
+        return model
+    m = copy.deepcopy(model)
+
+    def widen(t: onnx.TensorProto) -> None:
+        if t.data_type in HALF:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+
+    def fix(g: onnx.GraphProto) -> None:
+        for t in g.initializer:
+            widen(t)
+        for v in [*g.input, *g.output, *g.value_info]:
+            if v.type.tensor_type.elem_type in HALF:
+                v.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    widen(a.t)
+                elif a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT and a.i in HALF:
+                    a.i = onnx.TensorProto.FLOAT
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    fix(sub)
+    fix(m.graph)
+    changes.append("float16/bfloat16 tensors trained in float32 (the output keeps their types)")
+    return m
 
 
 def _expose_float_sources(model: onnx.ModelProto, changes: list[str]) -> None:

@@ -82,7 +82,7 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     original, shapes = data.layout.view(loaded.prepared.train_base), data.layout.view_shapes(plan.shapes)
     base, notes = standins.apply(original, shapes)
     terms, targets = loss_terms(base, data.selected, data.train.get(LABELS), data.dense_train)
-    arrays = {**data.inputs(data.train), **targets}
+    arrays = as_float32({**data.inputs(data.train), **targets})
     # the user's parameters, found in the user's graph: a stand-in's own constants are not trained
     wanted = set(groups.tensors) | set(trainable_parameters(original, loaded.layers))
     trainable = [t.name for t in original.graph.initializer if t.name in wanted and t.name not in data.layout.constants]
@@ -137,8 +137,13 @@ def _layerwise(loaded, data, plan, cfg, sched, rng, progress):
 
     with workdir(cfg.output.workdir) as wd:
         return layerwise.run(data.layout.view(loaded.prepared.train_base), loaded.layers, plan_of, select_of,
-                             data.inputs(data.train), data.input_names, sched, rng, progress, wd,
+                             as_float32(data.inputs(data.train)), data.input_names, sched, rng, progress, wd,
                              cfg.output.threads, data.layout.view_shapes(plan.shapes), plan.quantizer)
+
+
+def as_float32(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Half-precision arrays widened: training runs in float32."""
+    return {k: v.astype(np.float32) if v.dtype.kind == "f" and v.dtype != np.float32 else v for k, v in arrays.items()}
 
 
 def first_batch(arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

@@ -206,3 +206,30 @@ def test_ids_are_synthesized_within_the_range_the_graph_implies(kind, bound):
 def test_ids_the_graph_does_not_bound_need_real_samples():
     with pytest.raises(OnnxPruneError, match="graph implies no range for them.*pass real samples with --data"):
         onnxprune.prune(_ids_model("plain"), 0.5, latency=False, simplify=False)
+
+
+def half_model() -> onnx.ModelProto:
+    """A float16 export: half weights, inputs and outputs."""
+    g = _branch("h", 0.4)
+    for t in g.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    graph = helper.make_graph(list(g.node), "half", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y_h", TensorProto.FLOAT16, ["N", 4])], list(g.initializer))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("mode,storage", [("endtoend", "compact"), ("layerwise", "dense")])
+def test_a_float16_model_trains_in_float32_and_is_written_in_float16(mode, storage, tmp_path):
+    out = tmp_path / "half.onnx"
+    r = onnxprune.prune(half_model(), 0.5, data={"x": X.astype(np.float16)}, out=out, latency=False, mode=mode,
+                        storage=storage, schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1, batch_size=16))
+    assert r.report["phases"][0]["steps"] > 0
+    assert any("trained in float32" in c for c in r.report["preparation"])
+    written = onnx.load(str(out))
+    assert written.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert abs(r.report["totals"]["sparsity"] - 0.5) < 0.02
+    y = session(written).run(None, {"x": X[:4].astype(np.float16)})[0]
+    assert y.dtype == np.float16 and np.isfinite(y).all()
+    if storage == "dense":
+        w = next(t for t in written.graph.initializer if t.name == "w_h")
+        assert w.data_type == TensorProto.FLOAT16 and (numpy_helper.to_array(w) == 0).mean() > 0.2
