@@ -148,6 +148,9 @@ def gemm(a: Analysis, s: Site) -> None:
 def matmul(a: Analysis, s: Site) -> None:
     x, w = s.ins
     rank = len(a.shapes[x])
+    if x not in a.inits and w not in a.inits:
+        _activations_product(a, s)
+        return
     if a.prunable.get(w) is None or x in a.inits or (x in a.ch and a.ch[x][0] != rank - 1):
         a.block_all(s, f"read by {s.name}, whose weight is not pruned")
         return
@@ -156,6 +159,19 @@ def matmul(a: Analysis, s: Site) -> None:
     ids = a.cg.new(a.shapes[s.out][-1], s.name)
     a.cg.add_members(ids, w, 1, "out")
     a.ch[s.out] = (len(a.shapes[s.out]) - 1, ids)
+
+
+def _activations_product(a: Analysis, s: Site) -> None:
+    """A product of two computed tensors (attention: Q·Kᵀ, P·V): channels on a batch axis (a
+    head) that both operands share pass through, joined; any other tracked axis blocks."""
+    rank = len(a.shapes[s.out])
+    axes = {a.ch[t][0] for t in s.tracked}
+    ranks_ok = all(len(a.shapes[t]) == rank for t in s.ins)
+    if len(axes) != 1 or not ranks_ok or next(iter(axes)) >= rank - 2:
+        a.block_all(s, f"multiplied by {s.name} with another computed tensor along its channels")
+        return
+    axis = next(iter(axes))
+    a.ch[s.out] = (axis, a.join(s.ins, axis, s.name, rank))
 
 
 def _attr_or_input(a: Analysis, s: Site, attr: str) -> list | None:
@@ -253,24 +269,49 @@ def reduce(a: Analysis, s: Site) -> None:
 
 @rule("Flatten", "Reshape")
 def flatten(a: Analysis, s: Site) -> None:
-    """Flattening from the channel axis on gives each channel a block of the features."""
+    """Three reshapes keep channels whole: flattening from the channel axis on (each channel owns
+    a block of the features); reshaping only the axes before it (the channel axis and what
+    follows unchanged: [N·T, C] ↔ [N, T, C]); splitting the channel axis into (heads, D), which
+    makes each head one channel (a transformer's per-head attention)."""
     x = s.ins[0]
     axis, ids = a.ch[x]
-    src, dst = a.shapes[x], a.shapes[s.out]
+    src, dst = tuple(a.shapes[x]), tuple(a.shapes[s.out])
     if src == dst:
         a.ch[s.out] = (axis, ids)
         return
-    start = next((d for d in range(len(src)) if tuple(src[:d]) + (int(np.prod(src[d:])),) == tuple(dst)), None)
-    if start is None or start > axis:
+    tail = len(src) - axis  # the channel axis and what follows
+    start = next((d for d in range(len(src)) if src[:d] + (int(np.prod(src[d:])),) == dst), None)
+    if start is not None and start <= axis:
+        kind, pos = "flatten", start
+    elif dst and int(np.prod(src[axis:])) == dst[-1] and int(np.prod(src[:axis])) == int(np.prod(dst[:-1])):
+        kind, pos, start = "flatten", len(dst) - 1, axis  # leading axes merged too: [N, T, h, D] → [N·T, h·D]
+    elif len(dst) >= tail and dst[len(dst) - tail:] == src[axis:]:
+        kind, pos = "suffix", len(dst) - tail
+    elif (len(dst) == len(src) + 1 and dst[:axis] == src[:axis] and dst[axis + 2:] == src[axis + 1:]
+          and dst[axis] * dst[axis + 1] == src[axis] and dst[axis] > 1):
+        kind, pos = "heads", axis
+    else:
         a.block_tensor(x, f"reshaped by {s.name} in a way that splits or moves the channel axis")
         return
     if s.op == "Reshape":
-        why = _follow_shape_entry(a, s, start)
+        why = _follow_shape_entry(a, s, pos)
         if why:
             a.block_tensor(x, why)
             return
-    owner = np.indices(src[start:])[axis - start].ravel()
-    a.ch[s.out] = (start, ids[owner])
+    if kind == "flatten":
+        owner = np.indices(src[start:])[axis - start].ravel()
+        a.ch[s.out] = (pos, ids[owner])
+    elif kind == "suffix":
+        a.ch[s.out] = (pos, ids)
+    else:  # each head's D channels become one
+        per_head = ids.reshape(dst[axis], dst[axis + 1])
+        for row in per_head:
+            for i in row[1:]:
+                if row[0] >= 0 and i >= 0:
+                    a.cg.union(int(row[0]), int(i))
+                elif row[0] >= 0 or i >= 0:
+                    a.cg.block([row[0], i], f"head split by {s.name} mixes tracked and untracked channels")
+        a.ch[s.out] = (axis, per_head[:, 0].copy())
 
 
 def _follow_shape_entry(a: Analysis, s: Site, pos: int) -> str | None:
