@@ -236,9 +236,11 @@ def split(arrays: dict[str, np.ndarray], n: int, val_fraction: float, rng: np.ra
 
 
 def run_model(session: ort.InferenceSession, arrays: dict[str, np.ndarray], input_names: list[str],
-              batch: int = 256) -> list[np.ndarray]:
+              batch: int = 256, rows_are_samples: bool = False) -> list[np.ndarray]:
     """All outputs of `session` over all samples, computed in batches. A model whose inputs fix
-    the batch size runs in chunks of exactly that size, the last one padded and trimmed."""
+    the batch size runs in chunks of exactly that size, the last one padded and trimmed.
+    `rows_are_samples`: every output is stacked along axis 0, also where samples are merged
+    with another axis there ([N·T, C] inside a transformer)."""
     fixed = session_batch(session)
     batch = fixed or batch
     n = len(arrays[input_names[0]])
@@ -251,9 +253,10 @@ def run_model(session: ort.InferenceSession, arrays: dict[str, np.ndarray], inpu
             outs = session.run(None, {k: arrays[k][take] for k in input_names})
         except Exception as e:  # shapes the model refuses: ORT's message, whole, on one line
             raise OnnxPruneError(f"ONNX Runtime cannot run the model on these inputs: {one_line(e)}") from None
-        per = [o.ndim > 0 and o.shape[0] == len(take) for o in outs]
+        per = [o.ndim > 0 and (o.shape[0] == len(take) or rows_are_samples) for o in outs]
         batched = per if batched is None else [a and b for a, b in zip(batched, per)]
-        parts.append([o[: len(rows)] if b else o for o, b in zip(outs, per)])
+        # padded samples trimmed (rows per sample: 1, or T where samples are merged with T)
+        parts.append([o[: len(rows) * max(1, o.shape[0] // len(take))] if b else o for o, b in zip(outs, per)])
     # an output without a sample axis (a scalar, a constant) is the same for every batch: keep one
     return [np.concatenate([p[i] for p in parts]) if batched[i] else parts[0][i] for i in range(len(parts[0]))]
 

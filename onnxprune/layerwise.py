@@ -49,7 +49,7 @@ def capture(model: onnx.ModelProto, names: list[str], arrays: dict[str, np.ndarr
             m.graph.node.append(move_axis(name, axes[name], 0, len(shapes[name]), samples_first(name, axes)))
     sess = session(with_outputs(m, [samples_first(n, axes) for n in names], only=True),
                    f"the model to capture {names[0]}")
-    return run_model(sess, arrays, input_names)
+    return run_model(sess, arrays, input_names, rows_are_samples=True)
 
 
 def samples_first(name: str, axes: dict[str, int]) -> str:
@@ -81,7 +81,7 @@ def layer_model(model: onnx.ModelProto, node: onnx.NodeProto, xs: dict[str, np.n
         nxt = readers[out][0]
         dynamic = [i for i in nxt.input if i and i not in inits]
         if (nxt.op_type not in FOLLOWERS or nxt.name in stop or nxt.name in cut or dynamic != [out]
-                or len(nxt.output) != 1):
+                or len(nxt.output) != 1 or _moves_samples(nxt, out, shapes)):
             break
         chain.append(nxt)
         out = nxt.output[0]
@@ -109,6 +109,15 @@ def _sample_axes(model, calib, input_names, shapes) -> dict[str, int]:
     except OnnxPruneError:  # a fixed batch size: samples stay where the data has them
         return {}
     return {t: a for t, a in sample_axes(shapes, two).items() if a and t not in input_names}
+
+
+def _moves_samples(node: onnx.NodeProto, x: str, shapes) -> bool:
+    """A reshape that changes the first axis (un-merging [N·T, C] into [N, T, C]): the window's
+    rows would no longer be its input's rows."""
+    if node.op_type not in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose") or not shapes:
+        return False
+    a, b = shapes.get(x), shapes.get(node.output[0])
+    return a is None or b is None or not a or not b or a[0] != b[0]
 
 
 def computed_inputs(model: onnx.ModelProto, node: onnx.NodeProto) -> list[str]:

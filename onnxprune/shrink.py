@@ -13,7 +13,7 @@ import onnx
 from onnx import numpy_helper
 
 from .channels import ChannelGraph
-from .plumbing import default_opset, initializer_map
+from .plumbing import default_opset, initializer_map, names_used_in_subgraphs
 
 
 def shrink(model: onnx.ModelProto, cg: ChannelGraph, pruned: set[int]) -> onnx.ModelProto:
@@ -36,5 +36,9 @@ def shrink(model: onnx.ModelProto, cg: ChannelGraph, pruned: set[int]) -> onnx.M
     opset = default_opset(m)
     for k, fix in cg.edits:
         fix(graph, graph.node[k], cg, pruned, inits, opset)
+    # shape constants a fix-up replaced by a node's own copy are read by nobody now
+    used = {i for n in graph.node for i in n.input} | names_used_in_subgraphs(graph) | {o.name for o in graph.output}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
     del graph.value_info[:]  # stale shapes; ONNX Runtime infers them again
     return m
