@@ -23,7 +23,9 @@ _D = Schedule()
               help="Where to write the pruned model. Default: <stem>.pruned.onnx beside the input. "
                    "Written atomically; never the input itself.")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="Training samples: a .npz with one array per model input (first axis = samples) and "
+              help="Training samples: a .npz with one array per model input, in the model's own layout with "
+                   "samples along its batch axis (the dimension the inputs share: a state [2, batch, 128] is "
+                   "[2, N, 128]); an input without one (a sample rate) gets an array of its whole shape; and "
                    "optionally 'labels' (integer class ids). With labels the loss is cross-entropy; without, "
                    "the dense model teaches the pruned one (KL divergence on softmax for [N, C] outputs, "
                    "mean squared error for other outputs). Without --data, inputs are synthesized from the "
