@@ -12,7 +12,17 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
+from .layers import FLOATS, weights_of
+from .layout import rename_in_bodies
 from .plumbing import first_line, names_used_in_subgraphs, session, session_options
+
+
+def split_binding(item: str) -> tuple[str, str]:
+    """NAME=VALUE → (NAME, VALUE), or the one-line error."""
+    name, sep, text = item.partition("=")
+    if not sep or not name or not text:
+        raise OnnxPruneError(f"--input {item!r}: expected NAME=VALUE, e.g. sr=16000")
+    return name, text
 
 
 def parse_inputs(items: tuple[str, ...], model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -22,9 +32,7 @@ def parse_inputs(items: tuple[str, ...], model: onnx.ModelProto) -> dict[str, np
     declared = {i.name: i for i in model.graph.input if i.name not in inits}
     out = {}
     for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name or not text:
-            raise OnnxPruneError(f"--input {item!r}: expected NAME=VALUE, e.g. sr=16000")
+        name, text = split_binding(item)
         if name not in declared:
             raise OnnxPruneError(f"--input {name}: not a model input ({', '.join(declared) or 'none'})")
         t = declared[name].type.tensor_type
@@ -67,12 +75,16 @@ def fold_ifs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             return model, folded
         model = copy.deepcopy(model)
         graph = model.graph
+        taken = ({o for n in graph.node for o in n.output} | {t.name for t in graph.initializer}
+                 | {i.name for i in graph.input})
         body = []
-        for node in graph.node:
+        for k, node in enumerate(graph.node):
             if node.op_type == "If" and node.output[0] in conditions:
                 branch = next(a.g for a in node.attribute
                               if a.name == ("then_branch" if conditions[node.output[0]] else "else_branch"))
-                body.extend(_inline(branch, node, graph))
+                inlined = _inline(branch, node, graph, taken, f"{node.name or 'if'}{k}")
+                taken.update(o for n in inlined for o in n.output)
+                body.extend(inlined)
                 folded += 1
             else:
                 body.append(node)
@@ -117,7 +129,8 @@ def _constant_conditions(model: onnx.ModelProto) -> dict[str, bool]:
     needed = {i for x in nodes for i in x.input} | {c for c, _ in wanted.values()}
     inits = [t for t in graph.initializer if t.name in needed]
     outs = sorted({c for c, _ in wanted.values()})
-    g = helper.make_graph([x for x in graph.node if any(x is y for y in nodes)], "conditions", [],
+    chosen = {id(x) for x in nodes}
+    g = helper.make_graph([x for x in graph.node if id(x) in chosen], "conditions", [],
                           [onnx.ValueInfoProto(name=o) for o in outs], inits)
     m = helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
     try:
@@ -127,27 +140,29 @@ def _constant_conditions(model: onnx.ModelProto) -> dict[str, bool]:
     return {out: bool(np.asarray(values[c]).reshape(-1)[0]) for out, (c, _) in wanted.items()}
 
 
-def _inline(branch: onnx.GraphProto, node: onnx.NodeProto, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+def _inline(branch: onnx.GraphProto, node: onnx.NodeProto, graph: onnx.GraphProto, taken: set[str],
+            tag: str) -> list[onnx.NodeProto]:
     """The branch's nodes, writing the If's outputs; its initializers move to `graph`. Names the
-    branch makes that the outer graph already uses get a suffix."""
-    outer = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer} | {
-        i.name for i in graph.input}
+    branch makes that are `taken` in the outer graph get a suffix."""
     made = [o for n in branch.node for o in n.output if o] + [t.name for t in branch.initializer]
-    rename = {name: f"{name}__{node.name or 'if'}" for name in made if name in outer}
     results = {o.name: out for o, out in zip(branch.output, node.output)}
+    rename = {name: f"{name}__{tag}" for name in made if name in taken and name not in results}
+    produced = {o for n in branch.node for o in n.output}
+    rename.update({k: v for k, v in results.items() if k in produced})  # readers inside follow too
     nodes = []
     for n in branch.node:
         n = copy.deepcopy(n)
         n.input[:] = [rename.get(i, i) for i in n.input]
-        n.output[:] = [results.get(o, rename.get(o, o)) for o in n.output]
+        n.output[:] = [rename.get(o, o) for o in n.output]
+        rename_in_bodies(n, rename)  # nested If bodies read the branch's tensors by name
         nodes.append(n)
     for t in branch.initializer:
         t = copy.deepcopy(t)
         t.name = rename.get(t.name, t.name)
         graph.initializer.append(t)
-    produced = {o for n in nodes for o in n.output}
+        taken.add(t.name)
     for o, out in results.items():  # a branch output that is an outer tensor or an initializer
-        if out not in produced:
+        if o not in produced:
             nodes.append(helper.make_node("Identity", [rename.get(o, o)], [out], name=f"{out}__branch"))
     return nodes
 
@@ -184,7 +199,6 @@ def branch_hint(model: onnx.ModelProto) -> str:
     graph = model.graph
     outer = {t.name: t for t in graph.initializer}
     weights, selectors = 0, []
-    layer_ops = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
     fixed_inputs = {i.name for i in graph.input if i.name not in outer and i.type.tensor_type.HasField("shape")
                     and all(d.HasField("dim_value") for d in i.type.tensor_type.shape.dim)}
     producer = {o: n for n in graph.node for o in n.output}
@@ -204,11 +218,11 @@ def branch_hint(model: onnx.ModelProto) -> str:
                       for a in n.attribute if a.name == "value"})
         total = 0
         for n in g.node:
-            if n.op_type in layer_ops:
-                for i in n.input[1:3]:
-                    t = local.get(i) or outer.get(i)
-                    if t is not None and t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2:
-                        total += int(np.prod(t.dims))
+            known = {**outer, **local}
+            for weight, *_ in weights_of(n, known):
+                t = known.get(weight)
+                if t is not None and t.data_type in FLOATS and len(t.dims) >= 2:
+                    total += int(np.prod(t.dims))
             for a in n.attribute:
                 for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
                     total += count(sub)

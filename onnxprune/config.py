@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .binding import split_binding
 from .data import parse_input_shapes
 from .errors import OnnxPruneError
 
@@ -188,9 +189,7 @@ class Preparation:
     def __post_init__(self):
         object.__setattr__(self, "inputs", tuple(self.inputs))
         for item in self.inputs:
-            name, sep, value = item.partition("=")
-            if not sep or not name or not value:
-                raise OnnxPruneError(f"--input {item!r}: expected NAME=VALUE, e.g. sr=16000")
+            split_binding(item)
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,9 @@ def run_model(session: ort.InferenceSession, arrays: dict[str, np.ndarray], inpu
     fixed = session_batch(session)
     batch = fixed or batch
     n = len(arrays[input_names[0]])
+    # where the layout measured an output's sample axis, that decides (merged [N·T, C] outputs too)
+    known = session.layout.outputs if isinstance(session, LayoutSession) else {}
+    names = [o.name for o in session.get_outputs()]
     parts: list[list[np.ndarray]] = []
     batched: list[bool] | None = None  # per output: does it have a sample axis?
     for start in range(0, n, batch):
@@ -253,7 +256,8 @@ def run_model(session: ort.InferenceSession, arrays: dict[str, np.ndarray], inpu
             outs = session.run(None, {k: arrays[k][take] for k in input_names})
         except Exception as e:  # shapes the model refuses: ORT's message, whole, on one line
             raise OnnxPruneError(f"ONNX Runtime cannot run the model on these inputs: {one_line(e)}") from None
-        per = [o.ndim > 0 and (o.shape[0] == len(take) or rows_are_samples) for o in outs]
+        per = [known[k] is not None if k in known else o.ndim > 0 and (o.shape[0] == len(take) or rows_are_samples)
+               for k, o in zip(names, outs)]
         batched = per if batched is None else [a and b for a, b in zip(batched, per)]
         # padded samples trimmed (rows per sample: 1, or T where samples are merged with T)
         parts.append([o[: len(rows) * max(1, o.shape[0] // len(take))] if b else o for o, b in zip(outs, per)])
@@ -332,25 +336,19 @@ def prepare(dense: ort.InferenceSession, model: onnx.ModelProto, data, eval_data
     fixed = next((s.dims[axes[s.name]] for s in specs if axes[s.name] is not None
                   and isinstance(s.dims[axes[s.name]], int) and s.dims[axes[s.name]] > 0), None)
     layout = Layout({k: a for k, a in axes.items() if a is not None}, fixed_batch=fixed)
-    train, val, split_name, layout.constants = _datasets(data, eval_data, specs, axes, dense, model, cfg, rng, warnings)
+    train, val, split_name, layout.constants = _datasets(data, eval_data, specs, axes, fixed, dense, model, cfg, rng, warnings)
     names = [s.name for s in specs if axes[s.name] is not None]
     output_names = [o.name for o in dense.get_outputs()]
     inputs_first = LayoutSession(dense, layout)  # outputs still in the model's layout
-    source = val if len(val[names[0]]) else train
     try:
-        layout.outputs, layout.ranks = output_axes(lambda f: inputs_first.run(None, f), {k: source[k] for k in names},
+        layout.outputs, layout.ranks = output_axes(lambda f: inputs_first.run(None, f), {k: val[k] for k in names},
                                                    output_names, fixed)
     except Exception as e:
         raise OnnxPruneError(f"ONNX Runtime cannot run the model on these inputs: {one_line(e)}") from None
     dense = with_layout(dense, layout)
-    dense_val = dict(zip(output_names, run_model(dense, val, names)))
-    # which outputs are per-sample floats, judged on the held-out samples (or a few training ones)
-    judged, judged_outputs = val, dense_val
-    if not len(val[names[0]]):
-        judged = {k: v[:8] for k, v in train.items()}
-        judged_outputs = dict(zip(output_names, run_model(dense, judged, names)))
-    selected = _select_outputs(cfg.output_name, output_names, judged_outputs, LABELS in train, len(judged[names[0]]))
-    probe = feed(source, names, fixed or 1)
+    dense_val = dict(zip(output_names, run_model(dense, val, names)))  # val is never empty (see _datasets)
+    selected = _select_outputs(cfg.output_name, output_names, dense_val, LABELS in train, len(val[names[0]]))
+    probe = feed(val, names, fixed or 1)
     return Dataset(train, val, split_name, names, output_names, dense_val, selected, fixed, probe, layout, dense)
 
 
@@ -367,13 +365,14 @@ def _load(source, what: str) -> tuple[dict[str, np.ndarray], str]:
     return dict(source), what
 
 
-def _datasets(data, eval_data, specs, axes, dense, model, cfg, rng, warnings):
+def _datasets(data, eval_data, specs, axes, fixed, dense, model, cfg, rng, warnings):
     """(train, val, what val is, constant inputs): arrays samples first."""
     shapes = parse_input_shapes(cfg.input_shapes)
     unknown = sorted(set(shapes) - {s.name for s in specs})
     if unknown:
         raise OnnxPruneError(f"--input-shape names {', '.join(unknown)}, not model input(s) "
                              f"{', '.join(s.name for s in specs)}")
+    num_classes = None
     if data is None:
         count = synth_count(specs, cfg.synth_samples, shapes, axes)
         arrays, constants = synthesize(specs, count, shapes, rng, axes, id_bounds(model))
@@ -388,14 +387,13 @@ def _datasets(data, eval_data, specs, axes, dense, model, cfg, rng, warnings):
         n = len(next(iter(arrays.values())))
     else:
         raw, source = _load(data, "data")
-        num_classes = None
         if LABELS in raw:
-            num_classes = _classes(dense, raw, specs, axes, source)
+            num_classes = _classes(dense, raw, specs, axes, fixed, source)
         n = check_arrays(raw, specs, source, num_classes, axes)
         arrays, constants = samples_first(raw, axes), {s.name: raw[s.name] for s in specs if axes[s.name] is None}
     if eval_data is not None:
         ev, ev_source = _load(eval_data, "eval data")
-        check_arrays(ev, specs, ev_source, None, axes)
+        check_arrays(ev, specs, ev_source, num_classes, axes)
         if (LABELS in ev) != (LABELS in arrays):
             raise OnnxPruneError("training data and eval data must both have labels, or both lack them")
         return arrays, samples_first(ev, axes), Path(str(ev_source)).name, constants  # shuffled each epoch
@@ -405,10 +403,11 @@ def _datasets(data, eval_data, specs, axes, dense, model, cfg, rng, warnings):
     return train, val, f"held-out {cfg.val_fraction:.0%}", constants
 
 
-def _classes(dense, raw, specs, axes, source) -> int | None:
-    """The class count of the first output (for checking labels), from two samples."""
+def _classes(dense, raw, specs, axes, fixed, source) -> int | None:
+    """The class count of the first output (for checking labels), from a batch of the first sample."""
     try:
-        feed = {s.name: raw[s.name] if axes[s.name] is None else np.take(raw[s.name], [0, 0], axis=axes[s.name])
+        rows = [0] * (fixed or 2)
+        feed = {s.name: raw[s.name] if axes[s.name] is None else np.take(raw[s.name], rows, axis=axes[s.name])
                 for s in specs}
         first = dense.run(None, feed)[0]
     except Exception as e:

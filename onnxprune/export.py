@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from .errors import OnnxPruneError
 from .plumbing import first_line, initializer_map, session
@@ -21,18 +21,12 @@ TWO_GB = 2**31 - 1
 
 def with_weights(base: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A copy of `base` whose named initializers hold `weights`, in each initializer's own float
-    type (float16 and bfloat16 models train in float32), subnormals flushed to zero: they make
+    type (float16 models train in float32), subnormals flushed to zero: they make
     ORT's CPU kernels many times slower and carry no accuracy."""
     model = copy.deepcopy(base)
     inits = initializer_map(model.graph)
     for name, value in weights.items():
         t = inits[name]
-        if t.data_type == onnx.TensorProto.BFLOAT16:
-            value = np.asarray(value, np.float32)
-            tiny = np.finfo(np.float32).tiny
-            clean = np.where(np.abs(value) < tiny, np.float32(0), value)
-            t.CopyFrom(helper.make_tensor(name, onnx.TensorProto.BFLOAT16, value.shape, clean.ravel().tolist()))
-            continue
         dtype = np.float16 if t.data_type == onnx.TensorProto.FLOAT16 else np.float32
         tiny = np.finfo(dtype).tiny
         clean = np.where(np.abs(value) < tiny, 0, value).astype(dtype)

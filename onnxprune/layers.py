@@ -13,7 +13,7 @@ import onnx
 from .plumbing import initializer_map, names_used_in_subgraphs
 
 FLOAT = onnx.TensorProto.FLOAT
-FLOATS = (FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)  # half ones train in float32
+FLOATS = (FLOAT, onnx.TensorProto.FLOAT16)  # float16 weights train in float32
 # ops that show a stored weight in another layout or type (old PyTorch Linear: Transpose(W) → MatMul)
 WEIGHT_VIEWS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast")
 
@@ -64,7 +64,7 @@ def find_prunable(model: onnx.ModelProto, exclude: tuple[str, ...] = (),
     seen: dict[str, str] = {}
     for index, node in enumerate(graph.node):
         node_name = node.name or f"{node.op_type}_{index}"
-        found = _weights_of(node, inits)
+        found = weights_of(node, inits)
         for weight, out_axis, rank_ok, part in found:
             name = f"{node_name}.{part}" if part else node_name
 
@@ -107,7 +107,7 @@ def trainable_parameters(model: onnx.ModelProto, layers: list[PrunableLayer]) ->
     return [t.name for t in model.graph.initializer if t.name in names]
 
 
-def _weights_of(node: onnx.NodeProto, inits) -> list[tuple[str, int, object, str]]:
+def weights_of(node: onnx.NodeProto, inits) -> list[tuple[str, int, object, str]]:
     """(weight input name, output axis, rank check, part) for each weight of a prunable op. `part`
     names the weight when a node has several (an LSTM's input weights W and recurrent weights R)."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -138,7 +138,7 @@ def made_at_run_time(model: onnx.ModelProto) -> list[str]:
     producer = {o: n for n in model.graph.node for o in n.output}
     made = []
     for node in model.graph.node:
-        for weight, *_ in _weights_of(node, stored):
+        for weight, *_ in weights_of(node, stored):
             src = producer.get(weight)
             if weight in stored or (src is not None and src.op_type in WEIGHT_VIEWS and src.input
                                     and src.input[0] in stored):

@@ -17,10 +17,11 @@ from onnx import helper
 
 from . import standins
 from .data import run_model
-from .errors import NativeCrash, OnnxPruneError
+from .errors import OnnxPruneError
 from .export import with_weights
-from .layers import PrunableLayer
+from .layers import FLOATS, PARAMETER_INPUTS, PrunableLayer
 from .losses import MeanSquaredError
+from .layout import batch_axis
 from .plumbing import initializer_map, move_axis, sample_axes, session, tensor_shapes, with_outputs
 from .schedule import Phase, current_weights, reweighted
 from .training import Trainer, build_training_graph, coef_name, correction_name, mask_name
@@ -101,14 +102,15 @@ def layer_model(model: onnx.ModelProto, node: onnx.NodeProto, xs: dict[str, np.n
 
 def _sample_axes(model, calib, input_names, shapes) -> dict[str, int]:
     """Where each tensor keeps its samples, when not on axis 0 (the graph's inputs are given
-    samples first). Empty when the batch is fixed or there is one sample."""
-    if len(calib[input_names[0]]) < 2:
-        return {}
+    samples first): the axis that grows from one sample to two, or with a fixed batch size b,
+    the axis of size b (a time-major [T, 1, H] inside a batch-1 model)."""
     try:
-        two = tensor_shapes(model, {k: calib[k][:2] for k in input_names})
-    except OnnxPruneError:  # a fixed batch size: samples stay where the data has them
-        return {}
-    return {t: a for t, a in sample_axes(shapes, two).items() if a and t not in input_names}
+        two = tensor_shapes(model, {k: np.resize(calib[k], (2, *calib[k].shape[1:])) for k in input_names})
+        found = sample_axes(shapes, two)
+    except OnnxPruneError:  # a fixed batch size
+        b = shapes[input_names[0]][0]
+        found = {t: batch_axis(s, b) for t, s in shapes.items()}
+    return {t: a for t, a in found.items() if a and t not in input_names}
 
 
 def _moves_samples(node: onnx.NodeProto, x: str, shapes) -> bool:
@@ -158,26 +160,21 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
         target = "onnxprune_layer_target"
         own = {layer.weight for layer in group}
         corrected = own & set(quantizer.names) if quantizer else set()
-        trainable = [t.name for t in small.graph.initializer if t.name in node.input
-                     and t.data_type == onnx.TensorProto.FLOAT]  # the layer's weights and bias only
+        slots = PARAMETER_INPUTS.get(node.op_type, ())
+        params = {node.input[k] for k in slots if k < len(node.input)}  # the layer's weights and bias only
+        trainable = [t.name for t in small.graph.initializer if t.name in params and t.data_type in FLOATS]
         frozen = ([mask_name(w) for w in plan.tensors] + [coef_name(w) for w in plan.penalized]
                   + [correction_name(w) for w in corrected])
         layer_arrays = {**{samples_first(t, axes): x for t, x in xs.items()}, target: y}
         rows = np.resize(np.arange(len(y)), sched.batch_size)
 
-        def trainer_on(fallback):
-            model, notes = standins.apply(small, shapes, fallback)
+        def trainer_on(model):
             standins.check_crashes(model, sorted(own), [out])
             graph = build_training_graph(model, plan.tensors, set(plan.penalized),
                                          [MeanSquaredError(out, out, target, y.shape[1:])], shapes, corrected)
             return Trainer(graph, trainable, frozen, workdir / f"layer{i}", sched.lr * LR_SCALE, threads,
-                           probe={k: v[rows] for k, v in layer_arrays.items()}), notes
-        try:
-            trainer, _ = trainer_on(False)
-        except NativeCrash:  # once more with the fallback stand-ins, if any applies
-            if standins.apply(small, shapes, True)[1] == standins.apply(small, shapes)[1]:
-                raise
-            trainer, _ = trainer_on(True)
+                           probe={k: v[rows] for k, v in layer_arrays.items()})
+        trainer, _ = standins.with_fallback(small, shapes, trainer_on)
         # λ in units of the output's mean square, so one setting suits every layer's scale
         scale = float(np.mean(y.astype(np.float64) ** 2)) or 1.0
         layer_sched = dataclasses.replace(sched, lam=sched.lam * scale, lr=sched.lr * LR_SCALE,

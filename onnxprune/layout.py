@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .plumbing import move_axis
+from .plumbing import move_axis, sample_axes
 
 SUFFIX = "__model_layout"  # the tensor in the model's own layout, inside a view
 
@@ -58,7 +58,7 @@ class Layout:
         for n in g.node:
             n.input[:] = [rename.get(i, i) for i in n.input]
             n.output[:] = [rename.get(o, o) if o in moved_out else o for o in n.output]
-            _rename_in_bodies(n, rename)
+            rename_in_bodies(n, rename)
         front = []
         for vi in g.input:
             if vi.name in moved_in:
@@ -97,13 +97,15 @@ class Layout:
         return out
 
 
-def _rename_in_bodies(node: onnx.NodeProto, rename: dict[str, str]) -> None:
+def rename_in_bodies(node: onnx.NodeProto, rename: dict[str, str]) -> None:
     """Outer tensors read inside If/Loop bodies follow a rename (bodies see the outer scope)."""
     for a in node.attribute:
         for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
             for n in sub.node:
                 n.input[:] = [rename.get(i, i) for i in n.input]
-                _rename_in_bodies(n, rename)
+                rename_in_bodies(n, rename)
+            for o in sub.output:  # a body may pass an outer tensor straight out
+                o.name = rename.get(o.name, o.name)
 
 
 class LayoutSession:
@@ -130,20 +132,20 @@ def input_axes(specs) -> dict[str, int | None]:
     share (`batch` in input [batch, T] and state [2, batch, 128]); without one, the axis whose size
     is the first input's fixed batch, or each input's first dynamic dimension. None: the input has
     no sample axis (a scalar, a fixed-shape flag), so it holds one value for every sample."""
-    counts = Counter(d for s in specs for d in set(x for x in s.dims if isinstance(x, str)))
+    counts = Counter(d for s in specs for d in dict.fromkeys(x for x in s.dims if isinstance(x, str)))
     shared = [p for p, c in counts.items() if c >= 2]
     if shared:
         first = {p: min((s.dims.index(p) for s in specs if p in s.dims)) for p in shared}
         batch = max(shared, key=lambda p: (counts[p], -first[p]))
         return {s.name: s.dims.index(batch) if batch in s.dims else _first_dynamic(s.dims) for s in specs}
-    lead = specs[0].dims[0] if specs and specs[0].dims else None
+    lead = next((s.dims[0] for s in specs if s.dims), None)  # scalars (a sample rate) have no batch
     if isinstance(lead, int):
         out = {}
         for s in specs:
-            if s.dims and s.dims[0] == lead:
+            hits = [k for k, d in enumerate(s.dims) if d == lead]
+            if hits[:1] == [0]:
                 out[s.name] = 0
             else:
-                hits = [k for k, d in enumerate(s.dims) if d == lead]
                 out[s.name] = hits[0] if len(hits) == 1 else _first_dynamic(s.dims)
         return out
     return {s.name: _first_dynamic(s.dims) for s in specs}
@@ -161,16 +163,16 @@ def output_axes(run, sample: dict[str, np.ndarray], names: list[str],
     if fixed is None:
         one = run({k: v[:1] for k, v in sample.items()})
         two = run({k: np.concatenate([v[:1], v[:1]]) for k, v in sample.items()})
-        out = {}
-        for name, a, b in zip(names, one, two):
-            grew = [k for k, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y] if a.ndim == b.ndim else []
-            out[name] = grew[0] if len(grew) == 1 else None
-        return out, {name: a.ndim for name, a in zip(names, one)}
+        grew = sample_axes({n: a.shape for n, a in zip(names, one)}, {n: b.shape for n, b in zip(names, two)})
+        return {n: grew.get(n) for n in names}, {name: a.ndim for name, a in zip(names, one)}
     got = run({k: np.resize(v, (fixed, *v.shape[1:])) for k, v in sample.items()})
-    out = {}
-    for name, o in zip(names, got):
-        hits = [k for k, d in enumerate(o.shape) if d == fixed]
-        out[name] = 0 if hits[:1] == [0] else (hits[0] if len(hits) == 1 else None)
-    return out, {name: o.ndim for name, o in zip(names, got)}
+    return ({name: batch_axis(o.shape, fixed) for name, o in zip(names, got)},
+            {name: o.ndim for name, o in zip(names, got)})
+
+
+def batch_axis(shape, batch: int) -> int | None:
+    """With a fixed batch size, the axis of that size: axis 0 first, else the only one."""
+    hits = [k for k, d in enumerate(shape) if d == batch]
+    return 0 if hits[:1] == [0] else (hits[0] if len(hits) == 1 else None)
 
 

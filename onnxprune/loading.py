@@ -93,14 +93,15 @@ def _runnable(prepared: PreparedModel):
     except OnnxPruneError as first:
         if default_opset(prepared.train_base) == default_opset(prepared.export_base):
             raise
+        converted = _trainable_opset(prepared.export_base, [])  # the user's types, not training's float32
         try:
-            dense = session(prepared.train_base)
+            dense = session(converted)
         except OnnxPruneError:
             raise first from None
         prepared.changes.append(f"ONNX Runtime 1.19 cannot run the graph at opset "
                                 f"{default_opset(prepared.export_base)}; the output uses opset "
                                 f"{default_opset(prepared.train_base)}")
-        return dense, prepared.train_base
+        return dense, converted
 
 
 def read_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -160,47 +161,44 @@ def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = Fals
     return PreparedModel(original=model, export_base=work, train_base=train, changes=changes, computed=computed)
 
 
-HALF = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+HALF = onnx.TensorProto.FLOAT16
 
 
 def in_float32(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
-    """A float16/bfloat16 graph as float32, for training (ORT trains float32; half-precision
-    gradients underflow): half initializers and Constant values widened, Casts to half made Casts
-    to float32, half inputs and outputs declared float32. The written model keeps its types."""
-    def half_tensors(g: onnx.GraphProto) -> int:
-        n = sum(t.data_type in HALF for t in g.initializer)
-        for node in g.node:
-            for a in node.attribute:
-                if a.type == onnx.AttributeProto.TENSOR and a.t.data_type in HALF:
-                    n += 1
-                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                    n += half_tensors(sub)
-        return n
-    if not half_tensors(model.graph) and not any(
-            v.type.tensor_type.elem_type in HALF for v in [*model.graph.input, *model.graph.output]):
-        return model
+    """A float16 graph as float32, for training (ORT trains float32; half-precision gradients
+    underflow): half initializers and Constant values widened, Casts to half made Casts to
+    float32, half inputs and outputs declared float32. The written model keeps its types.
+    (bfloat16 is not handled: ORT's CPU kernels hardly run it.)"""
     m = copy.deepcopy(model)
+    changed = False
 
     def widen(t: onnx.TensorProto) -> None:
-        if t.data_type in HALF:
+        nonlocal changed
+        if t.data_type == HALF:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+            changed = True
 
     def fix(g: onnx.GraphProto) -> None:
+        nonlocal changed
         for t in g.initializer:
             widen(t)
         for v in [*g.input, *g.output, *g.value_info]:
-            if v.type.tensor_type.elem_type in HALF:
+            if v.type.tensor_type.elem_type == HALF:
                 v.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+                changed = True
         for node in g.node:
             for a in node.attribute:
                 if a.type == onnx.AttributeProto.TENSOR:
                     widen(a.t)
-                elif a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT and a.i in HALF:
+                elif a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT and a.i == HALF:
                     a.i = onnx.TensorProto.FLOAT
+                    changed = True
                 for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
                     fix(sub)
     fix(m.graph)
-    changes.append("float16/bfloat16 tensors trained in float32 (the output keeps their types)")
+    if not changed:
+        return model
+    changes.append("float16 tensors trained in float32 (the output keeps their types)")
     return m
 
 

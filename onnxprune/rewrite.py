@@ -36,8 +36,11 @@ def rewrite(structure, masked: onnx.ModelProto, want: list[np.ndarray], plan, ma
         if model is masked:
             return Rewritten(masked, [], want)
         got = outputs_of(model, "the rewritten model")
-        err = max(float(np.abs(g - w).max() / max(np.abs(w).max(), 1e-12)) for g, w in zip(got, want))
-        problem = None if err <= TOLERANCE else f"outputs differ from the masked model by {err:.2g} (relative)"
+        err = max(float(np.abs(g.astype(np.float64) - w).max() / max(np.abs(w.astype(np.float64)).max(), 1e-12))
+                  for g, w in zip(got, want))
+        # a float16 model's sums reorder by a few of its own rounding steps
+        tolerance = max([TOLERANCE] + [16 * float(np.finfo(w.dtype).eps) for w in want if w.dtype.kind == "f"])
+        problem = None if err <= tolerance else f"outputs differ from the masked model by {err:.2g} (relative)"
     except OnnxPruneError as e:
         problem = str(e)
     except Exception as e:  # a rewrite that breaks is a bug to report, not a reason to lose the run

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import OnnxPruneError
+from .errors import NativeCrash, OnnxPruneError
 from .plumbing import default_opset, first_line, log, session, session_options
 
 STANDINS: dict[str, Callable] = {}
@@ -731,6 +731,19 @@ def apply(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
     graph.node.extend(body)
     return m, [f"{op}×{n} trained through a stand-in of ops ONNX Runtime can differentiate "
                f"(the written model keeps {op})" for op, n in sorted(done.items())]
+
+
+def with_fallback(model: onnx.ModelProto, shapes: dict, make):
+    """`make(trainable model)` on `model` with its stand-ins; after a native crash, once more with
+    the FALLBACKS too, when any applies. Returns make's result and what was replaced."""
+    first, notes = apply(model, shapes)
+    try:
+        return make(first), notes
+    except NativeCrash:
+        safer, more = apply(model, shapes, fallback=True)
+        if more == notes:
+            raise
+        return make(safer), more + ["fallback stand-ins used: ONNX Runtime's own gradient of this graph crashed"]
 
 
 def _same(node, nodes, consts, inits, shapes, model, tolerance: float = 1e-5) -> bool:

@@ -24,7 +24,6 @@ from .planning import Plan
 from .plumbing import warn
 from .resume import Checkpoints, fingerprint
 from .schedule import Phase, current_weights, finetune, reweighted
-from .errors import NativeCrash
 from .training import Trainer, build_training_graph, coef_name, correction_name, mask_name
 
 
@@ -80,13 +79,11 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     groups, quantizer = plan.groups, plan.quantizer
     # training sees samples first, whatever the model's layout (constant inputs bound)
     original, shapes = data.layout.view(loaded.prepared.train_base), data.layout.view_shapes(plan.shapes)
-    base, notes = standins.apply(original, shapes)
-    terms, targets = loss_terms(base, data.selected, data.train.get(LABELS), data.dense_train)
+    terms, targets = loss_terms(original, data.selected, data.train.get(LABELS), data.dense_train)
     arrays = as_float32({**data.inputs(data.train), **targets})
     # the user's parameters, found in the user's graph: a stand-in's own constants are not trained
     wanted = set(groups.tensors) | set(trainable_parameters(original, loaded.layers))
     trainable = [t.name for t in original.graph.initializer if t.name in wanted and t.name not in data.layout.constants]
-    standins.check_crashes(base, trainable, [t.tensor for t in terms])
     corrected = set(quantizer.names) if quantizer else set()
     frozen = ([mask_name(w) for w in groups.tensors] + [coef_name(w) for w in groups.penalized]
               + [correction_name(w) for w in groups.tensors if w in corrected])
@@ -98,17 +95,11 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
                                out.resume)
 
         def trainer_on(model):
+            standins.check_crashes(model, trainable, [t.tensor for t in terms])
             graph = build_training_graph(model, groups.tensors, set(groups.penalized), terms, shapes, corrected)
             return Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
                            probe=first_batch(arrays, sched.batch_size))
-        try:
-            trainer = trainer_on(base)
-        except NativeCrash:  # once more with the fallback stand-ins, if any applies
-            safer, more = standins.apply(original, shapes, fallback=True)
-            if more == notes:
-                raise
-            trainer, notes = trainer_on(safer), more + ["fallback stand-ins used: ONNX Runtime's own gradient "
-                                                        "of this graph crashed"]
+        trainer, notes = standins.with_fallback(original, shapes, trainer_on)
         if cfg.pruning.method == "reweighted":
             masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt)
         else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning

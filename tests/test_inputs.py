@@ -233,3 +233,52 @@ def test_a_float16_model_trains_in_float32_and_is_written_in_float16(mode, stora
     if storage == "dense":
         w = next(t for t in written.graph.initializer if t.name == "w_h")
         assert w.data_type == TensorProto.FLOAT16 and (numpy_helper.to_array(w) == 0).mean() > 0.2
+
+
+def test_sample_axes_from_declared_dimensions():
+    from onnxprune.data import InputSpec
+    from onnxprune.layout import input_axes
+
+    def spec(name, *dims):
+        return InputSpec(name, np.dtype(np.float32), list(dims))
+    # a shared dimension name wins; an input without it and with a fixed shape is a constant
+    assert input_axes([spec("input", "batch", "T"), spec("state", 2, "batch", 128), spec("sr")]) == {
+        "input": 0, "state": 1, "sr": None}
+    # fixed batch 1, a scalar first: the batch comes from the first input that has axes
+    assert input_axes([spec("sr"), spec("x", 1, 512), spec("h", 2, 1, 64)]) == {"sr": None, "x": 0, "h": 1}
+    # unnamed dynamic dimensions: each input's first one
+    assert input_axes([spec("x", None, None), spec("s", 2, None, 128)]) == {"x": 0, "s": 1}
+
+
+def test_a_fixed_batch_model_takes_labelled_data(tmp_path):
+    g = _branch("fb", 0.4)
+    graph = helper.make_graph(list(g.node), "fixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y_fb", TensorProto.FLOAT, [1, 4])], list(g.initializer))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    data = {"x": X[:32], "labels": np.arange(32) % 4}
+    r = onnxprune.prune(model, 0.5, data=data, latency=False, schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1))
+    assert r.report["metric"]["name"] == "accuracy" and r.report["phases"][0]["steps"] > 0
+
+
+def test_two_ifs_folded_at_once_keep_their_names_apart():
+    """Both branches make a tensor named `h_16k`: folding both Ifs in one pass must not clash."""
+    def renamed(branch):  # the same tensor names, other node names (ORT wants those unique)
+        for node in branch.node:
+            node.name += "_again"
+        return branch
+    nodes = [helper.make_node("Equal", ["sr", "k16"], ["is16"], name="is16k"),
+             helper.make_node("If", ["is16"], ["y1"], name="first", then_branch=_branch("16k", 0.4),
+                              else_branch=_branch("8k", 0.2)),
+             helper.make_node("If", ["is16"], ["y2"], name="second", then_branch=renamed(_branch("16k", 0.3)),
+                              else_branch=renamed(_branch("8k", 0.1))),
+             helper.make_node("Add", ["y1", "y2"], ["y"], name="sum")]
+    g = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
+                                         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(np.array(16000, np.int64), "k16")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    folded, n = fold_ifs(bind(model, parse_inputs(("sr=16000",), model)))
+    assert n == 2
+    onnx.checker.check_model(folded)
+    want = session(model).run(None, {"x": X[:4], "sr": np.array(16000, np.int64)})[0]
+    assert np.allclose(session(folded).run(None, {"x": X[:4]})[0], want, atol=1e-6)
