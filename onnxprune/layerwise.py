@@ -22,7 +22,7 @@ from .export import with_weights
 from .layers import FLOATS, PARAMETER_INPUTS, PrunableLayer
 from .losses import MeanSquaredError
 from .layout import batch_axis
-from .plumbing import initializer_map, move_axis, sample_axes, session, tensor_shapes, with_outputs
+from .plumbing import initializer_map, move_axis, sample_axes, session, shapes_at, tensor_shapes, with_outputs
 from .schedule import Phase, current_weights, reweighted
 from .training import Trainer, build_training_graph, coef_name, correction_name, mask_name
 
@@ -100,17 +100,18 @@ def layer_model(model: onnx.ModelProto, node: onnx.NodeProto, xs: dict[str, np.n
     return helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version), out
 
 
-def _sample_axes(model, calib, input_names, shapes) -> dict[str, int]:
+def _sample_axes(model, calib, input_names, shapes) -> tuple[dict[str, int], dict]:
     """Where each tensor keeps its samples, when not on axis 0 (the graph's inputs are given
     samples first): the axis that grows from one sample to two, or with a fixed batch size b,
-    the axis of size b (a time-major [T, 1, H] inside a batch-1 model)."""
+    the axis of size b (a time-major [T, 1, H] inside a batch-1 model). Also the shapes at two
+    samples (the same shapes when the batch is fixed)."""
     try:
         two = tensor_shapes(model, {k: np.resize(calib[k], (2, *calib[k].shape[1:])) for k in input_names})
         found = sample_axes(shapes, two)
     except OnnxPruneError:  # a fixed batch size
         b = shapes[input_names[0]][0]
-        found = {t: batch_axis(s, b) for t, s in shapes.items()}
-    return {t: a for t, a in found.items() if a and t not in input_names}
+        two, found = shapes, {t: batch_axis(s, b) for t, s in shapes.items()}
+    return {t: a for t, a in found.items() if a and t not in input_names}, two
 
 
 def _moves_samples(node: onnx.NodeProto, x: str, shapes) -> bool:
@@ -141,7 +142,8 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
     for layer in layers:
         by_node.setdefault(layer.node, []).append(layer)
     stop = set(by_node)
-    axes = _sample_axes(model, calib, input_names, shapes)
+    axes, two = _sample_axes(model, calib, input_names, shapes)
+    train_shapes = shapes_at(shapes, two, sched.batch_size)  # what stand-ins are built for
     cuts = {name: window_cut(model, nodes[name], stop, shapes, axes) for name in by_node}
     current = model
     masks: dict[str, np.ndarray] = {}
@@ -171,10 +173,10 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
         def trainer_on(model):
             standins.check_crashes(model, sorted(own), [out])
             graph = build_training_graph(model, plan.tensors, set(plan.penalized),
-                                         [MeanSquaredError(out, out, target, y.shape[1:])], shapes, corrected)
+                                         [MeanSquaredError(out, out, target, y.shape[1:])], train_shapes, corrected)
             return Trainer(graph, trainable, frozen, workdir / f"layer{i}", sched.lr * LR_SCALE, threads,
                            probe={k: v[rows] for k, v in layer_arrays.items()})
-        trainer, _ = standins.with_fallback(small, shapes, trainer_on)
+        trainer, _ = standins.with_fallback(small, train_shapes, trainer_on)
         # λ in units of the output's mean square, so one setting suits every layer's scale
         scale = float(np.mean(y.astype(np.float64) ** 2)) or 1.0
         layer_sched = dataclasses.replace(sched, lam=sched.lam * scale, lr=sched.lr * LR_SCALE,

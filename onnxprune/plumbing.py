@@ -114,6 +114,17 @@ def sample_axes(one: dict[str, tuple[int, ...]], two: dict[str, tuple[int, ...]]
     return out
 
 
+def shapes_at(one: dict[str, tuple[int, ...]], two: dict[str, tuple[int, ...]], batch: int) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape at `batch` samples, from its shapes at one and two: an axis that grows
+    grows linearly (a sequence model whose LSTM runs along the samples unrolls that many steps)."""
+    out = dict(one)
+    for name, a in one.items():
+        b = two.get(name)
+        if b is not None and len(a) == len(b) and a != b:
+            out[name] = tuple(x + (batch - 1) * (y - x) for x, y in zip(a, b))
+    return out
+
+
 def move_axis(name: str, src: int, dst: int, rank: int, new: str) -> onnx.NodeProto:
     """A Transpose node that writes `name` with axis `src` moved to `dst`, as `new`."""
     perm = list(range(rank))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from . import layerwise, standins
 from .config import PruneConfig, Schedule
@@ -21,7 +22,8 @@ from .layers import trainable_parameters
 from .loading import Loaded
 from .losses import loss_terms
 from .planning import Plan
-from .plumbing import warn
+from .errors import OnnxPruneError
+from .plumbing import shapes_at, tensor_shapes, warn
 from .resume import Checkpoints, fingerprint
 from .schedule import Phase, current_weights, finetune, reweighted
 from .training import Trainer, build_training_graph, coef_name, correction_name, mask_name
@@ -79,6 +81,7 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     groups, quantizer = plan.groups, plan.quantizer
     # training sees samples first, whatever the model's layout (constant inputs bound)
     original, shapes = data.layout.view(loaded.prepared.train_base), data.layout.view_shapes(plan.shapes)
+    shapes = at_batch(original, shapes, data.inputs(data.train), sched.batch_size)
     terms, targets = loss_terms(original, data.selected, data.train.get(LABELS), data.dense_train)
     arrays = as_float32({**data.inputs(data.train), **targets})
     # the user's parameters, found in the user's graph: a stand-in's own constants are not trained
@@ -130,6 +133,16 @@ def _layerwise(loaded, data, plan, cfg, sched, rng, progress):
         return layerwise.run(data.layout.view(loaded.prepared.train_base), loaded.layers, plan_of, select_of,
                              as_float32(data.inputs(data.train)), data.input_names, sched, rng, progress, wd,
                              cfg.output.threads, data.layout.view_shapes(plan.shapes), plan.quantizer)
+
+
+def at_batch(model: onnx.ModelProto, shapes: dict, arrays: dict[str, np.ndarray], batch: int) -> dict:
+    """Tensor shapes at the training batch size (stand-ins are built for the shapes they run at),
+    from `shapes` at one sample and a pass at two; unchanged when the model fixes its batch."""
+    try:
+        two = tensor_shapes(model, as_float32(first_batch(arrays, 2)))
+    except OnnxPruneError:
+        return shapes
+    return shapes_at(shapes, two, batch)
 
 
 def as_float32(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
