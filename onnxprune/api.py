@@ -73,6 +73,9 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
                           cfg.preparation.inputs)
     dataset = prepare_data(loaded.dense, loaded.base, data, eval_data, cfg.data, rng, warnings)
     plan = planning.plan(loaded, dataset, cfg)
+    for name, why in plan.fixed.items():
+        warn(warnings, f"layer {name} looks like a fixed transform ({why}); pruning it breaks the transform: "
+                       f"leave it out with --exclude {name}")
     trained = train.train(loaded, dataset, plan, cfg, rng, progress, warnings)
 
     masked = with_weights(loaded.base, trained.weights)

@@ -65,12 +65,13 @@ def bind(model: onnx.ModelProto, fixed: dict[str, np.ndarray]) -> onnx.ModelProt
     return m
 
 
-def fold_ifs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Every `If` whose condition the stored constants decide, replaced by the nodes of the branch
-    it takes (nested ones too); the graph re-sorted. Returns the model and how many were folded."""
+def fold_ifs(model: onnx.ModelProto, shapes: dict | None = None) -> tuple[onnx.ModelProto, int]:
+    """Every `If` whose condition the stored constants decide (and, given the tensor `shapes` a
+    graph runs at, the shapes of its tensors), replaced by the nodes of the branch it takes
+    (nested ones too); the graph re-sorted. Returns the model and how many were folded."""
     folded = 0
     while True:
-        conditions = _constant_conditions(model)
+        conditions = _constant_conditions(model, shapes)
         if not conditions:
             return model, folded
         model = copy.deepcopy(model)
@@ -92,11 +93,12 @@ def fold_ifs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         graph.node.extend(_sorted(body, graph))
 
 
-def _constant_conditions(model: onnx.ModelProto) -> dict[str, bool]:
+def _constant_conditions(model: onnx.ModelProto, shapes: dict | None = None) -> dict[str, bool]:
     """If node (by its first output) -> the value of its condition, for conditions computed from
-    initializers and Constant nodes alone."""
+    initializers and Constant nodes alone, or (with `shapes`) from the shapes of tensors."""
     graph = model.graph
     known = {t.name for t in graph.initializer}
+    measured: dict[str, np.ndarray] = {}  # Shape outputs read off `shapes`
     producer = {o: n for n in graph.node for o in n.output}
     ifs = [n for n in graph.node if n.op_type == "If" and n.domain in ("", "ai.onnx")]
     if not ifs:
@@ -106,6 +108,12 @@ def _constant_conditions(model: onnx.ModelProto) -> dict[str, bool]:
         if name in known or name in seen:
             return []
         node = producer.get(name)
+        if node is not None and node.op_type == "Shape" and shapes and node.input[0] in shapes:
+            attrs = {a.name: a.i for a in node.attribute}
+            dims = np.array(shapes[node.input[0]], np.int64)
+            measured[name] = dims[attrs.get("start", 0): attrs.get("end", len(dims))]
+            seen.add(name)
+            return []
         if node is None or node.op_type in ("If", "Loop", "Scan") or node.domain not in ("", "ai.onnx"):
             return None
         nodes = []
@@ -128,8 +136,9 @@ def _constant_conditions(model: onnx.ModelProto) -> dict[str, bool]:
     nodes = list({id(x): x for _, ns in wanted.values() for x in ns}.values())
     needed = {i for x in nodes for i in x.input} | {c for c, _ in wanted.values()}
     inits = [t for t in graph.initializer if t.name in needed]
+    inits += [numpy_helper.from_array(v, k) for k, v in measured.items() if k in needed]
     outs = sorted({c for c, _ in wanted.values()})
-    chosen = {id(x) for x in nodes}
+    chosen = {id(x) for x in nodes if not (x.output and x.output[0] in measured)}
     g = helper.make_graph([x for x in graph.node if id(x) in chosen], "conditions", [],
                           [onnx.ValueInfoProto(name=o) for o in outs], inits)
     m = helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)

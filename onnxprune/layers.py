@@ -146,3 +146,24 @@ def made_at_run_time(model: onnx.ModelProto) -> list[str]:
             if src is not None:  # a weight fed as a graph input is the caller's business, not "made"
                 made.append(f"{node.name or node.op_type}: {src.op_type}")
     return made
+
+
+def fixed_transforms(layers: list[PrunableLayer], weights: dict[str, np.ndarray]) -> dict[str, str]:
+    """Layers whose weight looks like a fixed transform, not learned (an STFT or DCT basis stored
+    as a Conv weight): most of its GEMM-view rows are single tones, nearly all their energy in a
+    few frequency bins. Pruning such a layer breaks the transform; the report flags it."""
+    out = {}
+    for layer in layers:
+        w = np.moveaxis(weights[layer.weight], layer.out_axis, 0).reshape(layer.shape[layer.out_axis], -1)
+        if w.shape[1] < 16 or w.shape[0] < 4:
+            continue
+        power = np.abs(np.fft.rfft(w.astype(np.float64), n=2 * w.shape[1], axis=1)) ** 2
+        total = power.sum(axis=1)
+        live = total > 0
+        if live.sum() < 4:
+            continue
+        top = np.sort(power[live], axis=1)[:, -6:].sum(axis=1) / total[live]
+        if np.median(top) > 0.9:
+            out[layer.name] = (f"its rows are single tones ({np.median(top):.0%} of their energy in a few "
+                               f"frequencies): a fixed transform such as an STFT basis, not a learned layer")
+    return out

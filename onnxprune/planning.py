@@ -15,6 +15,7 @@ from .costs import macs_per_weight
 from .data import Dataset
 from .errors import OnnxPruneError
 from .groups import GroupPlan
+from .layers import fixed_transforms
 from .loading import Loaded
 from .masking import check_rate
 from .plumbing import initializer_map, tensor_shapes
@@ -30,6 +31,7 @@ class Plan:
     dense_weights: dict[str, np.ndarray]  # every tensor the groups mask, as the dense model has it
     keep_float: dict[str, str]  # --quantize int8: layers kept in float, and why
     quantizer: object | None  # what fine-tuning trains against (FakeInt8 or Codebooks)
+    fixed: dict[str, str]  # layers that look like fixed transforms (an STFT basis), and why
     rate: float
     scope: str
     floor: float
@@ -65,5 +67,6 @@ def plan(loaded: Loaded, data: Dataset, cfg: PruneConfig) -> Plan:
     elif c.int8 and c.qat:
         quantizer = FakeInt8({layer.weight: layer.out_axis for layer in layers
                               if layer.name not in keep_float and layer.weight in groups.tensors})
-    return Plan(structure, groups, shapes, dense_weights, keep_float, quantizer, p.rate, p.scope, p.layer_floor,
-                p.channel_multiple)
+    fixed = fixed_transforms(layers, weights_of)
+    return Plan(structure, groups, shapes, dense_weights, keep_float, quantizer, fixed, p.rate, p.scope,
+                p.layer_floor, p.channel_multiple)

@@ -47,7 +47,7 @@ def build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, c
                         "optimize": [x for x in loaded.prepared.changes if x.startswith("ORT basic")]},
         "storage": storage_report(final, layers, compressed.slots, compressed.stored, compressed.forms, c.storage),
         "layers": rows, "totals": totals(rows, all_params),
-        "skipped": [s.__dict__ for s in loaded.skipped], "metric": scores["final"],
+        "skipped": [s.__dict__ for s in loaded.skipped], "fixed_transforms": plan.fixed, "metric": scores["final"],
         "mode": p.mode, "loss": trained.loss,
         "file_size": {"input": loaded.source.stat().st_size if loaded.source else loaded.original.ByteSize(),
                       "output": Path(out.out).stat().st_size if out.out is not None else compressed.model.ByteSize()},

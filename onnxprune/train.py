@@ -22,7 +22,7 @@ from .layers import trainable_parameters
 from .loading import Loaded
 from .losses import loss_terms
 from .planning import Plan
-from .errors import OnnxPruneError
+from .binding import fold_ifs
 from .plumbing import shapes_at, tensor_shapes, warn
 from .resume import Checkpoints, fingerprint
 from .schedule import Phase, current_weights, finetune, reweighted
@@ -80,13 +80,15 @@ def train(loaded: Loaded, data: Dataset, plan: Plan, cfg: PruneConfig, rng: np.r
 def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     groups, quantizer = plan.groups, plan.quantizer
     # training sees samples first, whatever the model's layout (constant inputs bound)
-    original, shapes = data.layout.view(loaded.prepared.train_base), data.layout.view_shapes(plan.shapes)
-    shapes = at_batch(original, shapes, data.inputs(data.train), sched.batch_size)
+    original, shapes, folded = training_graph(data.layout.view(loaded.prepared.train_base),
+                                              data.inputs(data.train), sched.batch_size, data.fixed_batch)
     terms, targets = loss_terms(original, data.selected, data.train.get(LABELS), data.dense_train)
     arrays = as_float32({**data.inputs(data.train), **targets})
     # the user's parameters, found in the user's graph: a stand-in's own constants are not trained
     wanted = set(groups.tensors) | set(trainable_parameters(original, loaded.layers))
-    trainable = [t.name for t in original.graph.initializer if t.name in wanted and t.name not in data.layout.constants]
+    # …and only those the written graph stores (not constants of the view, not weights of folded If branches)
+    stored = {t.name for t in loaded.base.graph.initializer}
+    trainable = [t.name for t in original.graph.initializer if t.name in wanted and t.name in stored]
     corrected = set(quantizer.names) if quantizer else set()
     frozen = ([mask_name(w) for w in groups.tensors] + [coef_name(w) for w in groups.penalized]
               + [correction_name(w) for w in groups.tensors if w in corrected])
@@ -103,6 +105,9 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
             return Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
                            probe=first_batch(arrays, sched.batch_size))
         trainer, notes = standins.with_fallback(original, shapes, trainer_on)
+        if folded:
+            notes.append(f"{folded} If node(s) decided by tensor shapes trained as the branch they take at the "
+                         "training shapes (the written model keeps them)")
         if cfg.pruning.method == "reweighted":
             masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt)
         else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
@@ -135,14 +140,21 @@ def _layerwise(loaded, data, plan, cfg, sched, rng, progress):
                              cfg.output.threads, data.layout.view_shapes(plan.shapes), plan.quantizer)
 
 
-def at_batch(model: onnx.ModelProto, shapes: dict, arrays: dict[str, np.ndarray], batch: int) -> dict:
-    """Tensor shapes at the training batch size (stand-ins are built for the shapes they run at),
-    from `shapes` at one sample and a pass at two; unchanged when the model fixes its batch."""
-    try:
-        two = tensor_shapes(model, as_float32(first_batch(arrays, 2)))
-    except OnnxPruneError:
-        return shapes
-    return shapes_at(shapes, two, batch)
+def training_graph(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch: int, fixed: int | None):
+    """The graph training runs on, its tensor shapes at the training batch size (stand-ins are
+    built for the shapes they run at: measured at one sample and two, and extrapolated), and how
+    many If nodes were folded: an If decided by tensor shapes (silero-vad's `if x.dim() == 2`)
+    takes one branch at those shapes, and ORT aborts on an If's gradient. Training batches are
+    always full, so this holds for every step; the written model keeps its If nodes."""
+    folded = 0
+    while True:
+        shapes = tensor_shapes(model, as_float32(first_batch(arrays, fixed or 1)))
+        if not fixed:
+            shapes = shapes_at(shapes, tensor_shapes(model, as_float32(first_batch(arrays, 2))), batch)
+        model, n = fold_ifs(model, shapes)
+        if not n:
+            return model, shapes, folded
+        folded += n
 
 
 def as_float32(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

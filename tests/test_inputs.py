@@ -282,3 +282,32 @@ def test_two_ifs_folded_at_once_keep_their_names_apart():
     onnx.checker.check_model(folded)
     want = session(model).run(None, {"x": X[:4], "sr": np.array(16000, np.int64)})[0]
     assert np.allclose(session(folded).run(None, {"x": X[:4]})[0], want, atol=1e-6)
+
+
+def test_an_if_decided_by_tensor_shapes_trains_as_the_branch_it_takes(tmp_path):
+    """silero-vad's `if x.dim() == 2` style: the condition reads a shape, the layers before it are
+    prunable, and ORT aborts on an If's gradient. Training takes the branch the training shapes
+    pick; the written model keeps its If."""
+    stem = numpy_helper.from_array((0.4 * RNG.standard_normal((3, 3, 1, 1))).astype(np.float32), "stem_w")
+    then_b, else_b = _branch("16k", 0.4), _branch("8k", 0.2)
+    for b in (then_b, else_b):
+        for node in b.node:
+            node.input[:] = ["stem" if i == "x" else i for i in node.input]
+    nodes = [helper.make_node("Conv", ["x", "stem_w"], ["stem"], name="stem"),
+             helper.make_node("Shape", ["stem"], ["shape"], name="shape"),
+             helper.make_node("Gather", ["shape", "one"], ["channels"], name="channels", axis=0),
+             helper.make_node("Equal", ["channels", "three"], ["is3"], name="is3"),
+             helper.make_node("If", ["is3"], ["y"], name="by_shape", then_branch=then_b, else_branch=else_b)]
+    g = helper.make_graph(nodes, "shaped", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [stem, numpy_helper.from_array(np.array(1, np.int64), "one"),
+                           numpy_helper.from_array(np.array(3, np.int64), "three")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    out = tmp_path / "o.onnx"
+    r = onnxprune.prune(model, 0.5, data={"x": X}, out=out, latency=False, simplify=False, storage="dense",
+                        schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1, batch_size=16))
+    assert any("1 If node(s) decided by tensor shapes" in c for c in r.report["preparation"])
+    written = onnx.load(str(out))
+    assert "If" in {n.op_type for n in written.graph.node}
+    w = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "stem_w"))
+    assert not np.allclose(w, numpy_helper.to_array(stem))  # trained through the If's branch

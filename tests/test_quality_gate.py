@@ -48,3 +48,28 @@ def test_a_collapsed_model_is_a_loud_warning_without_max_drop():
                         data=ROOT / "models" / "digits_train.npz", eval_data=ROOT / "models" / "digits_test.npz")
     assert "in one class" in r.report["metric"]["collapse"]
     assert any("looks collapsed on logits" in w for w in r.report["warnings"])
+
+
+def test_a_fixed_transform_stored_as_a_conv_weight_is_flagged():
+    """silero-vad's STFT: a Conv1d whose filters are windowed cosines and sines. It is flagged
+    (with the --exclude that keeps it); a learned-looking layer beside it is not."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    n, bins = 64, 33
+    t = np.arange(n)
+    window = np.hanning(n)
+    basis = np.concatenate([np.cos(2 * np.pi * np.outer(np.arange(bins), t) / n),
+                            np.sin(2 * np.pi * np.outer(np.arange(bins), t) / n)]) * window
+    stft = numpy_helper.from_array(basis[:, None, :].astype(np.float32), "stft_w")
+    head = numpy_helper.from_array((0.1 * RNG.standard_normal((4, 2 * bins, 3))).astype(np.float32), "head_w")
+    nodes = [helper.make_node("Conv", ["x", "stft_w"], ["spec"], name="stft", strides=[16]),
+             helper.make_node("Conv", ["spec", "head_w"], ["y"], name="head")]
+    g = helper.make_graph(nodes, "vad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 256])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 11])], [stft, head])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    r = onnxprune.prune(model, 0.5, method="magnitude", synth_samples=64, latency=False, simplify=False)
+    assert list(r.report["fixed_transforms"]) == ["stft"]
+    assert any("layer stft looks like a fixed transform" in w and "--exclude stft" in w for w in r.report["warnings"])
+    r = onnxprune.prune(model, 0.5, method="magnitude", synth_samples=64, latency=False, simplify=False,
+                        exclude=("stft",))
+    assert r.report["fixed_transforms"] == {}
