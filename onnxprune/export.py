@@ -120,7 +120,13 @@ def _interface(model: onnx.ModelProto):
 def write(model: onnx.ModelProto, out: Path, reference: onnx.ModelProto) -> onnx.ModelProto:
     """The write stage: save atomically, then reload and check what was written."""
     save_atomic(model, Path(out))
-    return verify(Path(out), reference)
+    try:
+        return verify(Path(out), reference)
+    except OnnxPruneError:  # a file that failed its check is not left behind
+        for path in (Path(out), Path(str(out) + ".data")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        raise
 
 
 def public(model: onnx.ModelProto, reference: onnx.ModelProto) -> onnx.ModelProto:

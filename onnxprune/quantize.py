@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxPruneError
+from .binding import sort_graphs
 from .layers import RECURRENT, PrunableLayer
 from .plumbing import default_opset, first_line
 from .storage import stored_tensors, weight_slots
@@ -121,7 +122,7 @@ def int8(model: onnx.ModelProto, calibration: dict[str, np.ndarray], input_names
                 calibrate_method=CalibrationMethod.MinMax, extra_options=options)
         except Exception as e:
             raise OnnxPruneError(f"ONNX Runtime's quantizer failed: {first_line(e)}") from None
-        out = onnx.load(str(dst))
+        out = sort_graphs(onnx.load(str(dst)))
     if not quantized_layers(out, weight_slots(model, [layer for layer in layers if layer.name in wanted])):
         raise OnnxPruneError("--quantize int8 has nothing to quantize: ONNX Runtime's quantizer left every layer "
                              "in float")

@@ -216,3 +216,15 @@ def test_one_shot_never_runs_the_training_data_and_large_synthetic_inputs_are_ca
     assert data_stage.synth_count([spec], 40, {}) == 40
     big = data_stage.InputSpec("img", np.dtype(np.float32), ["N", 3, 4096, 4096])
     assert data_stage.synth_count([big], 2048, {}) == data_stage.SYNTH_FLOOR
+
+
+def test_a_written_model_that_fails_its_check_is_removed(tmp_path, monkeypatch):
+    from onnxprune import export
+
+    def broken(out, reference):
+        raise OnnxPruneError(f"the written model {out} failed its check: simulated")
+    monkeypatch.setattr(export, "verify", broken)
+    out = tmp_path / "o.onnx"
+    with pytest.raises(OnnxPruneError, match="failed its check"):
+        export.write(small_model(), out, small_model())
+    assert not out.exists()
