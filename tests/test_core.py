@@ -216,3 +216,12 @@ def test_one_shot_never_runs_the_training_data_and_large_synthetic_inputs_are_ca
     assert data_stage.synth_count([spec], 40, {}) == 40
     big = data_stage.InputSpec("img", np.dtype(np.float32), ["N", 3, 4096, 4096])
     assert data_stage.synth_count([big], 2048, {}) == data_stage.SYNTH_FLOOR
+
+
+def test_each_stage_says_what_it_does_as_it_starts(caplog):
+    """A terminal shows these lines (the CLI turns the 'onnxprune.stage' logger to INFO on a tty)."""
+    x = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    with caplog.at_level(logging.INFO, logger="onnxprune.stage"):
+        onnxprune.prune(small_model(op_after="Relu"), 0.5, data={"x": x}, method="magnitude", latency=False)
+    said = [r.getMessage() for r in caplog.records if r.name == "onnxprune.stage"]
+    assert [s.split()[0] for s in said] == ["loading", "data:", "planning", "checking"]
