@@ -5,6 +5,7 @@ bars belong to the CLI, which builds the same `PruneConfig`.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from .errors import OnnxPruneError, QualityError
 from .export import with_weights
 from .metrics import collapse, drop_points, metric
 from .plumbing import warn
+
+stage = logging.getLogger("onnxprune.stage")  # what a run is doing; a terminal shows it
 
 
 @dataclass
@@ -69,15 +72,19 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
         export.check_output_path(Path(out), source)
     rng = np.random.default_rng(cfg.data.seed)
 
+    stage.info("loading %s", source or "the model")
     loaded = loading.load(model, cfg.pruning.exclude, cfg.preparation.simplify, cfg.preparation.optimize,
                           cfg.preparation.inputs)
+    stage.info("data: the dense model on %s", "the given samples" if data is not None else "synthesized inputs")
     dataset = prepare_data(loaded.dense, loaded.base, data, eval_data, cfg.data, rng, warnings)
+    stage.info("planning %s groups over %d layers", cfg.pruning.structure, len(loaded.layers))
     plan = planning.plan(loaded, dataset, cfg)
     for name, why in plan.fixed.items():
         warn(warnings, f"layer {name} looks like a fixed transform ({why}); pruning it breaks the transform: "
                        f"leave it out with --exclude {name}")
     trained = train.train(loaded, dataset, plan, cfg, rng, progress, warnings)
 
+    stage.info("checking and writing the pruned model")
     masked = with_weights(loaded.base, trained.weights)
     masked_out = dataset.outputs(masked, "the pruned model")
     rewritten = rewrite.rewrite(plan.structure, masked, masked_out, plan.groups, trained.masks, plan.shapes,

@@ -208,6 +208,8 @@ def _log_to_stderr(quiet: bool) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.ERROR if quiet else logging.WARNING)
     logger.propagate = False
+    # in a terminal, each stage says what it is doing as it starts (logs keep warnings only)
+    logging.getLogger("onnxprune.stage").setLevel(logging.INFO if sys.stderr.isatty() and not quiet else logging.WARNING)
 
 
 def _lower_level(record: logging.LogRecord) -> bool:

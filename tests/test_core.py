@@ -228,3 +228,12 @@ def test_a_written_model_that_fails_its_check_is_removed(tmp_path, monkeypatch):
     with pytest.raises(OnnxPruneError, match="failed its check"):
         export.write(small_model(), out, small_model())
     assert not out.exists()
+
+
+def test_each_stage_says_what_it_does_as_it_starts(caplog):
+    """A terminal shows these lines (the CLI turns the 'onnxprune.stage' logger to INFO on a tty)."""
+    x = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    with caplog.at_level(logging.INFO, logger="onnxprune.stage"):
+        onnxprune.prune(small_model(op_after="Relu"), 0.5, data={"x": x}, method="magnitude", latency=False)
+    said = [r.getMessage() for r in caplog.records if r.name == "onnxprune.stage"]
+    assert [s.split()[0] for s in said] == ["loading", "data:", "planning", "checking"]
