@@ -21,7 +21,7 @@ from .data import prepare as prepare_data
 from .data import feed
 from .errors import OnnxPruneError, QualityError
 from .export import with_weights
-from .metrics import collapse, drop_points, metric
+from .metrics import collapse, drop_points, metric, output_fidelity
 from .plumbing import warn
 
 stage = logging.getLogger("onnxprune.stage")  # what a run is doing; a terminal shows it
@@ -108,11 +108,14 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
 
 
 def _gate(dataset, outputs, score: dict, max_drop: float | None, warnings: list[str]) -> str | None:
-    """A collapsed model is a loud warning; with --max-drop, it or a larger loss writes nothing."""
-    name = dataset.selected[0]
-    collapsed = collapse(dataset.dense_val[name], dict(zip(dataset.output_names, outputs))[name])
-    if collapsed:
-        warn(warnings, f"the pruned model looks collapsed on {name}: {collapsed}")
+    """A collapsed model (on any output it was trained on) is a loud warning; with --max-drop, it
+    or a larger loss writes nothing."""
+    got = dict(zip(dataset.output_names, outputs))
+    found = {name: collapse(dataset.dense_val[name], got[name]) for name in dataset.selected}
+    collapsed = "; ".join(f"{name}: {why}" for name, why in found.items() if why) or None
+    for name, why in found.items():
+        if why:
+            warn(warnings, f"the pruned model looks collapsed on {name}: {why}")
     if max_drop is not None:
         drop = drop_points(score)
         if collapsed or drop > max_drop:
@@ -123,9 +126,12 @@ def _gate(dataset, outputs, score: dict, max_drop: float | None, warnings: list[
 
 
 def _score(dataset, outputs) -> dict:
+    """The headline metric, and every trained output's fidelity in its own terms."""
+    got = dict(zip(dataset.output_names, outputs))
     name = dataset.selected[0]
-    pruned = dict(zip(dataset.output_names, outputs))[name]
-    return metric(name, dataset.val_labels, dataset.dense_val[name], pruned, dataset.split)
+    m = metric(name, dataset.val_labels, dataset.dense_val[name], got[name], dataset.split)
+    m["outputs"] = {k: output_fidelity(dataset.dense_val[k], got[k]) for k in dataset.selected}
+    return m
 
 
 __all__ = ["prune", "PruneResult", "PruneConfig", "OnnxPruneError"]

@@ -30,6 +30,15 @@ def fidelity(pruned: np.ndarray, dense: np.ndarray) -> dict[str, float]:
     return out
 
 
+def output_fidelity(dense: np.ndarray, pruned: np.ndarray) -> dict:
+    """How one output changed, in the terms its kind allows: relative error always; top-1
+    agreement for class scores; for scores in [0, 1], how many cross 0.5 before and after."""
+    out = fidelity(pruned, dense)
+    if dense.size and dense.min() >= 0 and dense.max() <= 1:
+        out["scores_over_half"] = {"dense": int((dense > 0.5).sum()), "pruned": int((pruned > 0.5).sum())}
+    return out
+
+
 def drop_points(m: dict) -> float:
     """What the pruned model lost, in points: of accuracy or top-1 agreement (percent), or of
     relative error (percent) for outputs without classes."""

@@ -73,3 +73,15 @@ def test_a_fixed_transform_stored_as_a_conv_weight_is_flagged():
     r = onnxprune.prune(model, 0.5, method="magnitude", synth_samples=64, latency=False, simplify=False,
                         exclude=("stft",))
     assert r.report["fixed_transforms"] == {}
+
+
+def test_every_trained_output_is_scored_in_its_own_terms():
+    from onnxprune.metrics import output_fidelity
+
+    scores = RNG.random((40, 6)).astype(np.float32)
+    f = output_fidelity(scores, scores * 0.4)
+    assert f["scores_over_half"]["pruned"] == 0 < f["scores_over_half"]["dense"] and "top1_agreement" in f
+    r = onnxprune.prune(ROOT / "models" / "digits_mlp.onnx", 0.5, method="magnitude", latency=False,
+                        data=ROOT / "models" / "digits_train.npz")
+    assert set(r.report["metric"]["outputs"]) == {"logits"}
+    assert 0.5 < r.report["metric"]["outputs"]["logits"]["top1_agreement"] <= 1
