@@ -81,7 +81,8 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     groups, quantizer = plan.groups, plan.quantizer
     # training sees samples first, whatever the model's layout (constant inputs bound)
     original, shapes, folded = training_graph(data.layout.view(loaded.prepared.train_base),
-                                              data.inputs(data.train), sched.batch_size, data.fixed_batch)
+                                              data.inputs(data.train), sched.batch_size, data.fixed_batch,
+                                              data.layout.view_shapes(plan.shapes))
     terms, targets = loss_terms(original, data.selected, data.train.get(LABELS), data.dense_train)
     arrays = as_float32({**data.inputs(data.train), **targets})
     # the user's parameters, found in the user's graph: a stand-in's own constants are not trained
@@ -140,15 +141,18 @@ def _layerwise(loaded, data, plan, cfg, sched, rng, progress):
                              cfg.output.threads, data.layout.view_shapes(plan.shapes), plan.quantizer)
 
 
-def training_graph(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch: int, fixed: int | None):
+def training_graph(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch: int, fixed: int | None,
+                   one: dict | None = None):
     """The graph training runs on, its tensor shapes at the training batch size (stand-ins are
     built for the shapes they run at: measured at one sample and two, and extrapolated), and how
     many If nodes were folded: an If decided by tensor shapes (silero-vad's `if x.dim() == 2`)
     takes one branch at those shapes, and ORT aborts on an If's gradient. Training batches are
-    always full, so this holds for every step; the written model keeps its If nodes."""
+    always full, so this holds for every step; the written model keeps its If nodes. `one`: the
+    shapes at `fixed or 1` samples when the plan stage measured them already."""
     folded = 0
     while True:
-        shapes = tensor_shapes(model, as_float32(first_batch(arrays, fixed or 1)))
+        shapes = one or tensor_shapes(model, as_float32(first_batch(arrays, fixed or 1)))
+        one = None  # after a fold the graph has new tensors: measure again
         if not fixed:
             shapes = shapes_at(shapes, tensor_shapes(model, as_float32(first_batch(arrays, 2))), batch)
         model, n = fold_ifs(model, shapes)
