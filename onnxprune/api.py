@@ -111,7 +111,7 @@ def _gate(dataset, outputs, score: dict, max_drop: float | None, warnings: list[
     """A collapsed model (on any output it was trained on) is a loud warning; with --max-drop, it
     or a larger loss writes nothing."""
     got = dict(zip(dataset.output_names, outputs))
-    found = {name: collapse(dataset.dense_val[name], got[name]) for name in dataset.selected}
+    found = {name: collapse(dataset.dense_val[name], got[name], name in dataset.classes) for name in dataset.selected}
     collapsed = "; ".join(f"{name}: {why}" for name, why in found.items() if why) or None
     for name, why in found.items():
         if why:
@@ -129,8 +129,8 @@ def _score(dataset, outputs) -> dict:
     """The headline metric, and every trained output's fidelity in its own terms."""
     got = dict(zip(dataset.output_names, outputs))
     name = dataset.selected[0]
-    m = metric(name, dataset.val_labels, dataset.dense_val[name], got[name], dataset.split)
-    m["outputs"] = {k: output_fidelity(dataset.dense_val[k], got[k]) for k in dataset.selected}
+    m = metric(name, dataset.val_labels, dataset.dense_val[name], got[name], dataset.split, name in dataset.classes)
+    m["outputs"] = {k: output_fidelity(dataset.dense_val[k], got[k], k in dataset.classes) for k in dataset.selected}
     return m
 
 

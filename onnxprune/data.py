@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from .errors import OnnxPruneError
 from .layout import Layout, LayoutSession, input_axes, output_axes
+from .metrics import class_outputs
 from .plumbing import first_line, one_line, session, warn
 
 LABELS = "labels"
@@ -56,6 +57,36 @@ def parse_input_shapes(items: tuple[str, ...] | list[str]) -> dict[str, list[int
             raise OnnxPruneError(f"--input-shape {item!r} is not NAME=D1xD2x... with positive sizes")
         shapes[name] = parsed
     return shapes
+
+
+def resolve_shapes(specs: list[InputSpec], items: tuple[str, ...] | list[str]) -> dict[str, list]:
+    """Every input's shape after `--input-shape`: an item names an input (its whole shape) or one
+    of the graph's dimension names (`sequence_length=128`, one size). A named dimension fixed
+    through one input is fixed in every input that shares it, as the exporter declared."""
+    given = parse_input_shapes(items)
+    names = {s.name for s in specs}
+    declared = {d for s in specs for d in s.dims if isinstance(d, str)}
+    sizes = {}
+    for key, dims in given.items():
+        if key in names:
+            continue
+        if key not in declared:
+            raise OnnxPruneError(f"--input-shape names {key}, neither a model input ({', '.join(sorted(names))}) "
+                                 f"nor a dimension name of one ({', '.join(sorted(declared)) or 'none'})")
+        if len(dims) != 1:
+            raise OnnxPruneError(f"--input-shape {key}=... fixes one dimension: give one size, e.g. {key}=128")
+        sizes[key] = dims[0]
+    for spec in specs:
+        dims = given.get(spec.name)
+        if dims is None:
+            continue
+        if len(dims) != len(spec.dims):
+            raise OnnxPruneError(f"--input-shape for {spec.name} has {len(dims)} dims, the input has {len(spec.dims)}")
+        for declared_dim, size in zip(spec.dims, dims):
+            if isinstance(declared_dim, str):
+                sizes.setdefault(declared_dim, size)
+    return {s.name: given.get(s.name) or [sizes.get(d, d) if isinstance(d, str) else d for d in s.dims]
+            for s in specs}
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -191,14 +222,22 @@ def synthesize(specs: list[InputSpec], n: int, shapes: dict[str, list[int]], rng
         if len(dims) != len(spec.dims):
             raise OnnxPruneError(f"--input-shape for {spec.name} has {len(dims)} dims, the input has {len(spec.dims)}")
         rest = [d for i, d in enumerate(dims) if i != axis]
-        missing = [str(d) for d in rest if not isinstance(d, int) or d < 1]
+        missing = [str(d) if d else "?" for d in rest if not isinstance(d, int) or d < 1]
         if missing:
-            raise OnnxPruneError(f"input {spec.name} has dynamic dimension(s) {', '.join(missing)}: fix them with --input-shape {spec.name}=" + "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in spec.dims))
+            named = [d for d in missing if d != "?"]
+            example = "x".join("1" if i == axis else str(d) if isinstance(d, int) and d > 0 else "L"
+                               for i, d in enumerate(dims))
+            raise OnnxPruneError(f"input {spec.name} has dynamic dimension(s) {', '.join(missing)} and no --data: fix "
+                                 f"them with --input-shape {named[0] + '=L' if named else spec.name + '=' + example}"
+                                 f"{' (or ' + spec.name + '=' + example + ')' if named else ''}, L a size")
         if axis is None:
             if spec.dtype.kind != "f":
                 raise OnnxPruneError(f"input {spec.name} holds one {spec.dtype} value for every sample (shape "
                                      f"{'x'.join(map(str, rest)) or '()'}); give it with --input {spec.name}=VALUE")
             constants[spec.name] = np.zeros(rest, spec.dtype)
+            continue
+        if spec.dtype.kind in "iu" and spec.name not in bounds and "mask" in spec.name.lower():
+            out[spec.name] = np.ones((n, *rest), spec.dtype)  # an attention mask: every position attended
             continue
         if spec.dtype.kind in "iu" and spec.name in bounds:
             out[spec.name] = rng.integers(0, bounds[spec.name], (n, *rest)).astype(spec.dtype)
@@ -291,6 +330,7 @@ class Dataset:
     probe: dict[str, np.ndarray]  # one batch (`fixed_batch or 1` samples) for shapes and costs
     layout: Layout = field(default_factory=lambda: Layout({}))
     dense: object = None  # the dense model's session, samples first
+    classes: frozenset = frozenset()  # the selected outputs that hold class scores (see metrics.class_outputs)
 
     @cached_property
     def dense_train(self) -> dict[str, np.ndarray]:
@@ -349,7 +389,9 @@ def prepare(dense: ort.InferenceSession, model: onnx.ModelProto, data, eval_data
     dense_val = dict(zip(output_names, run_model(dense, val, names)))  # val is never empty (see _datasets)
     selected = _select_outputs(cfg.output_name, output_names, dense_val, LABELS in train, len(val[names[0]]))
     probe = feed(val, names, fixed or 1)
-    return Dataset(train, val, split_name, names, output_names, dense_val, selected, fixed, probe, layout, dense)
+    classes = frozenset(class_outputs(model, {k: dense_val[k] for k in selected}))
+    return Dataset(train, val, split_name, names, output_names, dense_val, selected, fixed, probe, layout, dense,
+                   classes)
 
 
 def feed(arrays: dict[str, np.ndarray], names: list[str], batch: int) -> dict[str, np.ndarray]:
@@ -367,11 +409,7 @@ def _load(source, what: str) -> tuple[dict[str, np.ndarray], str]:
 
 def _datasets(data, eval_data, specs, axes, fixed, dense, model, cfg, rng, warnings):
     """(train, val, what val is, constant inputs): arrays samples first."""
-    shapes = parse_input_shapes(cfg.input_shapes)
-    unknown = sorted(set(shapes) - {s.name for s in specs})
-    if unknown:
-        raise OnnxPruneError(f"--input-shape names {', '.join(unknown)}, not model input(s) "
-                             f"{', '.join(s.name for s in specs)}")
+    shapes = resolve_shapes(specs, cfg.input_shapes)
     num_classes = None
     if data is None:
         count = synth_count(specs, cfg.synth_samples, shapes, axes)

@@ -62,6 +62,10 @@ def find_prunable(model: onnx.ModelProto, exclude: tuple[str, ...] = (),
     layers: list[PrunableLayer] = []
     skipped: list[Skipped] = []
     seen: dict[str, str] = {}
+    activations = {i.name for i in graph.input if i.name not in inits}  # what inputs flow into: Q·Kᵀ has no weight
+    for node in graph.node:
+        if any(i in activations for i in node.input):
+            activations.update(node.output)
     for index, node in enumerate(graph.node):
         node_name = node.name or f"{node.op_type}_{index}"
         found = weights_of(node, inits)
@@ -71,6 +75,8 @@ def find_prunable(model: onnx.ModelProto, exclude: tuple[str, ...] = (),
             def skip(reason: str) -> None:
                 skipped.append(Skipped(name, node.op_type, weight, reason))
 
+            if weight in activations:
+                continue
             if weight not in inits:
                 skip("weight is computed at run time, not a stored constant")
             elif weight in computed:

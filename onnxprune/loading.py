@@ -152,6 +152,7 @@ def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = Fals
     if optimize:
         work, steps = ort_basic(work)
         changes.extend(steps)
+    _static_reshapes(work, changes)
     _name_nodes(work)
     _expose_float_sources(work, changes)
     if work.ir_version > MAX_IR_VERSION and default_opset(work) <= MAX_TRAIN_OPSET:
@@ -267,6 +268,85 @@ def _constants_to_initializers(model: onnx.ModelProto, changes: list[str]) -> No
         changes.append(f"{moved} Constant node(s) turned into initializers")
 
 
+def _static_reshapes(model: onnx.ModelProto, changes: list[str]) -> None:
+    """A Reshape whose target is assembled at run time from its own input's leading dims and
+    constants (`Concat(Shape(x)[0], Shape(x)[1], 12, 32)`: every attention head split a PyTorch
+    export writes) gets the constant target `[0, 0, 12, 32]` (0 copies the dim): the same
+    reshape for every batch and length, and one the channel analysis can follow and shrink."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def const(name):
+        t = inits.get(name)
+        return numpy_helper.to_array(t) if t is not None else None
+
+    def copied_dim(piece: str, data: str) -> int | None:
+        """i, where `piece` is Unsqueeze(Gather(Shape(data), i)) — one dim of `data`."""
+        u = producer.get(piece)
+        if u is None or u.op_type != "Unsqueeze":
+            return None
+        axes = const(u.input[1]) if len(u.input) > 1 else next(
+            (np.array(a.ints) for a in u.attribute if a.name == "axes"), None)
+        g = producer.get(u.input[0])
+        if axes is None or list(np.ravel(axes)) != [0] or g is None or g.op_type != "Gather":
+            return None
+        shape, index = producer.get(g.input[0]), const(g.input[1])
+        if shape is None or shape.op_type != "Shape" or shape.input[0] != data or index is None or index.ndim:
+            return None
+        if any(a.name in ("start", "end") for a in shape.attribute) or any(a.i for a in g.attribute if a.name == "axis"):
+            return None
+        return int(index)
+
+    fixed = 0
+    for node in graph.node:
+        if node.op_type != "Reshape" or any(a.i for a in node.attribute if a.name == "allowzero"):
+            continue
+        concat = producer.get(node.input[1])
+        if concat is None or concat.op_type != "Concat":
+            continue
+        target = []
+        for piece in concat.input:
+            value = const(piece)
+            if value is not None and value.dtype == np.int64 and value.ndim == 1:
+                target.extend(int(v) for v in value)
+            elif copied_dim(piece, node.input[0]) == len(target):
+                target.append(0)
+            else:
+                break
+        else:
+            name = f"{node.input[1]}__static"
+            graph.initializer.append(numpy_helper.from_array(np.array(target, np.int64), name))
+            inits[name] = graph.initializer[-1]
+            node.input[1] = name
+            fixed += 1
+    if fixed:
+        _drop_dead(graph, {"Shape", "Gather", "Unsqueeze", "Concat"})
+        changes.append(f"{fixed} Reshape target(s) computed from the input's own dims made constant (0 copies a dim)")
+
+
+def _drop_dead(graph: onnx.GraphProto, ops: set[str]) -> None:
+    """Nodes of `ops` whose outputs nothing reads (also not a subgraph), and then their unused initializers."""
+    def reads(g):
+        for n in g.node:
+            yield from n.input
+            for a in n.attribute:
+                for sub in ([a.g] if a.HasField("g") else list(a.graphs)):
+                    yield from reads(sub)
+                    yield from (o.name for o in sub.output)
+
+    while True:
+        used = set(reads(graph)) | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in ops and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = set(reads(graph))
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+
+
 def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
     for attr in node.attribute:
         if attr.name == "value":
@@ -302,7 +382,9 @@ def _simplify(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
     n_before = len(model.graph.node)
     ops_before = _op_counts(model)
     try:
-        simplified, ok = onnxsim.simplify(model)
+        # no batched MatMul+Add → Gemm: it wraps each Gemm in reshapes whose targets are computed
+        # from another tensor's shape, which hides a transformer's channels from the analysis
+        simplified, ok = onnxsim.simplify(model, skipped_optimizers=["fuse_matmul_add_bias_into_gemm_batched"])
     except Exception as e:  # onnxsim raises many kinds; the model is still usable unsimplified
         changes.append(f"onnxsim could not simplify the graph ({first_line(e)}); kept as it was")
         return model

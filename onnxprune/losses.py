@@ -84,9 +84,10 @@ def logits_of(model: onnx.ModelProto, output: str) -> str:
 
 
 def loss_terms(model: onnx.ModelProto, selected: list[str], labels: np.ndarray | None,
-               dense: dict[str, np.ndarray]) -> tuple[list[LossTerm], dict[str, np.ndarray]]:
+               dense: dict[str, np.ndarray], classes=None) -> tuple[list[LossTerm], dict[str, np.ndarray]]:
     """The terms for `selected` outputs of `model`, and the arrays that feed their targets:
-    `labels` (or None) and the dense model's outputs on the training samples."""
+    `labels` (or None) and the dense model's outputs on the training samples. `classes`: the
+    outputs that hold class scores (None: judged by shape)."""
     terms, targets = [], {}
     for i, name in enumerate(selected):
         out = dense[name]
@@ -99,7 +100,7 @@ def loss_terms(model: onnx.ModelProto, selected: list[str], labels: np.ndarray |
                                      "(want one class id per sample, classes on axis 1)")
             terms.append(CrossEntropy(name, tensor, target, labels.shape[1:]))
             targets[target] = labels
-        elif is_classifier(out):
+        elif is_classifier(out) if classes is None else name in classes:
             terms.append(KLDivergence(name, tensor, target, out.shape[1:]))
             targets[target] = _as_probabilities(model, name, tensor, out)
         else:

@@ -3,11 +3,33 @@ otherwise fidelity to the dense model (top-1 agreement, relative error)."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 
 def is_classifier(output: np.ndarray) -> bool:
     """[N, C] float scores with C ≥ 2: compared by top-1 and distilled with KL on softmax."""
     return output.ndim == 2 and output.shape[1] >= 2 and output.dtype.kind == "f"
+
+
+# ops that end an embedding (pooled or normalized features), never class scores
+EMBEDDING_HEADS = {"Div", "LpNormalization", "ReduceSum", "ReduceL2", "LayerNormalization"}
+VIEWS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Concat"}
+
+
+def class_outputs(model: onnx.ModelProto, outputs: dict[str, np.ndarray]) -> set[str]:
+    """The outputs that hold class scores: [N, C] floats not made by an op that ends an
+    embedding (a sentence encoder's mean-pooled, normalized vector is [N, C] too, and its
+    argmax means nothing)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = set()
+    for name, out in outputs.items():
+        node = producer.get(name)
+        while node is not None and node.op_type in VIEWS and len(node.input) >= 1 and (
+                node.op_type != "Concat" or len(node.input) == 1):
+            node = producer.get(node.input[0])
+        if is_classifier(out) and (node is None or node.op_type not in EMBEDDING_HEADS):
+            found.add(name)
+    return found
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -20,22 +42,51 @@ def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(scores, axis=1) == labels))
 
 
-def fidelity(pruned: np.ndarray, dense: np.ndarray) -> dict[str, float]:
-    """How closely the pruned model reproduces the dense one on the same inputs."""
+def fidelity(pruned: np.ndarray, dense: np.ndarray, classes: bool | None = None) -> dict[str, float]:
+    """How closely the pruned model reproduces the dense one on the same inputs. `classes`: the
+    output holds class scores (None: judged by its shape alone)."""
     pruned, dense = pruned.astype(np.float64), dense.astype(np.float64)  # float16 norms overflow
     rel = float(np.linalg.norm((pruned - dense).ravel()) / max(np.linalg.norm(dense.ravel()), 1e-12))
     out = {"relative_error": rel}
-    if is_classifier(dense):
+    if is_classifier(dense) if classes is None else classes:
         out["top1_agreement"] = float(np.mean(np.argmax(pruned, 1) == np.argmax(dense, 1)))
     return out
 
 
-def output_fidelity(dense: np.ndarray, pruned: np.ndarray) -> dict:
+def detections(dense: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """A detector's output ([N, 4+C, A] as YOLOv8 writes it, or [N, A, 5+C]): (axis, mask) where
+    `mask` marks the slices along `axis` that are scores in [0, 1]; the others are coordinates.
+    None when no short axis splits the output that way."""
+    for axis in sorted(range(1, dense.ndim), key=lambda a: dense.shape[a]):
+        if not 2 <= dense.shape[axis] <= 1024 or dense.shape[axis] * 4 > dense.size // max(len(dense), 1):
+            continue
+        rest = tuple(a for a in range(dense.ndim) if a != axis)
+        unit = (dense.min(axis=rest) >= 0) & (dense.max(axis=rest) <= 1)
+        if unit.any() and not unit.all():
+            return axis, unit
+    return None
+
+
+def score_counts(dense: np.ndarray, pruned: np.ndarray) -> dict:
+    """How many scores cross the threshold before and after: 0.5, or a detector's usual 0.25
+    when the dense model has fewer than 10 over 0.5."""
+    threshold = 0.5 if (dense > 0.5).sum() >= 10 else 0.25
+    return {"threshold": threshold, "dense": int((dense > threshold).sum()), "pruned": int((pruned > threshold).sum())}
+
+
+def output_fidelity(dense: np.ndarray, pruned: np.ndarray, classes: bool | None = None) -> dict:
     """How one output changed, in the terms its kind allows: relative error always; top-1
-    agreement for class scores; for scores in [0, 1], how many cross 0.5 before and after."""
-    out = fidelity(pruned, dense)
+    agreement for class scores; for scores in [0, 1], how many cross the threshold before and
+    after; a detector's scores and coordinates apart."""
+    out = fidelity(pruned, dense, classes)
     if dense.size and dense.min() >= 0 and dense.max() <= 1:
-        out["scores_over_half"] = {"dense": int((dense > 0.5).sum()), "pruned": int((pruned > 0.5).sum())}
+        out["scores_over_threshold"] = score_counts(dense, pruned)
+    elif (split := detections(dense)) is not None:
+        axis, unit = split
+        scores, coords = np.compress(unit, dense, axis), np.compress(~unit, dense, axis)
+        out["scores_over_threshold"] = score_counts(scores, np.compress(unit, pruned, axis))
+        out["coordinates_relative_error"] = fidelity(np.compress(~unit, pruned, axis), coords)["relative_error"]
+        out["scores_relative_error"] = fidelity(np.compress(unit, pruned, axis), scores)["relative_error"]
     return out
 
 
@@ -47,7 +98,7 @@ def drop_points(m: dict) -> float:
     return 100 * (m["dense"] - m["pruned"])
 
 
-def collapse(dense: np.ndarray, pruned: np.ndarray) -> str | None:
+def collapse(dense: np.ndarray, pruned: np.ndarray, classes: bool | None = None) -> str | None:
     """Why a pruned output looks collapsed (the model is broken, whatever its loss said), or None:
     top-1 agreement no better than chance given how often each model picks each class; scores in
     [0, 1] that no longer cross 0.5 where the dense model's do; an output no closer to the dense
@@ -55,7 +106,8 @@ def collapse(dense: np.ndarray, pruned: np.ndarray) -> str | None:
     dense, pruned = dense.astype(np.float64), pruned.astype(np.float64)
     unit = bool(dense.size) and dense.min() >= 0 and dense.max() <= 1
     # [N, C] logits or softmax rows are classes; independent sigmoid scores in [0, 1] are not
-    if is_classifier(dense) and (not unit or np.allclose(dense.sum(1), 1, atol=1e-3)):
+    classes = is_classifier(dense) if classes is None else classes
+    if classes and (not unit or np.allclose(dense.sum(1), 1, atol=1e-3)):
         if len(dense) >= 10:
             d, p = np.argmax(dense, 1), np.argmax(pruned, 1)
             c = dense.shape[1]
@@ -66,23 +118,27 @@ def collapse(dense: np.ndarray, pruned: np.ndarray) -> str | None:
             if agree < 0.9 and agree <= 1.25 * chance and counts_d.max() / len(d) < 0.8:
                 return (f"top-1 agreement {agree:.0%} is what chance gives ({chance:.0%}); the pruned model puts "
                         f"{counts_p.max() / len(p):.0%} of samples in one class")
-    elif unit:
-        high_d, high_p = int((dense > 0.5).sum()), int((pruned > 0.5).sum())
-        if high_d >= 10 and high_p < 0.1 * high_d:
-            return f"{high_p} scores above 0.5 where the dense model has {high_d}"
+    elif unit or (split := detections(dense)) is not None:
+        if not unit:  # a detector: its scores, apart from its coordinates
+            dense, pruned = np.compress(split[1], dense, split[0]), np.compress(split[1], pruned, split[0])
+        counts = score_counts(dense, pruned)
+        if counts["dense"] >= 10 and counts["pruned"] < 0.1 * counts["dense"]:
+            return (f"{counts['pruned']} scores above {counts['threshold']:g} where the dense model has "
+                    f"{counts['dense']}" + ("" if unit else " (detections lost)"))
     err = fidelity(pruned, dense)["relative_error"]
     if err >= 1:
         return f"relative error {err:.3g}: the output is no closer to the dense one than zeros are"
     return None
 
 
-def metric(output: str, labels: np.ndarray | None, dense: np.ndarray, pruned: np.ndarray, split: str) -> dict:
+def metric(output: str, labels: np.ndarray | None, dense: np.ndarray, pruned: np.ndarray, split: str,
+           classes: bool | None = None) -> dict:
     """The headline metric of `output` on the evaluation split, dense vs pruned."""
     if labels is not None:
         m = {"name": "accuracy", "dense": accuracy(dense, labels), "pruned": accuracy(pruned, labels),
              "extra": {"top-1 agreement": fidelity(pruned, dense).get("top1_agreement", float("nan"))}}
     else:
-        f = fidelity(pruned, dense)
+        f = fidelity(pruned, dense, classes)
         if "top1_agreement" in f:
             m = {"name": "top-1 agreement", "dense": 1.0, "pruned": f["top1_agreement"],
                  "extra": {"relative error": f["relative_error"]}}

@@ -83,7 +83,7 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     original, shapes, folded = training_graph(data.layout.view(loaded.prepared.train_base),
                                               data.inputs(data.train), sched.batch_size, data.fixed_batch,
                                               data.layout.view_shapes(plan.shapes))
-    terms, targets = loss_terms(original, data.selected, data.train.get(LABELS), data.dense_train)
+    terms, targets = loss_terms(original, data.selected, data.train.get(LABELS), data.dense_train, data.classes)
     arrays = as_float32({**data.inputs(data.train), **targets})
     # the user's parameters, found in the user's graph: a stand-in's own constants are not trained
     wanted = set(groups.tensors) | set(trainable_parameters(original, loaded.layers))

@@ -80,7 +80,7 @@ def test_every_trained_output_is_scored_in_its_own_terms():
 
     scores = RNG.random((40, 6)).astype(np.float32)
     f = output_fidelity(scores, scores * 0.4)
-    assert f["scores_over_half"]["pruned"] == 0 < f["scores_over_half"]["dense"] and "top1_agreement" in f
+    assert f["scores_over_threshold"]["pruned"] == 0 < f["scores_over_threshold"]["dense"] and "top1_agreement" in f
     r = onnxprune.prune(ROOT / "models" / "digits_mlp.onnx", 0.5, method="magnitude", latency=False,
                         data=ROOT / "models" / "digits_train.npz")
     assert set(r.report["metric"]["outputs"]) == {"logits"}
