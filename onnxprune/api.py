@@ -21,7 +21,7 @@ from .data import prepare as prepare_data
 from .data import feed
 from .errors import OnnxPruneError, QualityError
 from .export import with_weights
-from .metrics import collapse, drop_points, metric, output_fidelity
+from .metrics import MIN_JUDGED, collapse, drop_points, metric, output_fidelity
 from .plumbing import warn
 
 stage = logging.getLogger("onnxprune.stage")  # what a run is doing; a terminal shows it
@@ -94,7 +94,8 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
     final = export.public(compressed.model, loaded.prepared.original)
     scores = {name: _score(dataset, outs) for name, outs in
               (("float", rewritten.outputs), ("final", compressed.outputs))}
-    collapsed = _gate(dataset, compressed.outputs, scores["final"], cfg.output.max_drop, warnings)
+    collapsed = _gate(dataset, compressed.outputs, scores["final"], cfg.output.max_drop, warnings,
+                      lambda: dataset.outputs(compressed.model, "the pruned model", dataset.train))
     written = export.write(final, Path(out), loaded.prepared.original) if out is not None else None
 
     measured = costs.measure(loaded.base, rewritten.model, compressed.model, dataset.model_feed(dataset.probe),
@@ -107,11 +108,18 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
     return PruneResult(final, facts, trained.masks)
 
 
-def _gate(dataset, outputs, score: dict, max_drop: float | None, warnings: list[str]) -> str | None:
+def _gate(dataset, outputs, score: dict, max_drop: float | None, warnings: list[str], on_train) -> str | None:
     """A collapsed model (on any output it was trained on) is a loud warning; with --max-drop, it
-    or a larger loss writes nothing."""
+    or a larger loss writes nothing. Judged on the training samples too when the held-out ones
+    are too few to tell agreement from chance (`on_train`: the pruned outputs on them)."""
     got = dict(zip(dataset.output_names, outputs))
-    found = {name: collapse(dataset.dense_val[name], got[name], name in dataset.classes) for name in dataset.selected}
+    dense = dataset.dense_val
+    if len(next(iter(dense.values()))) < MIN_JUDGED and len(next(iter(dataset.train.values()))) > len(
+            next(iter(dense.values()))):
+        extra = dict(zip(dataset.output_names, on_train()))
+        dense = {k: np.concatenate([dense[k], dataset.dense_train[k]]) for k in dataset.selected}
+        got = {k: np.concatenate([got[k], extra[k]]) for k in dataset.selected}
+    found = {name: collapse(dense[name], got[name], name in dataset.classes) for name in dataset.selected}
     collapsed = "; ".join(f"{name}: {why}" for name, why in found.items() if why) or None
     for name, why in found.items():
         if why:

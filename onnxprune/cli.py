@@ -120,7 +120,9 @@ _D = Schedule()
               help="Starting learning rate of fine-tuning (cosine decay to zero).")
 @click.option("--batch-size", type=int, default=_D.batch_size, show_default=True, help="Training batch size.")
 @click.option("--input-shape", multiple=True, metavar="NAME=D1xD2..",
-              help="Fix an input's dynamic dimensions for synthesized data, e.g. input=1x3x224x224 (repeatable).")
+              help="Fix dynamic dimensions for synthesized data (repeatable): an input's whole shape "
+                   "(input=1x3x224x224), or one named dimension in every input that declares it "
+                   "(sequence_length=128).")
 @click.option("--input", "fixed_input", multiple=True, metavar="NAME=VALUE",
               help="Bind an input of fixed shape to a constant, e.g. sr=16000 (repeatable): the written model "
                    "has it built in, and If branches it selects are folded, so weights inside them are pruned.")

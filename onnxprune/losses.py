@@ -13,7 +13,7 @@ import onnx
 from onnx import helper
 
 from .errors import OnnxPruneError
-from .metrics import is_classifier, softmax
+from .metrics import detections, is_classifier, softmax
 
 PREFIX = "onnxprune"
 CLASS_AXIS = f"{PREFIX}_class_axis"  # ReduceSum's axes input (opset ≥ 13, which training uses)
@@ -63,13 +63,40 @@ class KLDivergence(LossTerm):
         return b.node("Neg", [mean], [f"{PREFIX}_kl{i}"])
 
 
+@dataclass
 class MeanSquaredError(LossTerm):
-    what = "mean squared error to the dense model's output"
+    scale: np.ndarray | None = None  # weights broadcast over one sample's dims (see `relative_scale`)
+
+    what: ClassVar[str] = "mean squared error to the dense model's output"
+
+    def describe(self) -> str:
+        return super().describe() + (", relative to its mean square" if self.scale is not None else "")
 
     def build(self, b, i):
         diff = b.node("Sub", [self.tensor, self.target], [f"{PREFIX}_diff{i}"])
         sq = b.node("Mul", [diff, diff], [f"{PREFIX}_diff_sq{i}"])
+        if self.scale is not None:
+            sq = b.node("Mul", [sq, b.const(f"{PREFIX}_mse_scale{i}", self.scale)], [f"{PREFIX}_diff_sq_scaled{i}"])
         return b.node("ReduceMean", [sq], [f"{PREFIX}_mse{i}"], keepdims=0)
+
+
+def relative_scale(out: np.ndarray) -> np.ndarray:
+    """Weights that make the squared error of `out` relative to its mean square, so the loss is
+    on the scale of the reported relative error whatever the output's units, and λ means the
+    same for every model. A detector's scores and coordinates each count half: in pixels the
+    coordinates would otherwise drown the scores, and training would lose every detection."""
+    out = out.astype(np.float64)
+    split = detections(out)
+    if split is None:
+        return np.array(1 / max(float(np.mean(out ** 2)), 1e-12), np.float32)
+    axis, unit = split
+    shape = [1] * (out.ndim - 1)
+    shape[axis - 1] = len(unit)
+    scale = np.empty(len(unit))
+    for group in (unit, ~unit):
+        mean_square = float(np.mean(np.compress(group, out, axis) ** 2))
+        scale[group] = len(unit) / (2 * group.sum() * max(mean_square, 1e-12))
+    return scale.reshape(shape).astype(np.float32)
 
 
 def logits_of(model: onnx.ModelProto, output: str) -> str:
@@ -104,7 +131,7 @@ def loss_terms(model: onnx.ModelProto, selected: list[str], labels: np.ndarray |
             terms.append(KLDivergence(name, tensor, target, out.shape[1:]))
             targets[target] = _as_probabilities(model, name, tensor, out)
         else:
-            terms.append(MeanSquaredError(name, name, target, out.shape[1:]))
+            terms.append(MeanSquaredError(name, name, target, out.shape[1:], relative_scale(out)))
             targets[target] = out.astype(np.float32)
     return terms, targets
 

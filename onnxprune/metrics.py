@@ -11,6 +11,7 @@ def is_classifier(output: np.ndarray) -> bool:
     return output.ndim == 2 and output.shape[1] >= 2 and output.dtype.kind == "f"
 
 
+MIN_JUDGED = 10  # samples below which top-1 agreement cannot be told from chance
 # ops that end an embedding (pooled or normalized features), never class scores
 EMBEDDING_HEADS = {"Div", "LpNormalization", "ReduceSum", "ReduceL2", "LayerNormalization"}
 VIEWS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Concat"}
@@ -108,14 +109,15 @@ def collapse(dense: np.ndarray, pruned: np.ndarray, classes: bool | None = None)
     # [N, C] logits or softmax rows are classes; independent sigmoid scores in [0, 1] are not
     classes = is_classifier(dense) if classes is None else classes
     if classes and (not unit or np.allclose(dense.sum(1), 1, atol=1e-3)):
-        if len(dense) >= 10:
+        if len(dense) >= MIN_JUDGED:
             d, p = np.argmax(dense, 1), np.argmax(pruned, 1)
             c = dense.shape[1]
             counts_d, counts_p = np.bincount(d, minlength=c), np.bincount(p, minlength=c)
             chance = float(counts_d @ counts_p) / len(d) ** 2
             agree = float(np.mean(d == p))
             # a dense model that itself puts most samples in one class (noise inputs) says nothing
-            if agree < 0.9 and agree <= 1.25 * chance and counts_d.max() / len(d) < 0.8:
+            noise = 2 * np.sqrt(chance * (1 - chance) / len(d))  # two standard errors of agreement by chance
+            if agree < 0.9 and agree <= 1.25 * chance + noise and counts_d.max() / len(d) < 0.8:
                 return (f"top-1 agreement {agree:.0%} is what chance gives ({chance:.0%}); the pruned model puts "
                         f"{counts_p.max() / len(p):.0%} of samples in one class")
     elif unit or (split := detections(dense)) is not None:

@@ -311,3 +311,49 @@ def test_an_if_decided_by_tensor_shapes_trains_as_the_branch_it_takes(tmp_path):
     assert "If" in {n.op_type for n in written.graph.node}
     w = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "stem_w"))
     assert not np.allclose(w, numpy_helper.to_array(stem))  # trained through the If's branch
+
+
+def _two_inputs(names=("input_ids", "attention_mask")) -> list:
+    from onnxprune.data import InputSpec
+
+    return [InputSpec(k, np.dtype(np.int64), ["batch", "sequence_length"]) for k in names]
+
+
+def test_a_dimension_name_in_input_shape_fixes_every_input_that_shares_it():
+    from onnxprune.data import resolve_shapes
+
+    specs = _two_inputs()
+    assert resolve_shapes(specs, ("sequence_length=32",)) == {"input_ids": ["batch", 32], "attention_mask": ["batch", 32]}
+    assert resolve_shapes(specs, ("input_ids=1x16",))["attention_mask"] == [1, 16]  # shared through the name
+    with pytest.raises(OnnxPruneError, match="neither a model input .* nor a dimension name"):
+        resolve_shapes(specs, ("seq=32",))
+    with pytest.raises(OnnxPruneError, match="fixes one dimension"):
+        resolve_shapes(specs, ("sequence_length=1x32",))
+
+
+def test_an_unfixed_length_names_the_dimension_to_fix():
+    from onnxprune.data import synthesize
+
+    with pytest.raises(OnnxPruneError, match=r"dynamic dimension\(s\) sequence_length .*--input-shape sequence_length=L"):
+        synthesize(_two_inputs(), 4, {}, np.random.default_rng(0), {"input_ids": 0, "attention_mask": 0},
+                   {"input_ids": 100})
+
+
+def test_an_attention_mask_is_synthesized_as_all_positions_attended():
+    from onnxprune.data import resolve_shapes, synthesize
+
+    specs = _two_inputs()
+    arrays, _ = synthesize(specs, 8, resolve_shapes(specs, ("sequence_length=5",)), np.random.default_rng(0),
+                           {"input_ids": 0, "attention_mask": 0}, {"input_ids": 100})
+    assert arrays["attention_mask"].shape == (8, 5) and (arrays["attention_mask"] == 1).all()
+    assert arrays["input_ids"].max() < 100
+
+
+def test_a_matmul_of_two_activations_is_no_layer_and_not_listed_as_skipped():
+    from tests.encoder import encoder
+
+    from onnxprune.layers import find_prunable
+
+    layers, skipped = find_prunable(encoder())
+    assert {layer.weight for layer in layers} >= {"Wq", "Wk", "Wv", "Wo", "W1", "W2"}
+    assert not any(s.name in ("qk", "ctx") for s in skipped)

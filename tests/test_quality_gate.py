@@ -50,6 +50,13 @@ def test_a_collapsed_model_is_a_loud_warning_without_max_drop():
     assert any("looks collapsed on logits" in w for w in r.report["warnings"])
 
 
+def test_a_collapse_is_judged_on_training_samples_when_too_few_are_held_out():
+    train = dict(np.load(ROOT / "models" / "digits_train.npz"))
+    few = {k: v[:60] for k, v in train.items()}  # 10% held out: 6 samples, too few to tell chance
+    r = onnxprune.prune(ROOT / "models" / "digits_mlp.onnx", 0.99, method="magnitude", latency=False, data=few)
+    assert r.report["metric"]["samples"] == 6 and "in one class" in r.report["metric"]["collapse"]
+
+
 def test_a_fixed_transform_stored_as_a_conv_weight_is_flagged():
     """silero-vad's STFT: a Conv1d whose filters are windowed cosines and sines. It is flagged
     (with the --exclude that keeps it); a learned-looking layer beside it is not."""
@@ -85,3 +92,61 @@ def test_every_trained_output_is_scored_in_its_own_terms():
                         data=ROOT / "models" / "digits_train.npz")
     assert set(r.report["metric"]["outputs"]) == {"logits"}
     assert 0.5 < r.report["metric"]["outputs"]["logits"]["top1_agreement"] <= 1
+
+
+def _yolo_output(n=4, classes=3, anchors=200, seed=0):
+    """[N, 4 + C, A] as YOLOv8 writes it: box coordinates in pixels, then sigmoid class scores."""
+    rng = np.random.default_rng(seed)
+    boxes = rng.uniform(0, 640, (n, 4, anchors))
+    scores = 1 / (1 + np.exp(-rng.normal(-4, 3, (n, classes, anchors))))
+    return np.concatenate([boxes, scores], 1).astype(np.float32)
+
+
+def test_a_detector_that_lost_its_detections_is_a_collapse_though_its_error_is_small():
+    from onnxprune.metrics import detections, output_fidelity
+
+    dense = _yolo_output()
+    axis, unit = detections(dense)
+    assert axis == 1 and unit.tolist() == [False] * 4 + [True] * 3
+    lost = dense.copy()
+    lost[:, 4:] *= 0.1  # the boxes stay put, every score falls under the threshold
+    f = output_fidelity(dense, lost)
+    assert f["relative_error"] < 0.05 and f["coordinates_relative_error"] == 0
+    assert f["scores_over_threshold"]["dense"] >= 10 and f["scores_over_threshold"]["pruned"] == 0
+    assert "detections lost" in collapse(dense, lost)
+    assert collapse(dense, dense * np.float32(1.001)) is None
+
+
+def test_distillation_weighs_a_detectors_scores_as_much_as_its_coordinates():
+    from onnxprune.losses import relative_scale
+
+    dense = _yolo_output()
+    scale = relative_scale(dense)
+    assert scale.shape == (7, 1)
+    err = np.zeros_like(dense)
+    err[:, :4] = 0.1 * dense[:, :4]  # 10% off on the coordinates alone
+    coords_only = float(np.mean(scale * err ** 2))
+    err = np.zeros_like(dense)
+    err[:, 4:] = 0.1 * dense[:, 4:]  # or on the scores alone
+    assert np.isclose(float(np.mean(scale * err ** 2)), coords_only, rtol=1e-3) and np.isclose(coords_only, 0.005)
+    plain = RNG.standard_normal((8, 5)).astype(np.float32) * 300  # any other output: relative to its mean square
+    assert np.isclose(float(np.mean(relative_scale(plain) * plain ** 2)), 1, rtol=1e-4)
+
+
+def test_a_sentence_embedding_is_not_scored_as_classes():
+    """[N, C] made by mean pooling (ReduceSum / count) is an embedding; a Gemm's [N, C] is logits."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.metrics import class_outputs
+
+    nodes = [helper.make_node("ReduceSum", ["h", "axis1"], ["summed"], keepdims=0),
+             helper.make_node("Div", ["summed", "count"], ["pooled"]),
+             helper.make_node("Identity", ["pooled"], ["embedding"]),
+             helper.make_node("Gemm", ["pooled", "w"], ["logits"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 4, 8])],
+                          [helper.make_tensor_value_info(k, TensorProto.FLOAT, None) for k in ("embedding", "logits")],
+                          [numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+                           numpy_helper.from_array(np.array(4, np.float32), "count"),
+                           numpy_helper.from_array(np.ones((8, 3), np.float32), "w")])
+    outs = {"embedding": np.ones((5, 8), np.float32), "logits": np.ones((5, 3), np.float32)}
+    assert class_outputs(helper.make_model(g), outs) == {"logits"}
