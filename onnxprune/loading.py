@@ -57,6 +57,7 @@ def load(model, exclude: tuple[str, ...] = (), simplify: bool = True, optimize: 
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     original = read_model(source) if source else checked_proto(model)
     check_not_quantized(original)
+    _check_not_bfloat16(original)
     bound, folded = fold_ifs(bind(original, parse_inputs(inputs, original)))
     made = made_at_run_time(bound)
     if made:
@@ -73,6 +74,18 @@ def load(model, exclude: tuple[str, ...] = (), simplify: bool = True, optimize: 
         raise OnnxPruneError(f"no prunable weights in the model ({branch_hint(prepared.export_base) or why})")
     dense, base = _runnable(prepared)
     return Loaded(source, original, prepared, base, dense, layers, skipped)
+
+
+def _check_not_bfloat16(model: onnx.ModelProto) -> None:
+    """ONNX Runtime 1.19's CPU build has no bfloat16 Conv/MatMul kernel and its Python API cannot
+    feed a bfloat16 array: such a model can be neither evaluated nor trained here."""
+    bf16 = onnx.TensorProto.BFLOAT16
+    found = [v.name for v in [*model.graph.input, *model.graph.output] if v.type.tensor_type.elem_type == bf16]
+    found += [t.name for t in model.graph.initializer if t.data_type == bf16]
+    if found:
+        raise OnnxPruneError(f"the model holds bfloat16 tensors ({', '.join(found[:3])}{' …' if len(found) > 3 else ''}), "
+                             "which ONNX Runtime 1.19 on CPU can neither run nor feed; convert it to float32 or float16 "
+                             "first and prune that")
 
 
 def checked_proto(model) -> onnx.ModelProto:
@@ -169,7 +182,7 @@ def in_float32(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
     """A float16 graph as float32, for training (ORT trains float32; half-precision gradients
     underflow): half initializers and Constant values widened, Casts to half made Casts to
     float32, half inputs and outputs declared float32. The written model keeps its types.
-    (bfloat16 is not handled: ORT's CPU kernels hardly run it.)"""
+    (bfloat16 is refused before this: see `_check_not_bfloat16`.)"""
     m = copy.deepcopy(model)
     changed = False
 

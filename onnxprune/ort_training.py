@@ -2,15 +2,15 @@
 
 `import onnxruntime.training` runs `from . import amp, artifacts, optim`, and the
 `amp` and `optim` helpers import torch at module level (upstream ORT issue #22070),
-although `artifacts`, `onnxblock` and `api` never use it. Torch is ~750 MB, so when
-it is absent we seat empty placeholder modules for those two helpers before the
-import; anything that touches them gets a clear ImportError. This is the only place
-that works around the issue: import the training API from here.
+although `artifacts`, `onnxblock` and `api` never use it. Torch is ~750 MB and its
+import takes seconds (and a torch too new for ORT 1.19 can break that import), so we
+seat empty placeholder modules for those two helpers before the import, whether torch
+is installed or not; anything that touches them gets a clear ImportError. This is the
+only place that works around the issue: import the training API from here.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import sys
 import types
 
@@ -25,7 +25,7 @@ class _TorchOnlyHelper(types.ModuleType):
 
 
 def _seat_placeholders() -> None:
-    if "onnxruntime.training" in sys.modules or importlib.util.find_spec("torch") is not None:
+    if "onnxruntime.training" in sys.modules:
         return
     for name in _TORCH_ONLY_HELPERS:
         sys.modules.setdefault(name, _TorchOnlyHelper(name))

@@ -357,3 +357,17 @@ def test_a_matmul_of_two_activations_is_no_layer_and_not_listed_as_skipped():
     layers, skipped = find_prunable(encoder())
     assert {layer.weight for layer in layers} >= {"Wq", "Wk", "Wv", "Wo", "W1", "W2"}
     assert not any(s.name in ("qk", "ctx") for s in skipped)
+
+
+def test_a_bfloat16_model_is_refused_in_one_line():
+    """ORT 1.19's CPU build has no bfloat16 Conv kernel and cannot feed bfloat16 arrays."""
+    g = _branch("b", 0.4)
+    inits = []
+    for t in g.initializer:
+        bits = (numpy_helper.to_array(t).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        inits.append(helper.make_tensor(t.name, TensorProto.BFLOAT16, t.dims, bits.tobytes(), raw=True))
+    graph = helper.make_graph(list(g.node), "bf16", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y_b", TensorProto.BFLOAT16, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(OnnxPruneError, match="bfloat16 tensors .* convert it to float32 or float16"):
+        onnxprune.prune(model, 0.5, latency=False)
