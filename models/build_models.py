@@ -1,6 +1,9 @@
-"""Build and train the example models in this folder, with onnxprune's own ORT training code.
+"""Build the example models in this folder and train them to convergence, as a practitioner
+would: their PyTorch twins (`twins.py`) trained with SGD (momentum 0.9, weight decay 5e-4,
+cosine decay), images shifted by up to 2 pixels, for as many epochs as it takes the test
+accuracy to stop rising; the weights are then written into the ONNX graphs built here.
 
-    pip install -e '.[dev]' && python models/build_models.py
+    pip install -e '.[dev]' torch==2.13.0 && python models/build_models.py [name ...]
 
 Writes, beside this script:
   lenet5.onnx, mnist_train.npz, mnist_test.npz   Caffe LeNet-5 (conv 20@5x5, pool, conv 50@5x5, pool,
@@ -12,16 +15,15 @@ Writes, beside this script:
                                                   a downsampling block (64, stride 2) with a 1x1 projection
                                                   shortcut, BatchNorm after every conv, global average pool,
                                                   fc 10; on the same MNIST split
-  concat_dw_mnist.onnx                            (BatchNorm after every conv) stem conv 16, then two branches (1x1 conv; depthwise 3x3
-                                                  + 1x1 conv) joined by Concat, conv 64 stride 2, global
-                                                  average pool, fc 10; on the same MNIST split
+  concat_dw_mnist.onnx                            (BatchNorm after every conv) stem conv 16, then two branches
+                                                  (1x1 conv; depthwise 3x3 + 1x1 conv) joined by Concat, conv 64
+                                                  stride 2, global average pool, fc 10; on the same MNIST split
 The .npz files use the --data convention: one array per model input, plus 'labels'.
-The same seed gives the same files.
+The same seed gives the same files on the same machine.
 """
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +32,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
-from onnxprune.data import accuracy, run_model  # noqa: E402
+from onnxprune.data import run_model  # noqa: E402
 from onnxprune.export import save_atomic, with_weights  # noqa: E402
-from onnxprune.layers import find_prunable, trainable_parameters  # noqa: E402
-from onnxprune.schedule import Phase, run_phase  # noqa: E402
-from onnxprune.training import LossTerm, Trainer, build_training_graph, mask_name, session_options  # noqa: E402
+from onnxprune.metrics import accuracy  # noqa: E402
+from onnxprune.plumbing import session  # noqa: E402
 
 SEED = 0
 
@@ -160,51 +162,19 @@ def _model(graph, doc) -> onnx.ModelProto:
     return model
 
 
-def train(model: onnx.ModelProto, data: dict, epochs: int, lr: float, seed: int) -> onnx.ModelProto:
-    """Dense training: the pruning graph with every mask 1 and every penalty 0."""
-    layers, _ = find_prunable(model)
-    trainable = trainable_parameters(model, layers)
-    labels_info = helper.make_tensor_value_info("labels", TensorProto.INT64, ["N"])
-    graph = build_training_graph(model, {layer.weight: layer.shape for layer in layers}, set(),
-                                 [LossTerm("ce", "logits", "logits", "labels")], [labels_info])
-    frozen = [mask_name(layer.weight) for layer in layers]
-    with tempfile.TemporaryDirectory() as wd:
-        trainer = Trainer(graph, trainable, frozen, Path(wd), lr)
-        run_phase(trainer, data, Phase("dense", epochs), lr, 64, np.random.default_rng(seed), _print_progress,
-                  cosine=True)
-        return _batchnorm_statistics(with_weights(model, {n: trainer.get(n) for n in trainable}), data)
+def train(name: str, model: onnx.ModelProto, data: dict, test: dict, epochs: int, lr: float) -> onnx.ModelProto:
+    """The twin trained to convergence, its weights written into `model`."""
+    import torch
+    import twins
 
-
-def _batchnorm_statistics(model: onnx.ModelProto, data: dict) -> onnx.ModelProto:
-    """ORT trains BatchNorm on batch statistics and keeps no running ones: measure each BN's
-    input mean and variance over the training data, in graph order (each depends on the last)."""
-    import onnxruntime as ort
-
-    for node in model.graph.node:
-        if node.op_type != "BatchNormalization":
-            continue
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
-        probe.graph.output.append(helper.ValueInfoProto(name=node.input[0]))
-        sess = ort.InferenceSession(probe.SerializeToString(), session_options())
-        x = np.concatenate([sess.run([node.input[0]], {"input": data["input"][i:i + 500]})[0]
-                            for i in range(0, len(data["input"]), 500)])
-        model = with_weights(model, {node.input[3]: x.mean(axis=(0, 2, 3)), node.input[4]: x.var(axis=(0, 2, 3))})
-    return model
-
-
-class _print_progress:
-    def __init__(self, total, label):
-        self.label = label
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        print(f"  {self.label}: final loss {self.loss:.4f}")
-
-    def update(self, n, loss):
-        self.loss = loss
+    torch.manual_seed(SEED)
+    twin = twins.TWINS[name]()
+    twins.fit(twin, data["input"], data["labels"], epochs, lr, SEED)
+    print(f"  twin test accuracy {twins.accuracy(twin, test['input'], test['labels']):.4f}")
+    weights = twins.onnx_weights(twin, [t.name for t in model.graph.initializer])
+    missing = [t.name for t in model.graph.initializer if t.name not in weights and t.data_type == TensorProto.FLOAT]
+    assert not missing, f"the twin has no {missing}"
+    return with_weights(model, weights)
 
 
 def build(name: str, model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, n_train: int, epochs: int, lr: float,
@@ -215,12 +185,9 @@ def build(name: str, model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, n_tra
     tr = {"input": x[:n_train], "labels": y[:n_train]}
     te = {"input": x[n_train:], "labels": y[n_train:]}
     print(f"{name}: training on {n_train} samples, testing on {len(x) - n_train}")
-    trained = train(model, tr, epochs, lr, SEED)
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(trained.SerializeToString(), session_options())
-    acc = accuracy(run_model(sess, te, ["input"])[0], te["labels"])
-    print(f"  test accuracy {acc:.4f}")
+    trained = train(name, model, tr, te, epochs, lr)
+    acc = accuracy(run_model(session(trained), te, ["input"])[0], te["labels"])
+    print(f"  ONNX test accuracy {acc:.4f}")
     save_atomic(trained, HERE / f"{name}.onnx")
     if data_name is None:
         return
@@ -236,15 +203,15 @@ def main() -> None:
     images = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
     only = set(sys.argv[1:])  # e.g. `python models/build_models.py resnet_mnist` rebuilds one
     if not only or "lenet5" in only:
-        build("lenet5", lenet5(np.random.default_rng(SEED)), images, y, 4000, epochs=20, lr=1e-3, data_name="mnist")
+        build("lenet5", lenet5(np.random.default_rng(SEED)), images, y, 4000, epochs=60, lr=0.05, data_name="mnist")
     for name, make in (("resnet_mnist", resnet_mnist), ("concat_dw_mnist", concat_dw_mnist)):
         if not only or name in only:
-            build(name, make(np.random.default_rng(SEED)), images, y, 4000, epochs=15, lr=2e-3, data_name=None)
+            build(name, make(np.random.default_rng(SEED)), images, y, 4000, epochs=40, lr=0.05, data_name=None)
     if only and "digits_mlp" not in only:
         return
     digits = load_digits()
     build("digits_mlp", digits_mlp(np.random.default_rng(SEED)), (digits.data / 16.0).astype(np.float32),
-          digits.target, 1437, epochs=60, lr=2e-3, data_name="digits")
+          digits.target, 1437, epochs=100, lr=0.05, data_name="digits")
 
 
 if __name__ == "__main__":

@@ -115,6 +115,9 @@ _D = Schedule()
               help="ε in P = 1/(‖W_g‖² + ε), relative to each layer's mean squared group norm.")
 @click.option("--reweight-every", type=int, default=_D.reweight_every, show_default=True,
               help="Steps between recomputing the penalty coefficients P from the current weights.")
+@click.option("--distill", type=float, default=_D.distill, show_default=True,
+              help="With labels: weight of distillation from the dense model (KL divergence to its softmax) "
+                   "beside cross-entropy; 0 trains on the labels alone.")
 @click.option("--lr", type=float, default=_D.lr, show_default=True, help="AdamW learning rate of the reweighted phase.")
 @click.option("--finetune-lr", type=float, default=_D.finetune_lr, show_default=True,
               help="Starting learning rate of fine-tuning (cosine decay to zero).")
@@ -150,7 +153,7 @@ _D = Schedule()
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary table (errors still print).")
 def main(model, rate, out, data, eval_data, val_fraction, output_name, method, mode, finetune, structure, block, nm,
          channel_multiple, rate_of, no_shrink, quantize, target, qat, bits, storage, optimize, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
-         lr, finetune_lr, batch_size, input_shape, fixed_input, synth_samples, seed, no_simplify, workdir, resume, threads, no_latency,
+         distill, lr, finetune_lr, batch_size, input_shape, fixed_input, synth_samples, seed, no_simplify, workdir, resume, threads, no_latency,
          max_drop, report_path, quiet):
     """Prune an ONNX model to --rate with reweighted group-lasso training in ONNX Runtime,
     and write it back as the same graph: pruned weights exactly zero, or (filter/channel)
@@ -177,7 +180,7 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
             channel_multiple=channel_multiple, rate_of=rate_of, shrink=not no_shrink, quantize=quantize,
             target=target, qat=qat, bits=bits, storage=storage, optimize=optimize, latency=not no_latency,
             exclude=exclude, epochs=epochs, finetune_epochs=finetune_epochs, lam=lam, eps=eps,
-            reweight_every=reweight_every, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size,
+            reweight_every=reweight_every, distill=distill, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size,
             val_fraction=val_fraction, input_shapes=input_shape, synth_samples=synth_samples, seed=seed,
             simplify=not no_simplify, inputs=fixed_input, workdir=workdir, max_drop=max_drop, resume=resume, threads=threads)
         result = prune(model, data=data, eval_data=eval_data, config=config,

@@ -119,8 +119,12 @@ class Schedule:
     lr: float = 1e-3
     finetune_lr: float = 5e-4
     batch_size: int = 64
+    distill: float = 1.0  # with labels, the weight of distillation from the dense model beside cross-entropy
+    rewind: bool = False
 
     def __post_init__(self):
+        if self.distill < 0:
+            raise OnnxPruneError(f"--distill must be ≥ 0, not {self.distill}")
         if self.batch_size < 1 or self.epochs < 0 or self.finetune_epochs < 0 or self.reweight_every < 1:
             raise OnnxPruneError("batch size and reweight interval must be ≥ 1, epochs ≥ 0")
         if not (self.lr > 0 and self.finetune_lr > 0 and self.lam >= 0 and self.eps > 0):

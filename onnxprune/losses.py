@@ -26,12 +26,20 @@ class LossTerm:
     tensor: str  # what the loss reads: the output, or the logits under a final (Log)Softmax
     target: str  # the training input that feeds labels or teacher values
     target_dims: tuple = ()  # the target's dims after the sample axis
+    weight: float = 1.0  # the term's share of the task loss
 
     what: ClassVar[str] = ""
     target_type: ClassVar[int] = onnx.TensorProto.FLOAT
 
     def describe(self) -> str:
-        return f"{self.what} ({self.output})"
+        return f"{self.what} ({self.output})" + (f" × {self.weight:g}" if self.weight != 1 else "")
+
+    def weighted(self, b, i: int) -> str:
+        value = self.build(b, i)
+        if self.weight == 1:
+            return value
+        return b.node("Mul", [value, b.const(f"{PREFIX}_term_weight{i}", np.array(self.weight, np.float32))],
+                      [f"{PREFIX}_weighted{i}"])
 
     def target_info(self) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(self.target, self.target_type, ["N", *self.target_dims])
@@ -111,10 +119,12 @@ def logits_of(model: onnx.ModelProto, output: str) -> str:
 
 
 def loss_terms(model: onnx.ModelProto, selected: list[str], labels: np.ndarray | None,
-               dense: dict[str, np.ndarray], classes=None) -> tuple[list[LossTerm], dict[str, np.ndarray]]:
+               dense: dict[str, np.ndarray], classes=None, distill: float = 0.0) -> tuple[list[LossTerm], dict[str, np.ndarray]]:
     """The terms for `selected` outputs of `model`, and the arrays that feed their targets:
     `labels` (or None) and the dense model's outputs on the training samples. `classes`: the
-    outputs that hold class scores (None: judged by shape)."""
+    outputs that hold class scores (None: judged by shape). `distill`: with labels, the weight
+    of a KL term to the dense model's softmax beside the cross-entropy (0: labels alone); the
+    dense model's soft targets keep what it knew, which a few thousand labels alone erode."""
     terms, targets = [], {}
     for i, name in enumerate(selected):
         out = dense[name]
@@ -127,11 +137,15 @@ def loss_terms(model: onnx.ModelProto, selected: list[str], labels: np.ndarray |
                                      "(want one class id per sample, classes on axis 1)")
             terms.append(CrossEntropy(name, tensor, target, labels.shape[1:]))
             targets[target] = labels
+            if distill > 0 and out.ndim == 2 and (is_classifier(out) if classes is None else name in classes):
+                soft = f"{PREFIX}_soft{i}"
+                terms.append(KLDivergence(name, tensor, soft, out.shape[1:], distill))
+                targets[soft] = _as_probabilities(model, name, tensor, out)
         elif is_classifier(out) if classes is None else name in classes:
             terms.append(KLDivergence(name, tensor, target, out.shape[1:]))
             targets[target] = _as_probabilities(model, name, tensor, out)
         else:
-            terms.append(MeanSquaredError(name, name, target, out.shape[1:], relative_scale(out)))
+            terms.append(MeanSquaredError(name, name, target, out.shape[1:], scale=relative_scale(out)))
             targets[target] = out.astype(np.float32)
     return terms, targets
 

@@ -83,7 +83,8 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     original, shapes, folded = training_graph(data.layout.view(loaded.prepared.train_base),
                                               data.inputs(data.train), sched.batch_size, data.fixed_batch,
                                               data.layout.view_shapes(plan.shapes))
-    terms, targets = loss_terms(original, data.selected, data.train.get(LABELS), data.dense_train, data.classes)
+    terms, targets = loss_terms(original, data.selected, data.train.get(LABELS), data.dense_train, data.classes,
+                                sched.distill)
     arrays = as_float32({**data.inputs(data.train), **targets})
     # the user's parameters, found in the user's graph: a stand-in's own constants are not trained
     wanted = set(groups.tensors) | set(trainable_parameters(original, loaded.layers))
@@ -110,7 +111,8 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
             notes.append(f"{folded} If node(s) decided by tensor shapes trained as the branch they take at the "
                          "training shapes (the written model keeps them)")
         if cfg.pruning.method == "reweighted":
-            masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt)
+            masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt,
+                                       plan.dense_weights)
         else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
             masks = plan.select(plan.dense_weights)
             phases = [finetune(trainer, arrays, masks, Phase("fine-tune", sched.epochs + sched.finetune_epochs),

@@ -135,3 +135,20 @@ def test_workdir_keeps_artifacts_and_report_lists_skips(digits, tmp_path):
     r = json.loads((tmp_path / "r.json").read_text())
     assert [s["name"] for s in r["skipped"]] == ["dense2/MatMul"] and len(r["layers"]) == 2
     assert "excluded by --exclude" in stdout
+
+
+def test_labels_train_with_distillation_from_the_dense_model():
+    """With labels, cross-entropy and KL to the dense model's softmax (weighted by --distill)."""
+    from onnxprune.losses import CrossEntropy, KLDivergence, loss_terms
+
+    logits = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    model = onnx.load(str(MODELS / "digits_mlp.onnx"))
+    labels = np.arange(6) % 4
+    terms, targets = loss_terms(model, ["logits"], labels, {"logits": logits}, {"logits"}, distill=0.5)
+    assert [type(t) for t in terms] == [CrossEntropy, KLDivergence] and terms[1].weight == 0.5
+    assert np.allclose(targets[terms[1].target].sum(1), 1)
+    assert len(loss_terms(model, ["logits"], labels, {"logits": logits}, {"logits"}, distill=0)[0]) == 1
+    r = onnxprune.prune(MODELS / "digits_mlp.onnx", 0.9, data=MODELS / "digits_train.npz", latency=False,
+                        distill=0.5, schedule=None, epochs=1, finetune_epochs=1)
+    assert r.report["loss"] == ("cross-entropy on labels (logits); KL divergence to the dense model's softmax "
+                                "(logits) × 0.5")
