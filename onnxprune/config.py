@@ -120,7 +120,6 @@ class Schedule:
     finetune_lr: float = 5e-4
     batch_size: int = 64
     distill: float = 1.0  # with labels, the weight of distillation from the dense model beside cross-entropy
-    rewind: bool = False
 
     def __post_init__(self):
         if self.distill < 0:

@@ -83,7 +83,7 @@ def current_weights(trainer: Trainer, plan: GroupPlan) -> dict[str, np.ndarray]:
 
 
 def reweighted(trainer: Trainer, arrays, plan: GroupPlan, select, sched: Schedule, rng,
-               progress, quantizer=None, ckpt=None, dense=None) -> tuple[dict, list[Phase]]:
+               progress, quantizer=None, ckpt=None) -> tuple[dict, list[Phase]]:
     """`select(weights) -> masks`: the hard-pruning rule applied after the reweighted phase;
     `quantizer`: what masked fine-tuning trains against (see `finetune`)."""
     penalized = plan.penalized
@@ -115,9 +115,6 @@ def reweighted(trainer: Trainer, arrays, plan: GroupPlan, select, sched: Schedul
         masks = select(current_weights(trainer, plan))
         if ckpt:
             ckpt.save_masks(masks)
-    if dense is not None and sched.rewind:
-        for w in plan.tensors:
-            trainer.set(w, dense[w])
     phases.append(finetune(trainer, arrays, masks, Phase("fine-tune", sched.finetune_epochs), sched, rng, progress,
                            quantizer, ckpt))
     return masks, phases

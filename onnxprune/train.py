@@ -111,8 +111,7 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
             notes.append(f"{folded} If node(s) decided by tensor shapes trained as the branch they take at the "
                          "training shapes (the written model keeps them)")
         if cfg.pruning.method == "reweighted":
-            masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt,
-                                       plan.dense_weights)
+            masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt)
         else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
             masks = plan.select(plan.dense_weights)
             phases = [finetune(trainer, arrays, masks, Phase("fine-tune", sched.epochs + sched.finetune_epochs),
