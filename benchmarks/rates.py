@@ -1,7 +1,7 @@
 """Converged models on MNIST: test accuracy vs compression for onnxprune and the baselines, in
 one run, over several seeds.
 
-    pip install -e '.[dev]' torch==2.13.0 && python benchmarks/rates.py [--model lenet5] \
+    pip install -e '.[dev]' && python benchmarks/rates.py [--model lenet5] \
         [--rates 0.5,0.9] [--methods reweighted,torch-gmp] [--seeds 0,1,2]
 
 Every method prunes models/<model>.onnx (trained to convergence by models/build_models.py) and is

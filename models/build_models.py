@@ -3,7 +3,7 @@ would: their PyTorch twins (`twins.py`) trained with SGD (momentum 0.9, weight d
 cosine decay), images shifted by up to 2 pixels, for as many epochs as it takes the test
 accuracy to stop rising; the weights are then written into the ONNX graphs built here.
 
-    pip install -e '.[dev]' torch==2.13.0 && python models/build_models.py [name ...]
+    pip install -e '.[dev]' && python models/build_models.py [name ...]
 
 Writes, beside this script:
   lenet5.onnx, mnist_train.npz, mnist_test.npz   Caffe LeNet-5 (conv 20@5x5, pool, conv 50@5x5, pool,

@@ -138,7 +138,7 @@ def test_dynamic_dims_need_input_shape(tmp_path):
     m.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "F"
     path = tmp_path / "dyn.onnx"
     onnx.save(m, str(path))
-    _refused(tmp_path, path, "--no-simplify", expect="--input-shape x=NxN")
+    _refused(tmp_path, path, "--no-simplify", expect="--input-shape F=L (or x=1xL)")
 
 
 def test_op_without_cpu_training_kernel_trains_through_its_stand_in(tmp_path):

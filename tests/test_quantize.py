@@ -100,7 +100,9 @@ def test_compact_storage_gives_identical_outputs_and_true_byte_counts(int8_runs)
     written = onnx.load(str(d / "compact.onnx"))
     raw = {t.name: len(t.raw_data) for t in written.graph.initializer}
     store = compact.report["storage"]
-    assert {r["form"] for r in store["layers"]} == {"packed"}
+    # packed wherever that is smaller; a layer that kept most of its weights (conv1, under a global floor) stays dense
+    forms = {r["name"]: r["form"] for r in store["layers"]}
+    assert set(forms.values()) <= {"packed", "dense"} and forms["fc1"] == "packed"
     for row in store["layers"]:
         assert row["bytes"] == sum(raw[t] for t in row["tensors"]), row["name"]
     assert store["bytes"] == sum(r["bytes"] for r in store["layers"])
