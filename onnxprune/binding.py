@@ -65,6 +65,44 @@ def bind(model: onnx.ModelProto, fixed: dict[str, np.ndarray]) -> onnx.ModelProt
     return m
 
 
+def static_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Each `Gather(Shape(x), i)` that reads only dims the graph fixes (`state [2, batch, 128]`:
+    dim 0 is always 2) replaced by that constant, so an If it decides folds for good: the same
+    branch runs at every batch size and length the model accepts."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # an unknown op or a broken value_info: nothing is folded
+        return model
+    dims = {}
+    for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
+            dims[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    inits.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
+                  if a.name == "value"})
+    fixed = {}
+    for node in model.graph.node:
+        shape = producer.get(node.input[0]) if node.op_type == "Gather" and len(node.input) == 2 else None
+        if shape is None or shape.op_type != "Shape" or shape.attribute or node.input[1] not in inits:
+            continue
+        known = dims.get(shape.input[0])
+        index = numpy_helper.to_array(inits[node.input[1]])
+        if known is None or index.dtype.kind not in "iu" or any(a.i for a in node.attribute if a.name == "axis"):
+            continue
+        picked = [known[int(i)] if -len(known) <= int(i) < len(known) else None for i in index.reshape(-1)]
+        if picked and all(d is not None for d in picked):
+            fixed[node.output[0]] = np.array(picked, np.int64).reshape(index.shape)
+    if not fixed:
+        return model
+    model = copy.deepcopy(model)
+    kept = [n for n in model.graph.node if not (n.op_type == "Gather" and n.output[0] in fixed)]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in fixed.items())
+    return model
+
+
 def fold_ifs(model: onnx.ModelProto, shapes: dict | None = None) -> tuple[onnx.ModelProto, int]:
     """Every `If` whose condition the stored constants decide (and, given the tensor `shapes` a
     graph runs at, the shapes of its tensors), replaced by the nodes of the branch it takes

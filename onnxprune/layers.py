@@ -16,6 +16,7 @@ FLOAT = onnx.TensorProto.FLOAT
 FLOATS = (FLOAT, onnx.TensorProto.FLOAT16)  # float16 weights train in float32
 # ops that show a stored weight in another layout or type (old PyTorch Linear: Transpose(W) → MatMul)
 WEIGHT_VIEWS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast")
+STORED_VIEWS = (*WEIGHT_VIEWS, "Slice", "Concat", "Split", "Gather")  # rearrange stored values, make none
 
 # Inputs of these ops that are learnable parameters when they are float initializers.
 # Everything else (Clip bounds, Resize scales, Pad values, BN running stats…) stays constant.

@@ -17,9 +17,9 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from .binding import bind, branch_hint, fold_ifs, parse_inputs
+from .binding import static_dims, bind, branch_hint, fold_ifs, parse_inputs
 from .errors import OnnxPruneError
-from .layers import WEIGHT_VIEWS, PrunableLayer, Skipped, find_prunable, made_at_run_time
+from .layers import STORED_VIEWS, PrunableLayer, Skipped, find_prunable, made_at_run_time
 from .optimize import optimize as ort_basic
 from .plumbing import default_opset, first_line, initializer_map, session
 from .quantize import check_not_quantized
@@ -59,11 +59,18 @@ def load(model, exclude: tuple[str, ...] = (), simplify: bool = True, optimize: 
     check_not_quantized(original)
     _check_not_bfloat16(original)
     bound, folded = fold_ifs(bind(original, parse_inputs(inputs, original)))
+    fixed_by_shape = 0
+    if any(n.op_type == "If" for n in bound.graph.node):  # Ifs decided by dims the graph fixes fold for good
+        candidate, fixed_by_shape = fold_ifs(static_dims(bound))
+        bound = candidate if fixed_by_shape else bound
     made = made_at_run_time(bound)
     if made:
         raise OnnxPruneError(f"no prunable weights in the model: every layer weight is computed when it runs, "
                              f"not stored ({'; '.join(made[:3])}{' …' if len(made) > 3 else ''})")
     prepared = prepare(bound, simplify=simplify, optimize=optimize)
+    if fixed_by_shape:
+        prepared.changes.insert(0, f"{fixed_by_shape} If node(s) decided by dims the graph fixes (as a state input's "
+                                   "[2, batch, 128] fixes its first) folded into the branch they always take")
     if inputs:
         prepared.changes.insert(0, f"input(s) bound to constants: {', '.join(inputs)}"
                                 + (f"; {folded} If node(s) folded into the branch taken" if folded else ""))
@@ -156,10 +163,13 @@ def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = Fals
     _constants_to_initializers(work, changes)
     _drop_initializer_inputs(work, changes)
     stored = {t.name for t in work.graph.initializer}
-    # a stored weight seen through a layout op (old PyTorch Linear: Transpose(W) → MatMul) is still
-    # a stored weight once onnxsim folds it; anything else a node makes is computed at run time
-    computed = {o for n in work.graph.node for o in n.output
-                if not (n.op_type in WEIGHT_VIEWS and n.input and n.input[0] in stored)}
+    # stored weights seen through layout ops (old PyTorch Linear: Transpose(W) → MatMul; an LSTM's
+    # gates reordered by Slice/Concat) are still stored weights once onnxsim folds them; anything
+    # else a node makes is computed at run time
+    for n in work.graph.node:
+        if n.op_type in STORED_VIEWS and all(i in stored for i in n.input if i):
+            stored.update(n.output)
+    computed = {o for n in work.graph.node for o in n.output if o not in stored}
     if simplify or optimize:
         work = _simplify(work, changes)
     if optimize:

@@ -295,13 +295,14 @@ def test_an_if_decided_by_tensor_shapes_trains_as_the_branch_it_takes(tmp_path):
             node.input[:] = ["stem" if i == "x" else i for i in node.input]
     nodes = [helper.make_node("Conv", ["x", "stem_w"], ["stem"], name="stem"),
              helper.make_node("Shape", ["stem"], ["shape"], name="shape"),
-             helper.make_node("Gather", ["shape", "one"], ["channels"], name="channels", axis=0),
-             helper.make_node("Equal", ["channels", "three"], ["is3"], name="is3"),
-             helper.make_node("If", ["is3"], ["y"], name="by_shape", then_branch=then_b, else_branch=else_b)]
-    g = helper.make_graph(nodes, "shaped", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+             helper.make_node("Gather", ["shape", "two"], ["height"], name="height", axis=0),
+             helper.make_node("Equal", ["height", "eight"], ["is8"], name="is8"),
+             helper.make_node("If", ["is8"], ["y"], name="by_shape", then_branch=then_b, else_branch=else_b)]
+    # the height is dynamic: the If stays in the written model (one on a fixed dim folds for good)
+    g = helper.make_graph(nodes, "shaped", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-                          [stem, numpy_helper.from_array(np.array(1, np.int64), "one"),
-                           numpy_helper.from_array(np.array(3, np.int64), "three")])
+                          [stem, numpy_helper.from_array(np.array(2, np.int64), "two"),
+                           numpy_helper.from_array(np.array(8, np.int64), "eight")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     out = tmp_path / "o.onnx"
     r = onnxprune.prune(model, 0.5, data={"x": X}, out=out, latency=False, simplify=False, storage="dense",
@@ -371,3 +372,45 @@ def test_a_bfloat16_model_is_refused_in_one_line():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with pytest.raises(OnnxPruneError, match="bfloat16 tensors .* convert it to float32 or float16"):
         onnxprune.prune(model, 0.5, latency=False)
+
+
+def test_an_if_decided_by_a_dim_the_graph_fixes_folds_for_good(tmp_path):
+    """silero-vad's decoder: `if state.shape[0]` (state is [2, batch, 128]: always 2) chooses the
+    LSTM branch. The If folds in the written model too, and the weights it reads become layers,
+    also when the exporter reordered them with Slice/Concat (gates) before use."""
+    from onnxprune.loading import load
+
+    w = (0.3 * RNG.standard_normal((8, 4))).astype(np.float32)
+
+    def branch(name, scale):
+        nodes = [helper.make_node("Slice", ["w", "s0", "s4", "ax0"], [f"{name}_top"]),
+                 helper.make_node("Slice", ["w", "s4", "s8", "ax0"], [f"{name}_bottom"]),
+                 helper.make_node("Concat", [f"{name}_bottom", f"{name}_top"], [f"{name}_w"], axis=0),  # reordered
+                 helper.make_node("MatMul", ["h", f"{name}_w"], [f"{name}_mm"]),
+                 helper.make_node("Mul", [f"{name}_mm", scale], [f"y_{name}"])]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, None)])
+
+    nodes = [helper.make_node("Shape", ["state"], ["state_shape"]),
+             helper.make_node("Gather", ["state_shape", "zero"], ["dim0"], axis=0),
+             helper.make_node("Cast", ["dim0"], ["cond"], to=TensorProto.BOOL),
+             helper.make_node("MatMul", ["x", "w_in"], ["h0"], name="proj"),
+             helper.make_node("ReduceSum", ["state", "axes02"], ["state_sum"], keepdims=0),
+             helper.make_node("Add", ["h0", "state_sum"], ["h"]),
+             helper.make_node("If", ["cond"], ["y"], name="by_state", then_branch=branch("on", "one"),
+                              else_branch=branch("off", "zero_f"))]
+    consts = [numpy_helper.from_array(a, k) for k, a in {
+        "w": w, "w_in": (0.3 * RNG.standard_normal((6, 8))).astype(np.float32), "zero": np.array(0, np.int64),
+        "s0": np.array([0], np.int64), "s4": np.array([4], np.int64), "s8": np.array([8], np.int64),
+        "ax0": np.array([0], np.int64), "axes02": np.array([0], np.int64), "one": np.array(1, np.float32),
+        "zero_f": np.array(0, np.float32)}.items()]
+    g = helper.make_graph(nodes, "vad_state", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6]),
+                                               helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], consts)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    loaded = load(model)  # onnxsim folds the reordering into one stored weight
+    assert "If" not in {n.op_type for n in loaded.prepared.export_base.graph.node}
+    assert any("decided by dims the graph fixes" in c for c in loaded.prepared.changes)
+    assert len(loaded.layers) == 2  # w_in, and w as the branch reorders it
+    feed = {"x": RNG.standard_normal((3, 6)).astype(np.float32), "state": RNG.standard_normal((2, 3, 8)).astype(np.float32)}
+    want = session(model).run(None, feed)[0]
+    assert np.allclose(session(loaded.prepared.export_base).run(None, feed)[0], want, atol=1e-5)
