@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from . import __version__
 from .config import STRUCTURES, Schedule
 from .errors import OnnxPruneError, QualityError
 
@@ -151,10 +152,13 @@ _D = Schedule()
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
               help="Also write the summary as JSON to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary table (errors still print).")
+@click.option("-v", "--verbose", count=True,
+              help="More log lines on stderr: -v each stage and epoch (INFO), -vv everything (DEBUG).")
+@click.version_option(__version__, "--version", prog_name="onnxprune", message="%(prog)s %(version)s")
 def main(model, rate, out, data, eval_data, val_fraction, output_name, method, mode, finetune, structure, block, nm,
          channel_multiple, rate_of, no_shrink, quantize, target, qat, bits, storage, optimize, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
          distill, lr, finetune_lr, batch_size, input_shape, fixed_input, synth_samples, seed, no_simplify, workdir, resume, threads, no_latency,
-         max_drop, report_path, quiet):
+         max_drop, report_path, quiet, verbose):
     """Prune an ONNX model to --rate with reweighted group-lasso training in ONNX Runtime,
     and write it back as the same graph: pruned weights exactly zero, or (filter/channel)
     the removed channels gone from the graph.
@@ -170,10 +174,12 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
     from .report import write_json
 
     out = out if out is not None else model.with_name(model.stem + ".pruned.onnx")
-    _log_to_stderr(quiet)
+    _log_to_stderr(quiet, verbose)
     try:
         if report_path is not None and not (report_path.parent if str(report_path.parent) else Path(".")).is_dir():
             raise OnnxPruneError(f"report folder {report_path.parent} does not exist")
+        if report_path is not None and report_path.is_dir():
+            raise OnnxPruneError(f"--report {report_path} is a folder; give a file name (e.g. {report_path / 'report.json'})")
         config = PruneConfig.from_options(
             rate=rate, out=out, output_name=output_name, method=method, mode=mode, finetune_baseline=finetune,
             scope=scope, layer_floor=layer_floor, structure=structure, block=block, nm=nm,
@@ -200,8 +206,9 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
         click.echo(result.summary())
 
 
-def _log_to_stderr(quiet: bool) -> None:
-    """The library's log lines (warnings; with -q errors only) as `warning: …` on stderr."""
+def _log_to_stderr(quiet: bool, verbose: int = 0) -> None:
+    """The library's log lines (warnings; with -q errors only; -v info, -vv debug) as
+    `warning: …` on stderr."""
     logger = logging.getLogger("onnxprune")
     for h in list(logger.handlers):
         if getattr(h, "onnxprune_cli", False):
@@ -211,10 +218,11 @@ def _log_to_stderr(quiet: bool) -> None:
     handler.setFormatter(logging.Formatter("%(levelname_lower)s: %(message)s"))
     handler.addFilter(_lower_level)
     logger.addHandler(handler)
-    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+    logger.setLevel(logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
     logger.propagate = False
-    # in a terminal, each stage says what it is doing as it starts (logs keep warnings only)
-    logging.getLogger("onnxprune.stage").setLevel(logging.INFO if sys.stderr.isatty() and not quiet else logging.WARNING)
+    # in a terminal (or with -v), each stage says what it is doing as it starts
+    logging.getLogger("onnxprune.stage").setLevel(
+        logging.INFO if (sys.stderr.isatty() or verbose) and not quiet else logging.WARNING)
 
 
 def _lower_level(record: logging.LogRecord) -> bool:

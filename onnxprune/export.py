@@ -36,7 +36,8 @@ def with_weights(base: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.
 
 def check_output_path(out: Path, source: Path | None) -> None:
     """Refuse before any work is done: output over the input, or a folder we cannot write."""
-    if source is not None and (out.resolve() == source.resolve() or (out.exists() and os.path.samefile(out, source))):
+    if source is not None and (out.resolve() == source.resolve()
+                               or (out.exists() and source.exists() and os.path.samefile(out, source))):
         raise OnnxPruneError(f"output {out} is the input model; choose another path with -o")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():

@@ -28,6 +28,18 @@ def test_missing_file(tmp_path):
     _refused(tmp_path, tmp_path / "nope.onnx", expect="not found")
 
 
+def test_a_mistyped_model_path_beside_an_earlier_output_is_one_line(tmp_path):
+    """The default output `<stem>.pruned.onnx` of an earlier run exists; the model path does not."""
+    (tmp_path / "nope.pruned.onnx").write_bytes(b"earlier output")
+    _refused(tmp_path, tmp_path / "nope.onnx", expect="not found")
+
+
+def test_a_report_path_that_is_a_folder_is_refused_before_training(tmp_path):
+    model = _copy(MODELS / "digits_mlp.onnx", tmp_path)
+    (tmp_path / "reports").mkdir()
+    _refused(tmp_path, model, "--report", tmp_path / "reports", expect="is a folder; give a file name")
+
+
 def test_folder_instead_of_file(tmp_path):
     (tmp_path / "d").mkdir()
     _refused(tmp_path, tmp_path / "d", expect="not a file")
@@ -170,3 +182,13 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, digits):
     code, _, stderr = run_cli(model, "--rate", "0.5", "--method", "magnitude", "--data", MODELS / "digits_train.npz")
     assert code == 130 and "nothing was written" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_version_and_verbose(tmp_path):
+    import onnxprune
+
+    code, stdout, _ = run_cli("--version")
+    assert code == 0 and stdout.strip() == f"onnxprune {onnxprune.__version__}"
+    code, _, stderr = run_cli(MODELS / "digits_mlp.onnx", "--method", "magnitude", "--rate", "0.5", "--data",
+                              MODELS / "digits_train.npz", "--no-latency", "-o", tmp_path / "o.onnx", "-v")
+    assert code == 0 and "info: " in stderr  # stage lines and the info log reach stderr with -v
