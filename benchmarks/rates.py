@@ -143,6 +143,8 @@ def main() -> None:
     ap.add_argument("--headline", default="0.9,0.98", help="rates run with every seed (the others: the first seed)")
     ap.add_argument("--torch-lr", type=float, default=0.01, help="PyTorch baselines' starting learning rate")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of an earlier <model>_rates.json that this run does not redo")
     args = ap.parse_args()
     path = ROOT / "models" / f"{args.model}.onnx"
     rates, methods = [float(r) for r in args.rates.split(",")], args.methods.split(",")
@@ -171,9 +173,18 @@ def main() -> None:
                 print(f"rate {rate:<6} {LABEL[method]:<32} seed {seed}  acc {100 * acc:6.2f}%  kept {kept:>7,}  "
                       f"{total / max(kept, 1):6.1f}x  {wall:6.1f}s", flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"model": args.model, "dense_test_accuracy": dense_acc, "prunable_weights": total, "seeds": seeds,
-            "epochs": epochs, "command": "python benchmarks/rates.py " + " ".join(sys.argv[1:])}
     stem = args.out_dir / f"{args.model}_rates"
+    commands = ["python benchmarks/rates.py " + " ".join(sys.argv[1:])]
+    if args.merge and stem.with_suffix(".json").exists():
+        earlier = json.loads(stem.with_suffix(".json").read_text())
+        redone = {(r["rate"], r["method"]) for r in rows}
+        rows = [r for r in earlier["rows"] if (r["rate"], r["method"]) not in redone] + rows
+        rates = sorted({r["rate"] for r in rows})
+        methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+        commands = earlier["meta"].get("commands", [earlier["meta"].get("command", "")]) + [
+            c + " (replaced its rows)" for c in commands]
+    meta = {"model": args.model, "dense_test_accuracy": dense_acc, "prunable_weights": total, "seeds": seeds,
+            "epochs": epochs, "commands": commands}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(summary(rows), rates, methods, meta))
     plot(summary(rows), methods, meta, stem.with_suffix(".png"))
@@ -194,7 +205,8 @@ def summary(rows: list[dict]) -> dict:
 def markdown(stats: dict, rates, methods, meta) -> str:
     out = [f"Dense {meta['model']}: test accuracy {100 * meta['dense_test_accuracy']:.2f}% on 1,000 MNIST test "
            f"images, {meta['prunable_weights']:,} prunable weights; {meta['epochs']} epochs for every trained "
-           f"method; seeds {', '.join(map(str, meta['seeds']))}. Command: `{meta['command']}`", "",
+           f"method; seeds {', '.join(map(str, meta['seeds']))}. Commands: "
+           + "; ".join(f"`{c}`" for c in meta["commands"]), "",
            "Test accuracy, mean ± std over the seeds where several ran (Δ: mean minus dense; the best mean at each "
            "rate in bold):", "",
            "| rate | " + " | ".join(LABEL[m] for m in methods) + " |", "|---:|" + "---:|" * len(methods)]

@@ -120,6 +120,7 @@ class Schedule:
     finetune_lr: float = 5e-4
     batch_size: int = 64
     distill: float = 1.0  # with labels, the weight of distillation from the dense model beside cross-entropy
+    always_reweight: bool = False  # run the reweighted phase even when hard pruning alone is harmless
 
     def __post_init__(self):
         if self.distill < 0:
