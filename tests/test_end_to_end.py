@@ -152,3 +152,18 @@ def test_labels_train_with_distillation_from_the_dense_model():
                         distill=0.5, schedule=None, epochs=1, finetune_epochs=1)
     assert r.report["loss"] == ("cross-entropy on labels (logits); KL divergence to the dense model's softmax "
                                 "(logits) × 0.5")
+
+
+def test_the_reweighted_phase_is_skipped_where_cutting_alone_is_harmless():
+    """At a rate the converged model shrugs off (one-shot cuts keep >= 99.5% agreement on training
+    samples), the budget fine-tunes from the dense weights; at a hard rate, or with
+    always_reweight, the reweighted phase runs."""
+    def phases(rate, **kw):
+        r = onnxprune.prune(MODELS / "digits_mlp.onnx", rate, data=MODELS / "digits_train.npz", latency=False,
+                            schedule=onnxprune.Schedule(epochs=2, finetune_epochs=1, batch_size=64, **kw))
+        return [p["name"] for p in r.report["phases"]], r.report["preparation"]
+
+    names, notes = phases(0.3)
+    assert names == ["fine-tune"] and any("reweighted phase was skipped" in n for n in notes)
+    assert phases(0.3, always_reweight=True)[0] == ["reweighted", "fine-tune"]
+    assert phases(0.97)[0] == ["reweighted", "fine-tune"]
