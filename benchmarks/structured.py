@@ -85,7 +85,7 @@ def torch_filter(name: str, path: Path, target_macs: float, one: dict, epochs: i
                 params[k].mul_(m)
         return module
 
-    def macs(module) -> float:  # MACs on non-zero weights, BatchNorm folded as the other methods see it
+    def macs(module) -> float:  # MACs on non-zero weights, the graph prepared as the other methods see it
         folded = prepare(with_weights(model, twins.onnx_weights(module, list(inits)))).export_base
         return count_macs(folded, one)[1]
 
@@ -113,7 +113,7 @@ def main() -> None:
     for name in args.models.split(","):
         rate = RATES[name]
         path = ROOT / "models" / f"{name}.onnx"
-        dense = prepare(read_model(path)).export_base  # BatchNorm folded, as every method sees it
+        dense = prepare(read_model(path)).export_base  # simplified, as every method sees it
         sched = onnxprune.Schedule(epochs=args.epochs, finetune_epochs=args.epochs)
         models, notes = {"dense": dense}, {}
         for label, method in (("onnxprune reweighted", "reweighted"), ("magnitude + fine-tune", "magnitude")):
