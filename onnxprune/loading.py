@@ -176,6 +176,7 @@ def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = Fals
         work, steps = ort_basic(work)
         changes.extend(steps)
     _static_reshapes(work, changes)
+    _untie_norm_parameters(work, changes)
     _name_nodes(work)
     _expose_float_sources(work, changes)
     if work.ir_version > MAX_IR_VERSION and default_opset(work) <= MAX_TRAIN_OPSET:
@@ -346,6 +347,36 @@ def _static_reshapes(model: onnx.ModelProto, changes: list[str]) -> None:
     if fixed:
         _drop_dead(graph, {"Shape", "Gather", "Unsqueeze", "Concat"})
         changes.append(f"{fixed} Reshape target(s) computed from the input's own dims made constant (0 copies a dim)")
+
+
+NORMS = ("BatchNormalization", "InstanceNormalization", "LayerNormalization")
+
+
+def _untie_norm_parameters(model: onnx.ModelProto, changes: list[str]) -> None:
+    """A normalization parameter stored once for several readers gets a copy per reader: PyTorch's
+    exporter stores equal tensors once (a fresh BatchNorm's weight and running variance are both
+    ones), which would tie channels that only look alike."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for i in node.input:
+            readers[i] = readers.get(i, 0) + 1
+    copied = 0
+    for node in graph.node:
+        if node.op_type not in NORMS:
+            continue
+        for slot in range(1, len(node.input)):
+            name = node.input[slot]
+            if name in inits and readers[name] > 1:
+                own = copy.deepcopy(inits[name])
+                own.name = f"{name}__{node.name or node.output[0]}_{slot}"
+                graph.initializer.append(own)
+                node.input[slot] = own.name
+                readers[name] -= 1
+                copied += 1
+    if copied:
+        changes.append(f"{copied} normalization parameter(s) stored once for several readers given their own copies")
 
 
 def _drop_dead(graph: onnx.GraphProto, ops: set[str]) -> None:

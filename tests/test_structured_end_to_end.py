@@ -29,7 +29,7 @@ def test_filter_shrinks_the_resnet(tmp_path):
     rep = json.loads(report.read_text())
     assert not rep["warnings"], rep["warnings"]  # the shrunk graph matched the masked one
     assert rep["rewrites"] and "channel" in rep["rewrites"][0]
-    assert 0.45 <= rep["masked_sparsity"] <= 0.5
+    assert 0.45 <= rep["masked_sparsity"] <= 0.52  # BatchNorm scales and shifts go with their channels
     costs = rep["costs"]
     assert costs["params"]["compressed"] < 0.6 * costs["params"]["dense"]
     assert costs["macs"]["compressed"] < 0.7 * costs["macs"]["dense"]
