@@ -2,7 +2,7 @@
 from .api import PruneResult, prune
 from .config import Compression, Data, Output, Preparation, PruneConfig, Pruning, Schedule
 from .errors import OnnxPruneError
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["prune", "PruneResult", "PruneConfig", "Pruning", "Schedule", "Data", "Compression", "Preparation",
            "Output", "OnnxPruneError", "__version__"]

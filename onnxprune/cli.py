@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from .version import __version__
 from .config import STRUCTURES, Schedule
 from .errors import OnnxPruneError, QualityError
 

@@ -15,6 +15,7 @@ from onnx import numpy_helper
 
 from .errors import OnnxPruneError
 from .plumbing import first_line, initializer_map, session
+from .version import __version__
 
 TWO_GB = 2**31 - 1
 
@@ -131,14 +132,16 @@ def write(model: onnx.ModelProto, out: Path, reference: onnx.ModelProto) -> onnx
 
 
 def public(model: onnx.ModelProto, reference: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with the reference's outputs only (loading may expose more for training)."""
-    keep = [o.name for o in reference.graph.output]
-    if [o.name for o in model.graph.output] == keep:
-        return model
+    """`model` with the reference's outputs only (loading may expose more for training), and the
+    reference's metadata plus one `onnxprune` entry (not the simplifier's own entries)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    keep = [o.name for o in reference.graph.output]
     by_name = {o.name: o for o in m.graph.output}
     kept = [copy.deepcopy(by_name[k]) for k in keep if k in by_name]
     del m.graph.output[:]
     m.graph.output.extend(kept)
+    del m.metadata_props[:]
+    m.metadata_props.extend(copy.deepcopy(p) for p in reference.metadata_props if p.key != "onnxprune")
+    onnx.helper.set_model_props(m, {**{p.key: p.value for p in m.metadata_props}, "onnxprune": __version__})
     return m

@@ -167,3 +167,13 @@ def test_the_reweighted_phase_is_skipped_where_cutting_alone_is_harmless():
     assert names == ["fine-tune"] and any("reweighted phase was skipped" in n for n in notes)
     assert phases(0.3, always_reweight=True)[0] == ["reweighted", "fine-tune"]
     assert phases(0.97)[0] == ["reweighted", "fine-tune"]
+
+
+def test_the_written_model_keeps_the_users_metadata_and_adds_one_entry(tmp_path):
+    """Not the simplifier's own onnxsim.* entries."""
+    model = onnx.load(str(MODELS / "digits_mlp.onnx"))
+    onnx.helper.set_model_props(model, {"author": "someone", "license": "MIT"})
+    out = tmp_path / "o.onnx"
+    onnxprune.prune(model, 0.5, method="magnitude", data=MODELS / "digits_train.npz", out=out, latency=False)
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props == {"author": "someone", "license": "MIT", "onnxprune": onnxprune.__version__}
