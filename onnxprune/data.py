@@ -18,7 +18,7 @@ import onnxruntime as ort
 from .errors import OnnxPruneError
 from .layout import Layout, LayoutSession, input_axes, output_axes
 from .metrics import class_outputs
-from .plumbing import first_line, one_line, session, warn
+from .plumbing import one_line, session, warn
 
 LABELS = "labels"
 SYNTH_BYTES = 512 * 2**20  # synthesized inputs stop at this size (but never below SYNTH_FLOOR samples)
@@ -425,9 +425,10 @@ def _datasets(data, eval_data, specs, axes, fixed, dense, model, cfg, rng, warni
         n = len(next(iter(arrays.values())))
     else:
         raw, source = _load(data, "data")
+        n = check_arrays(raw, specs, source, None, axes)  # shapes first: the class probe runs the model
         if LABELS in raw:
             num_classes = _classes(dense, raw, specs, axes, fixed, source)
-        n = check_arrays(raw, specs, source, num_classes, axes)
+            check_arrays(raw, specs, source, num_classes, axes)
         arrays, constants = samples_first(raw, axes), {s.name: raw[s.name] for s in specs if axes[s.name] is None}
     if eval_data is not None:
         ev, ev_source = _load(eval_data, "eval data")
@@ -449,7 +450,7 @@ def _classes(dense, raw, specs, axes, fixed, source) -> int | None:
                 for s in specs}
         first = dense.run(None, feed)[0]
     except Exception as e:
-        raise OnnxPruneError(f"the model cannot run on {source}: {first_line(e, 200)}") from None
+        raise OnnxPruneError(f"the model cannot run on {source}: {one_line(e)}") from None
     return first.shape[1] if first.ndim >= 2 else None
 
 

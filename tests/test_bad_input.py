@@ -192,3 +192,11 @@ def test_version_and_verbose(tmp_path):
     code, _, stderr = run_cli(MODELS / "digits_mlp.onnx", "--method", "magnitude", "--rate", "0.5", "--data",
                               MODELS / "digits_train.npz", "--no-latency", "-o", tmp_path / "o.onnx", "-v")
     assert code == 0 and "info: " in stderr  # stage lines and the info log reach stderr with -v
+
+
+def test_a_wrong_image_size_in_data_names_the_shapes(tmp_path):
+    """Checked against the declared shape before the model runs (ORT's own message was cut short)."""
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=np.zeros((20, 1, 32, 32), np.float32), labels=np.zeros(20, np.int64))
+    _refused(tmp_path, MODELS / "lenet5.onnx", "--data", bad, "-o", tmp_path / "o.onnx",
+             expect="array input has shape 20x1x32x32, the model input wants Nx1x28x28")
