@@ -21,7 +21,7 @@ from .binding import static_dims, bind, branch_hint, fold_ifs, parse_inputs
 from .errors import OnnxPruneError
 from .layers import STORED_VIEWS, PrunableLayer, Skipped, find_prunable, made_at_run_time
 from .optimize import optimize as ort_basic
-from .plumbing import default_opset, first_line, initializer_map, session
+from .plumbing import default_opset, first_line, initializer_map, names_used_in_subgraphs, session
 from .quantize import check_not_quantized
 
 MIN_TRAIN_OPSET = 13  # SoftmaxCrossEntropyLoss needs 12; 13 gives ReduceSum's axes input
@@ -381,23 +381,18 @@ def _untie_norm_parameters(model: onnx.ModelProto, changes: list[str]) -> None:
 
 def _drop_dead(graph: onnx.GraphProto, ops: set[str]) -> None:
     """Nodes of `ops` whose outputs nothing reads (also not a subgraph), and then their unused initializers."""
-    def reads(g):
-        for n in g.node:
-            yield from n.input
-            for a in n.attribute:
-                for sub in ([a.g] if a.HasField("g") else list(a.graphs)):
-                    yield from reads(sub)
-                    yield from (o.name for o in sub.output)
+    def used() -> set[str]:
+        return {i for n in graph.node for i in n.input} | names_used_in_subgraphs(graph)
 
     while True:
-        used = set(reads(graph)) | {o.name for o in graph.output}
-        dead = [n for n in graph.node if n.op_type in ops and not any(o in used for o in n.output)]
+        live = used() | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in ops and not any(o in live for o in n.output)]
         if not dead:
             break
         for n in dead:
             graph.node.remove(n)
-    used = set(reads(graph))
-    for t in [t for t in graph.initializer if t.name not in used]:
+    live = used()
+    for t in [t for t in graph.initializer if t.name not in live]:
         graph.initializer.remove(t)
 
 

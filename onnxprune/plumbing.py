@@ -133,12 +133,14 @@ def move_axis(name: str, src: int, dst: int, rank: int, new: str) -> onnx.NodePr
 
 
 def names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name read inside an If/Loop/Scan body (at any depth)."""
+    """Every tensor name read inside an If/Loop/Scan body (at any depth), a body output that
+    names an outer tensor included."""
     used: set[str] = set()
     for node in graph.node:
         for attr in node.attribute:
             for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
                 for n in sub.node:
                     used.update(n.input)
+                used.update(o.name for o in sub.output)
                 used |= names_used_in_subgraphs(sub)
     return used
