@@ -196,7 +196,7 @@ def _reduce(s: Sub, op: str, x: str, axes: list[int], what: str, output: str | N
     return s.op(op, [x], what, output=output, axes=axes, keepdims=1)
 
 
-def _normalize(s: Sub, axes: list[int], eps: float) -> list:
+def normalize(s: Sub, axes: list[int], eps: float) -> list:
     """(x − mean) / √(var + ε) over `axes`, as ReduceMean, Sub, Mul, Sqrt and Div."""
     return [_reduce(s, "ReduceMean", s.x, axes, "mean"), s.op("Sub", [s.x, s.name("mean")], "centered"),
             s.op("Mul", [s.name("centered"), s.name("centered")], "sq"), _reduce(s, "ReduceMean", s.name("sq"), axes, "var"),
@@ -211,7 +211,7 @@ def layer_norm(s: Sub):
     if shape is None or any(o for o in s.node.output[1:]):
         return None
     axis = s.attrs.get("axis", -1) % len(shape)
-    nodes = _normalize(s, list(range(axis, len(shape))), s.attrs.get("epsilon", 1e-5))
+    nodes = normalize(s, list(range(axis, len(shape))), s.attrs.get("epsilon", 1e-5))
     nodes.append(s.op("Mul", [s.name("normed"), s.node.input[1]], "scaled",
                       output=None if len(s.node.input) > 2 and s.node.input[2] else s.y))
     if len(s.node.input) > 2 and s.node.input[2]:
@@ -225,7 +225,7 @@ def instance_norm(s: Sub):
     if shape is None or len(shape) < 3:
         return None
     per_channel = s.const("per_channel", np.array([-1] + [1] * (len(shape) - 2), np.int64))
-    return _normalize(s, list(range(2, len(shape))), s.attrs.get("epsilon", 1e-5)) + [
+    return normalize(s, list(range(2, len(shape))), s.attrs.get("epsilon", 1e-5)) + [
         s.op("Reshape", [s.node.input[1], per_channel], "scale"), s.op("Reshape", [s.node.input[2], per_channel], "bias"),
         s.op("Mul", [s.name("normed"), s.name("scale")], "scaled"),
         s.op("Add", [s.name("scaled"), s.name("bias")], "y", output=s.y)]

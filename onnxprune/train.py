@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import layerwise, standins
+from . import batchnorm, layerwise, standins
 from .config import PruneConfig, Schedule
 from .data import LABELS, Dataset
 from .layers import trainable_parameters
@@ -97,6 +97,8 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     frozen = ([mask_name(w) for w in groups.tensors] + [coef_name(w) for w in groups.penalized]
               + [correction_name(w) for w in groups.tensors if w in corrected])
     out = cfg.output
+    on_batches = sched.batch_size >= batchnorm.MIN_BATCH
+    norms = len(batchnorm.trainable_norms(original))
     with workdir(out.workdir) as wd:
         ckpt = None
         if out.workdir is not None:  # a kept work folder gets a checkpoint after every epoch
@@ -105,7 +107,8 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
 
         def trainer_on(model):
             standins.check_crashes(model, trainable, [t.tensor for t in terms])
-            graph = build_training_graph(model, groups.tensors, set(groups.penalized), terms, shapes, corrected)
+            graph = build_training_graph(model, groups.tensors, set(groups.penalized), terms, shapes, corrected,
+                                         batch_statistics=on_batches)
             return Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
                            probe=first_batch(arrays, sched.batch_size))
         trainer, notes = standins.with_fallback(original, shapes, trainer_on)
@@ -127,6 +130,16 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
                                sched, rng, progress, quantizer, ckpt)]
         weights = {n: trainer.get(n) for n in trainable}
         weights.update(current_weights(trainer, groups))  # fold W·M: pruned weights exactly zero
+    if norms and on_batches:  # the running statistics of the weights as written (Q(W·M) when quantized)
+        seen = {n: quantizer(n, weights[n], masks[n]) for n in quantizer.names} if quantizer else {}
+        written = with_weights(original, {**weights, **seen})
+        stats = batchnorm.recalibrate(written, as_float32(data.inputs(data.train)), sched.batch_size)
+        weights.update({n: v for n, v in stats.items() if n in stored})
+        notes.append(f"BatchNormalization×{norms} trained on batch statistics; running statistics recomputed "
+                     "from the training samples afterwards")
+    elif norms:
+        notes.append(f"BatchNormalization×{norms} trained with its running statistics frozen (batches of "
+                     f"{sched.batch_size} are under {batchnorm.MIN_BATCH} samples)")
     return masks, weights, phases, "; ".join(t.describe() for t in terms), notes
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import standins
+from . import batchnorm, standins
 from .errors import NativeCrash, OnnxPruneError
 from .losses import PREFIX, LossTerm
 from .plumbing import first_line, session_options
@@ -57,16 +57,20 @@ class Builder:
 
 def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ...]], penalized: set[str],
                          terms: list[LossTerm], shapes: dict[str, tuple[int, ...]],
-                         corrected: set[str] = frozenset()) -> onnx.ModelProto:
+                         corrected: set[str] = frozenset(), batch_statistics: bool = True) -> onnx.ModelProto:
     """`tensors`: every masked tensor (prunable weights, and the biases and norms that
     channel groups take with them); `penalized`: those the group penalty covers; `shapes`: real
-    tensor shapes (ORT's, on a probe batch); `corrected`:
-    those trained against a quantizer. Their forward value is W·M + C, with C = Q(W·M) − W·M a
-    frozen tensor refreshed after every step: the forward pass sees the quantized weight and
-    the gradient reaches W unchanged (a straight-through estimator; ORT has no stop-gradient)."""
+    tensor shapes (ORT's, on a probe batch); `corrected`: those trained against a quantizer.
+    Their forward value is W·M + C, with C = Q(W·M) − W·M a frozen tensor refreshed after every
+    step: the forward pass sees the quantized weight and the gradient reaches W unchanged (a
+    straight-through estimator; ORT has no stop-gradient). `batch_statistics`: BatchNorm trains
+    on each batch's statistics (else on its frozen running ones: `batchnorm`)."""
     model = copy.deepcopy(base)
     graph = model.graph
-    _batchnorm_as_affine(model, shapes)
+    if batch_statistics:
+        batchnorm.on_batch_statistics(model, shapes)
+    else:
+        batchnorm.as_affine(model, shapes)
     weights = set(tensors)
     b = Builder(graph)
     node = b.node
@@ -117,42 +121,6 @@ def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ..
     for name in (LOSS, TASK_LOSS, PENALTY):  # the first output is the loss ORT differentiates
         graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, []))
     return model
-
-
-def _batchnorm_as_affine(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
-    """BatchNormalization that onnxsim could not fold becomes x·a + b with a = scale/√(var+ε) and
-    b = bias − mean·a, the op's inference semantics in plain ops. Otherwise ORT trains it in
-    training mode, on each batch's statistics, while the written model uses the running ones,
-    which training never updates: the model trained would not be the model written. scale and
-    bias stay trainable (and maskable); mean and var stay constants."""
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    bns = [n for n in graph.node if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")
-           and all(i in inits for i in n.input[1:5])]
-    if not bns:
-        return
-    replaced = {}
-    for n in bns:
-        x, scale, bias, mean, var = n.input[:5]
-        if x not in shapes:
-            raise OnnxPruneError(f"BatchNormalization {n.name}: the shape of its input {x} is unknown")
-        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
-        p = f"{PREFIX}_bn/{n.name or n.output[0]}"
-        inv = 1.0 / np.sqrt(numpy_helper.to_array(inits[var]).astype(np.float64) + eps)
-        shape = [-1] + [1] * (len(shapes[x]) - 2)
-        graph.initializer.extend([numpy_helper.from_array(inv.astype(np.float32), f"{p}/inv"),
-                                  numpy_helper.from_array(np.array(shape, np.int64), f"{p}/shape")])
-        replaced[id(n)] = [
-            helper.make_node("Mul", [scale, f"{p}/inv"], [f"{p}/a"], name=f"{p}/a"),
-            helper.make_node("Mul", [mean, f"{p}/a"], [f"{p}/ma"], name=f"{p}/ma"),
-            helper.make_node("Sub", [bias, f"{p}/ma"], [f"{p}/b"], name=f"{p}/b"),
-            helper.make_node("Reshape", [f"{p}/a", f"{p}/shape"], [f"{p}/a4"], name=f"{p}/a4"),
-            helper.make_node("Reshape", [f"{p}/b", f"{p}/shape"], [f"{p}/b4"], name=f"{p}/b4"),
-            helper.make_node("Mul", [x, f"{p}/a4"], [f"{p}/xa"], name=f"{p}/xa"),
-            helper.make_node("Add", [f"{p}/xa", f"{p}/b4"], [n.output[0]], name=f"{p}/y")]
-    body = [m for n in graph.node for m in replaced.get(id(n), [n])]
-    del graph.node[:]
-    graph.node.extend(body)
 
 
 class Trainer:
