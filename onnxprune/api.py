@@ -105,7 +105,15 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
     scores["final"]["collapse"] = collapsed
     facts = report.build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, measured, scores,
                          warnings, time.perf_counter() - started)
+    facts["options"].update(data=_where(data), eval_data=_where(eval_data))
     return PruneResult(final, facts, trained.masks)
+
+
+def _where(arrays) -> str | None:
+    """How the report names a data source: its path, or what was passed in memory."""
+    if arrays is None or isinstance(arrays, (str, os.PathLike)):
+        return None if arrays is None else str(arrays)
+    return "arrays given in memory"
 
 
 def _gate(dataset, outputs, score: dict, max_drop: float | None, warnings: list[str], on_train) -> str | None:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -14,8 +16,37 @@ from .errors import OnnxPruneError, QualityError
 
 _D = Schedule()
 
+# --help in sections, by option name (click lists options flat)
+SECTIONS = {
+    "Model and output": ["out", "report_path", "no_simplify", "optimize"],
+    "Data": ["data", "eval_data", "val_fraction", "output_name", "input_shape", "fixed_input", "synth_samples"],
+    "What to prune": ["rate", "structure", "block", "nm", "channel_multiple", "rate_of", "no_shrink", "scope",
+                      "layer_floor", "exclude", "method", "mode", "finetune"],
+    "Schedule": ["epochs", "finetune_epochs", "lam", "eps", "reweight_every", "always_reweight", "distill", "lr",
+                 "finetune_lr", "batch_size", "seed"],
+    "Compression": ["quantize", "target", "qat", "bits", "storage"],
+    "Run": ["workdir", "resume", "threads", "no_latency", "max_drop", "quiet", "verbose", "version", "help"],
+}
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options under SECTIONS' headings."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        help_option = self.get_help_option(ctx)
+        records = {"help" if p is help_option else p.name: p.get_help_record(ctx)
+                   for p in self.get_params(ctx) if isinstance(p, click.Option)}
+        placed = {name for names in SECTIONS.values() for name in names}
+        sections = dict(SECTIONS, Other=[n for n in records if n not in placed])
+        for title, names in sections.items():
+            rows = [records[n] for n in names if records.get(n)]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+@click.command(cls=SectionedCommand,
+               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--rate", type=float, default=None,
               help="Fraction of the prunable weights to remove, in (0, 1). 0.9 keeps 10% (10x compression). "
@@ -27,7 +58,8 @@ _D = Schedule()
               help="Training samples: a .npz with one array per model input, in the model's own layout with "
                    "samples along its batch axis (the dimension the inputs share: a state [2, batch, 128] is "
                    "[2, N, 128]); an input without one (a sample rate) gets an array of its whole shape; and "
-                   "optionally 'labels' (integer class ids). With labels the loss is cross-entropy; without, "
+                   "optionally 'labels' (integer class ids). With labels the loss is cross-entropy plus --distill "
+                   "times distillation from the dense model; without, "
                    "the dense model teaches the pruned one (KL divergence on softmax for [N, C] outputs, "
                    "mean squared error for other outputs). Without --data, inputs are synthesized from the "
                    "declared shapes (accuracy is then not assured).")
@@ -81,18 +113,20 @@ _D = Schedule()
               help="Runtime the int8 model is for. ort: uint8 activations x int8 weights in QDQ form, which "
                    "ORT's CPU kernels run fastest (Convs with < 8 input channels stay float: slower in int8). "
                    "trt: symmetric int8 Q/DQ on every Conv/Gemm/MatMul input and float biases, TensorRT's "
-                   "explicit quantization; its default storage is dense.")
+                   "explicit quantization.")
 @click.option("--qat", is_flag=True,
               help="With --quantize int8: fine-tune against the int8 weights (quantization-aware training with "
                    "a straight-through estimator), so accuracy recovers under the quantizer too.")
 @click.option("--bits", type=int, default=4, show_default=True,
               help="With --quantize cluster: codebook size 2^bits per layer (entry 0 is reserved for 0).")
-@click.option("--storage", type=click.Choice(["compact", "sparse", "dense"]), default=None,
-              help="How weights are written. compact: per weight the smallest of dense, sparse_initializer, "
-                   "non-zeros + 8-bit gaps, or codes + codebook, decoded by constant nodes that ORT folds when "
-                   "it loads the model (identical outputs and speed). sparse: dense or a standard "
-                   "sparse_initializer, whichever is smaller. dense: plain initializers (for tools that read "
-                   "weights). [default: compact; dense with --target trt]")
+@click.option("--storage", type=click.Choice(["dense", "compact", "sparse"]), default="dense", show_default=True,
+              help="How weights are written. dense: plain initializers, pruned weights as zeros, which every "
+                   "ONNX tool reads (quantizers, onnxsim, TensorRT, Netron). compact: per weight the smallest "
+                   "of dense, sparse_initializer, non-zeros + 8-bit gaps, or codes + codebook, decoded by "
+                   "constant nodes that ORT folds when it loads the model (identical outputs and speed; tools "
+                   "that need weight initializers do not see those weights). sparse: dense or a standard "
+                   "sparse_initializer, whichever is smaller (ORT densifies it at load; its quantizer "
+                   "refuses it).")
 @click.option("--optimize", is_flag=True,
               help="Apply ONNX Runtime's basic offline graph optimizations (constant folding, Conv+BN/Add/Mul and "
                    "MatMul+Add fusion; standard ops only, so portable across execution providers) after onnxsim, "
@@ -196,7 +230,7 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
         result = prune(model, data=data, eval_data=eval_data, config=config,
                        progress=_no_bars if quiet else _progress_bars)
         if report_path is not None:
-            write_json(result.report, report_path)
+            write_json({"command": shlex.join(["onnxprune", *sys.argv[1:]]), **result.report}, report_path)
     except QualityError as e:
         click.echo(f"onnxprune: error: {e}", err=True)
         sys.exit(3)
@@ -246,11 +280,31 @@ class _Bar:
 
 @contextlib.contextmanager
 def _progress_bars(total: int, label: str):
+    """A bar in a terminal; elsewhere (CI, a log file) a line at every tenth of the phase."""
+    if not sys.stderr.isatty():
+        yield _Lines(total, label)
+        return
     holder = {}
     with click.progressbar(length=total, label=f"{label:<11}", file=sys.stderr, show_pos=True, width=28,
                            item_show_func=lambda _: f"loss {holder['bar'].loss:.4f}" if "bar" in holder else "") as bar:
         holder["bar"] = _Bar(bar)
         yield holder["bar"]
+
+
+class _Lines:
+    """Progress as periodic one-line updates, for output that is not a terminal."""
+
+    def __init__(self, total: int, label: str, parts: int = 10) -> None:
+        self.total, self.label, self.parts = max(total, 1), label, parts
+        self.done, self.start, self.shown = 0, time.monotonic(), 0
+
+    def update(self, n: int, loss: float) -> None:
+        self.done += n
+        part = self.done * self.parts // self.total
+        if n and part > self.shown:
+            self.shown = part
+            click.echo(f"{self.label}: step {self.done}/{self.total} ({100 * self.done // self.total}%), "
+                       f"loss {loss:.4g}, {time.monotonic() - self.start:.0f} s", err=True)
 
 
 def _no_bars(total: int, label: str):

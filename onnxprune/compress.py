@@ -14,9 +14,9 @@ from .config import Compression
 from .data import Dataset
 from .errors import OnnxPruneError
 from .layers import PrunableLayer
-from .plumbing import warn
+from .plumbing import default_opset, warn
 from .quantize import int8, quantized_layers
-from .storage import encode, stored_tensors, weight_slots, weight_storage
+from .storage import encode, form_sizes, stored_tensors, tensor_bytes, weight_slots, weight_storage
 
 
 @dataclass
@@ -109,5 +109,11 @@ def storage_report(model: onnx.ModelProto, layers, slots, stored, forms, mode: s
                      "bytes": nbytes, "dense_fp32_bytes": 4 * layer.size, "tensors": tensors})
     total = sum(r["bytes"] for r in rows)
     dense = sum(r["dense_fp32_bytes"] for r in rows)
-    return {"mode": mode, "layers": rows, "bytes": total, "dense_fp32_bytes": dense,
-            "reduction": dense / total if total else float("inf")}
+    out = {"mode": mode, "layers": rows, "bytes": total, "dense_fp32_bytes": dense,
+           "reduction": dense / total if total else float("inf")}
+    if mode != "compact":  # what --storage compact would write instead, for the summary's one line
+        opset = default_opset(model)
+        out["compact_bytes"] = total + sum(
+            min(form_sizes(numpy_helper.to_array(stored[r["name"]]), "compact", opset, model.ir_version).values())
+            - tensor_bytes(stored[r["name"]]) for r in rows if r["form"] == "dense")
+    return out

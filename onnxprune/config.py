@@ -158,15 +158,13 @@ class Compression:
     target: str = "ort"
     qat: bool = False
     bits: int = 4
-    storage: str | None = _setting(None)  # None: dense for target 'trt', else compact
+    storage: str = _setting("dense")  # plain initializers, which every ONNX tool reads
 
     def __post_init__(self):
         if self.quantize is not None:
             _one_of(self.quantize, QUANTIZE, "quantize")
         _one_of(self.target, TARGETS, "target")
-        storage = self.storage or ("dense" if self.target == "trt" else "compact")
-        _one_of(storage, STORAGE, "storage")
-        object.__setattr__(self, "storage", storage)
+        _one_of(self.storage, STORAGE, "storage")
         if not 1 <= self.bits <= 8:
             raise OnnxPruneError(f"--bits must be between 1 and 8, not {self.bits}")
         if self.qat and self.quantize != "int8":

@@ -67,9 +67,12 @@ def macs_per_weight(model: onnx.ModelProto, shapes: dict, batch: int) -> dict[st
     return out
 
 
+FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+
+
 def param_count(model: onnx.ModelProto) -> int:
-    return sum(int(np.prod(t.dims)) for t in model.graph.initializer
-               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE))
+    """Elements of every float initializer (zeros included: they are stored)."""
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type in FLOATS)
 
 
 def latencies(models: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray], runs: int = 200,
@@ -110,7 +113,7 @@ def measure(dense: onnx.ModelProto, pruned: onnx.ModelProto, final: onnx.ModelPr
            "latency_ms": {}}
     if latency:
         for b in sorted({fixed} if fixed else {1, 32}):
-            models = {"dense": dense, "pruned float": pruned, "compressed": final} if int8 else \
+            models = {"dense": dense, "pruned_float": pruned, "compressed": final} if int8 else \
                 {"dense": dense, "compressed": final}
-            out["latency_ms"][f"batch {b}"] = latencies(models, batch_of(b), threads=threads)
+            out["latency_ms"][f"batch_{b}"] = latencies(models, batch_of(b), threads=threads)
     return out

@@ -138,12 +138,12 @@ def metric(output: str, labels: np.ndarray | None, dense: np.ndarray, pruned: np
     """The headline metric of `output` on the evaluation split, dense vs pruned."""
     if labels is not None:
         m = {"name": "accuracy", "dense": accuracy(dense, labels), "pruned": accuracy(pruned, labels),
-             "extra": {"top-1 agreement": fidelity(pruned, dense).get("top1_agreement", float("nan"))}}
+             "extra": {"top1_agreement": fidelity(pruned, dense).get("top1_agreement", float("nan"))}}
     else:
         f = fidelity(pruned, dense, classes)
         if "top1_agreement" in f:
             m = {"name": "top-1 agreement", "dense": 1.0, "pruned": f["top1_agreement"],
-                 "extra": {"relative error": f["relative_error"]}}
+                 "extra": {"relative_error": f["relative_error"]}}
         else:  # lower is better: ‖pruned − dense‖ / ‖dense‖ on the same inputs
             m = {"name": "relative error", "dense": 0.0, "pruned": f["relative_error"]}
     m.update({"samples": len(dense), "split": split, "output": output})

@@ -4,16 +4,25 @@ table and summary lines the CLI prints from it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import platform
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .compress import storage_report
+from .costs import FLOATS, param_count
 from .export import atomic_path
 from .plumbing import warn
+from .version import __version__
+
+
+METRIC_LABELS = {"top1_agreement": "top-1 agreement", "relative_error": "relative error"}
 
 
 def build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, costs: dict, scores: dict,
@@ -21,21 +30,27 @@ def build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, c
     """The report of a run from each stage's result. `scores`: the metric of the pruned float
     model ('float') and of the model written ('final'); `written`: the reloaded output or None."""
     p, c, out = cfg.pruning, cfg.compression, cfg.output
-    slower = [b for b, t in costs["latency_ms"].items() if c.int8 and t["compressed"] > t["pruned float"]]
+    slower = [b for b, t in costs["latency_ms"].items() if c.int8 and t["compressed"] > t["pruned_float"]]
     if slower:
-        warn(warnings, f"the int8 model ran slower than the pruned float one here ({', '.join(slower)}): ORT's int8 "
+        warn(warnings, f"the int8 model ran slower than the pruned float one here ({', '.join(b.replace('_', ' ') for b in slower)}): ORT's int8 "
                        "kernels beat float on CPUs with VNNI (AVX512-VNNI, AVX-VNNI) or ARM dot-product "
                        "instructions; on others int8 mainly saves storage")
     groups, masks, layers = plan.groups, trained.masks, loaded.layers
-    rows = layer_rows(layers, compressed.kept)
-    all_params = sum(int(np.prod(t.dims)) for t in loaded.base.graph.initializer
-                     if t.data_type == onnx.TensorProto.FLOAT)
+    rows = layer_rows(layers, compressed.kept, compressed.stored)
+    # every float parameter, and those still non-zero in the pruned float model as written (after shrinking)
+    all_params = (param_count(loaded.base), sum(int(np.count_nonzero(numpy_helper.to_array(t)))
+                                                for t in rewritten.model.graph.initializer if t.data_type in FLOATS))
     masked = 1 - sum(float(masks[w].sum()) for w in groups.counted) / sum(masks[w].size for w in groups.counted)
     final = written if written is not None else compressed.model
     quantizer = plan.quantizer
     return {
+        "tool": versions(),
         "input": str(loaded.source) if loaded.source else None,
+        "input_sha256": hashlib.sha256(loaded.source.read_bytes() if loaded.source
+                                       else loaded.original.SerializeToString()).hexdigest(),
         "output": str(out.out) if out.out is not None else None,
+        "options": {k: str(v) if isinstance(v, os.PathLike) else list(v) if isinstance(v, tuple) else v
+                    for k, v in cfg.flat().items()},
         "method": p.label, "structure": p.structure, "structure_detail": plan.structure.describe(),
         "rate": p.rate, "rate_of": p.rate_of, "masked_sparsity": masked, "scope": p.scope, "seed": cfg.data.seed,
         "rewrites": rewritten.done, "left_alone": groups.notes, "costs": costs,
@@ -60,33 +75,36 @@ def build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, c
     }
 
 
-def layer_rows(layers, kept: dict[str, int]) -> list[dict]:
+def layer_rows(layers, kept: dict[str, int], stored: dict[str, onnx.TensorProto]) -> list[dict]:
+    """Per layer: its weight's shape as written (`stored`: by layer name; smaller after filter or
+    channel pruning) and as it was, and its weights kept of the dense count."""
     rows = []
     for layer in layers:
         k = kept[layer.weight]
-        rows.append({"name": layer.name, "op": layer.op, "weight": layer.weight, "shape": list(layer.shape),
-                     "params": layer.size, "kept": k, "sparsity": 1 - k / layer.size})
+        shape = list(stored[layer.name].dims) if layer.name in stored else list(layer.shape)
+        rows.append({"name": layer.name, "op": layer.op, "weight": layer.weight, "shape": shape,
+                     "dense_shape": list(layer.shape), "params": layer.size, "kept": k, "sparsity": 1 - k / layer.size})
     return rows
 
 
-def totals(rows: list[dict], all_params: int) -> dict:
+def totals(rows: list[dict], all_params: tuple[int, int]) -> dict:
+    """`all_params`: every float parameter of the input, and how many are non-zero in the output."""
     params = sum(r["params"] for r in rows)
     kept = sum(r["kept"] for r in rows)
     return {"prunable_params": params, "kept": kept, "sparsity": 1 - kept / params,
-            "compression": params / max(kept, 1), "all_params": all_params,
-            "all_params_kept": all_params - (params - kept)}
+            "compression": params / max(kept, 1), "all_params": all_params[0], "all_params_kept": all_params[1]}
 
 
 def format_table(report: dict) -> str:
     rows = report["layers"]
-    head = ("layer", "op", "shape", "params", "kept", "sparsity")
+    head = ("layer", "op", "shape written", "dense params", "kept", "sparsity")
     body = [(r["name"], r["op"], "x".join(map(str, r["shape"])), f"{r['params']:,}", f"{r['kept']:,}",
              f"{100 * r['sparsity']:.2f}%") for r in rows]
     t = report["totals"]
     foot = ("total", "", "", f"{t['prunable_params']:,}", f"{t['kept']:,}", f"{100 * t['sparsity']:.2f}%")
     align = ["<", "<", "<", ">", ">", ">"]
     store = report.get("storage")
-    if store and store.get("layers"):  # bytes that store each weight, as written
+    if _stored_differently(store):  # bytes that store each weight, as written
         by_name = {r["name"]: r for r in store["layers"]}
         head += ("stored as", "bytes", "vs fp32")
         body = [b + _storage_cells(by_name.get(r["name"])) for b, r in zip(body, rows)]
@@ -100,14 +118,14 @@ def format_table(report: dict) -> str:
     rule = "  ".join("-" * w for w in widths)
     out = [line(head), rule, *map(line, body), rule, line(foot), ""]
     out.append(f"weights kept      {t['kept']:,} of {t['prunable_params']:,} prunable "
-               f"({t['compression']:.1f}x compression); {t['all_params_kept']:,} of {t['all_params']:,} parameters in all")
+               f"({t['compression']:.1f}x compression); {t['all_params_kept']:,} of {t['all_params']:,} parameters non-zero in all")
     m = report.get("metric")
     if m:
         show = _pct if m["name"] != "relative error" else (lambda x: f"{x:.4g}")
         out.append(f"{m['name']:<17} dense {show(m['dense'])}  ->  pruned {show(m['pruned'])}"
                    f"   (on {m['samples']} {m['split']} samples)")
         for k, v in m.get("extra", {}).items():
-            out.append(f"{k:<17} {v:.4g}")
+            out.append(f"{METRIC_LABELS.get(k, k):<17} {_pct(v) if k == 'top1_agreement' else f'{v:.4g}'}")
     out += _compression_lines(report)
     sizes = report.get("file_size")
     if sizes and sizes.get("output"):
@@ -134,6 +152,11 @@ def format_table(report: dict) -> str:
     return "\n".join(out)
 
 
+def _stored_differently(store: dict | None) -> bool:
+    """Is any weight written in another form than dense float32 (worth its own columns)?"""
+    return bool(store and any(r["form"] != "dense" or r["bytes"] != r["dense_fp32_bytes"] for r in store["layers"]))
+
+
 def _storage_cells(row: dict | None) -> tuple[str, str, str]:
     if row is None:
         return ("", "", "")
@@ -153,9 +176,16 @@ def _compression_lines(report: dict) -> list[str]:
         if m and m["name"] != "relative error":
             out.append(f"before quantizing {m['name']} {_pct(m['pruned'])}")
     store = report.get("storage")
-    if store and store.get("layers"):
+    if _stored_differently(store):
         out.append(f"weight storage    {store['dense_fp32_bytes']:,} B as fp32  ->  {store['bytes']:,} B written "
-                   f"({store['reduction']:.1f}x smaller; values, indices, codebooks, scales; --storage {store['mode']})")
+                   f"({store['reduction']:.1f}x smaller; --storage {store['mode']}; every tensor that stores a weight counted)")
+    if store and store["mode"] == "compact":
+        out.append("                  (ORT decodes compactly stored weights at load; tools that need weight "
+                   "initializers, such as quantizers, onnxsim and TensorRT, do not see them)")
+    elif store and store.get("compact_bytes", store["bytes"]) < 0.9 * store["bytes"]:
+        out.append(f"{'storage':<18}plain initializers, read by every ONNX tool; --storage compact would need about "
+                   f"{store['compact_bytes']:,} B for these weights instead of {store['bytes']:,} B (decoded by ORT "
+                   "at load; tools that read weight initializers do not see them)")
     for step in c.get("optimize", []):
         out.append(f"optimized         {step}")
     return out
@@ -166,13 +196,13 @@ def _cost_lines(costs: dict | None) -> list[str]:
     if not costs:
         return []
     p, m = costs["params"], costs["macs"]
-    lines = [f"parameters        {p['dense']:,}  ->  {p['compressed']:,}  ({_ratio(p['dense'], p['compressed'])})",
+    lines = [f"parameters stored {p['dense']:,}  ->  {p['compressed']:,}  ({_ratio(p['dense'], p['compressed'])})",
              f"MACs per sample   {m['dense']:,}  ->  {m['compressed']:,}  ({_ratio(m['dense'], m['compressed'])})"
              + (f"; {m['compressed_nonzero']:,.0f} on non-zero weights" if m["compressed_nonzero"] < m["compressed"] else "")]
     for batch, t in costs.get("latency_ms", {}).items():
-        also = (f"; pruned float {t['pruned float']:.3f} ms, so int8 is {t['pruned float'] / t['compressed']:.2f}x"
-                if "pruned float" in t else "")
-        lines.append(f"ORT CPU latency   {batch}: {t['dense']:.3f} ms  ->  {t['compressed']:.3f} ms  "
+        also = (f"; pruned float {t['pruned_float']:.3f} ms, so int8 is {t['pruned_float'] / t['compressed']:.2f}x"
+                if "pruned_float" in t else "")
+        lines.append(f"ORT CPU latency   {batch.replace('_', ' ')}: {t['dense']:.3f} ms  ->  {t['compressed']:.3f} ms  "
                      f"({t['dense'] / t['compressed']:.2f}x faster, medians{also})")
     return lines
 
@@ -185,7 +215,28 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def versions() -> dict:
+    """The software a run used, for the report."""
+    import onnxruntime
+
+    return {"onnxprune": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+            "onnxsim": metadata.version("onnxsim"), "numpy": np.__version__, "python": platform.python_version()}
+
+
 def write_json(report: dict, path: str | os.PathLike) -> None:
+    """The report as JSON: floats to 6 significant digits (no float noise), NaN and ∞ as null."""
     with atomic_path(Path(path)) as tmp, open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
+        json.dump(_rounded(report), f, indent=2, allow_nan=False)
         f.write("\n")
+
+
+def _rounded(o):
+    if isinstance(o, dict):
+        return {k: _rounded(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_rounded(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return float(f"{o:.6g}") if np.isfinite(o) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    return o

@@ -100,6 +100,12 @@ def encode(model: onnx.ModelProto, weights: list[str], storage: str) -> tuple[on
 
 
 def best_form(v: np.ndarray, storage: str, opset: int, ir_version: int) -> str:
+    sizes = form_sizes(v, storage, opset, ir_version)
+    return min(sizes, key=lambda k: (sizes[k], k != "dense"))
+
+
+def form_sizes(v: np.ndarray, storage: str, opset: int, ir_version: int) -> dict[str, int]:
+    """Bytes that each form `storage` allows would take to store `v`."""
     sizes = {"dense": v.nbytes}
     nnz = int(np.count_nonzero(v))
     if ir_version >= 6 and nnz:  # sparse_initializer is in IR 6 and later
@@ -108,7 +114,7 @@ def best_form(v: np.ndarray, storage: str, opset: int, ir_version: int) -> str:
         sizes["packed"] = _entries(v.ravel(), 255) * (v.itemsize + 1) + 64
         if v.dtype.kind == "f" and len(np.unique(v)) <= 256:
             sizes["codebook"] = codebook_layout(v)[2]
-    return min(sizes, key=lambda k: (sizes[k], k != "dense"))
+    return sizes
 
 
 def _entries(flat: np.ndarray, max_gap: int) -> int:

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ROOT, run_cli, small_model
+from conftest import MODELS, ROOT, run_cli, small_model
 import onnxprune
 from onnxprune import compress, config, oprules, structures
 from onnxprune.errors import OnnxPruneError
@@ -43,14 +43,14 @@ def test_an_unknown_option_is_a_type_error():
 def test_config_defaults_and_derived_values():
     cfg = onnxprune.PruneConfig.from_options(structure="nm", nm="1:4", target="trt")
     assert cfg.pruning.rate == 0.75 and cfg.compression.storage == "dense"
-    assert onnxprune.PruneConfig().pruning.rate == 0.9 and onnxprune.PruneConfig().compression.storage == "compact"
+    assert onnxprune.PruneConfig().pruning.rate == 0.9 and onnxprune.PruneConfig().compression.storage == "dense"
     with pytest.raises(Exception):  # frozen
         cfg.pruning.rate = 0.5
 
 
 def test_resume_fingerprint_covers_what_trains_and_only_that():
     base = onnxprune.PruneConfig.from_options(rate=0.8)
-    same = onnxprune.PruneConfig.from_options(rate=0.8, storage="dense", shrink=False, latency=False, threads=1)
+    same = onnxprune.PruneConfig.from_options(rate=0.8, storage="compact", shrink=False, latency=False, threads=1)
     assert base.training_options() == same.training_options()
     for change in ({"epochs": 3}, {"lam": 2.0}, {"seed": 1}, {"structure": "column"}, {"quantize": "cluster"},
                    {"simplify": False}, {"output_name": "y"}):
@@ -157,9 +157,10 @@ def test_batchnorm_without_a_known_input_shape_is_an_error_not_a_guess():
     terms = [MeanSquaredError("y", "y", "t", (c, 5))]
     with pytest.raises(OnnxPruneError, match="shape of its input x is unknown"):
         build_training_graph(m, {}, set(), terms, {})
-    graph = build_training_graph(m, {}, set(), terms, {"x": (2, c, 5)})  # rank 3: a [C, 1] scale, not [C, 1, 1]
-    shape = next(t for t in graph.graph.initializer if t.name.endswith("/shape"))
-    assert numpy_helper.to_array(shape).tolist() == [-1, 1]
+    for on_batches, suffix in ((False, "/shape"), (True, "const_per_channel")):  # rank 3: a [C, 1] scale
+        graph = build_training_graph(m, {}, set(), terms, {"x": (2, c, 5)}, batch_statistics=on_batches)
+        shape = next(t for t in graph.graph.initializer if t.name.endswith(suffix))
+        assert numpy_helper.to_array(shape).tolist() == [-1, 1]
 
 
 def test_quantize_leaves_the_root_logger_alone_and_wraps_converter_failures(monkeypatch):
@@ -237,3 +238,16 @@ def test_each_stage_says_what_it_does_as_it_starts(caplog):
         onnxprune.prune(small_model(op_after="Relu"), 0.5, data={"x": x}, method="magnitude", latency=False)
     said = [r.getMessage() for r in caplog.records if r.name == "onnxprune.stage"]
     assert [s.split()[0] for s in said] == ["loading", "data:", "planning", "checking"]
+
+
+def test_top_level_cli_py_runs_from_a_checkout(tmp_path):
+    """`python cli.py model.onnx --rate R` works from any folder, without installing."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.onnx"
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), str(MODELS / "digits_mlp.onnx"), "--rate", "0.5",
+                        "--method", "magnitude", "--no-latency", "-o", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "weights kept" in r.stdout and out.exists()

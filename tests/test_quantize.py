@@ -135,7 +135,7 @@ def test_trt_target_puts_qdq_on_every_conv_and_gemm_input(lenet, tmp_path):
 
 def test_cluster_writes_few_distinct_values_and_keeps_zeros(lenet, tmp_path):
     dense = _prune(lenet, tmp_path / "c.onnx", quantize="cluster", bits=3, storage="dense")
-    compact = _prune(lenet, tmp_path / "cc.onnx", quantize="cluster", bits=3)
+    compact = _prune(lenet, tmp_path / "cc.onnx", quantize="cluster", bits=3, storage="compact")
     w = weights_of(onnx.load(str(tmp_path / "c.onnx")))
     for name, mask in dense.masks.items():
         assert len(np.unique(w[name])) <= 8  # 7 centroids + 0

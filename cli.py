@@ -1,0 +1,11 @@
+"""onnxprune from a checkout, without installing it: `python cli.py model.onnx --rate 0.9`.
+The installed command (`onnxprune`) runs the same entry point, onnxprune/cli.py."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from onnxprune.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    main(prog_name="onnxprune")
