@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from onnxprune.cli import main  # noqa: E402
+from onnxprune.cli import entry  # noqa: E402
 
 if __name__ == "__main__":
-    main(prog_name="onnxprune")
+    entry()

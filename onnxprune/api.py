@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from . import compress as C
-from . import costs, export, loading, planning, report, rewrite, train
+from . import costs, export, loading, planning, plots, report, rewrite, search, train
 from .config import PruneConfig
 from .data import prepare as prepare_data
 from .data import feed
@@ -70,6 +70,8 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if out is not None:
         export.check_output_path(Path(out), source)
+    if cfg.search.max_loss is not None:  # the tool chooses the rate: whole runs as trials
+        return search.run(model, data, eval_data, cfg, progress, prune)
     rng = np.random.default_rng(cfg.data.seed)
 
     stage.info("loading %s", source or "the model")
@@ -92,7 +94,7 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
     compressed = C.compress(rewritten.model, rewritten.outputs, loaded.base, loaded.layers, trained.masks,
                             plan.keep_float, dataset, cfg.compression, warnings)
     final = export.public(compressed.model, loaded.prepared.original)
-    scores = {name: _score(dataset, outs) for name, outs in
+    scores = {name: score(dataset, outs) for name, outs in
               (("float", rewritten.outputs), ("final", compressed.outputs))}
     collapsed = _gate(dataset, compressed.outputs, scores["final"], cfg.output.max_drop, warnings,
                       lambda: dataset.outputs(compressed.model, "the pruned model", dataset.train))
@@ -106,6 +108,8 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
     facts = report.build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, measured, scores,
                          warnings, time.perf_counter() - started)
     facts["options"].update(data=_where(data), eval_data=_where(eval_data))
+    if cfg.output.plot is not None:
+        facts["plots"] = plots.write(facts, Path(cfg.output.plot))
     return PruneResult(final, facts, trained.masks)
 
 
@@ -141,7 +145,7 @@ def _gate(dataset, outputs, score: dict, max_drop: float | None, warnings: list[
     return collapsed
 
 
-def _score(dataset, outputs) -> dict:
+def score(dataset, outputs) -> dict:
     """The headline metric, and every trained output's fidelity in its own terms."""
     got = dict(zip(dataset.output_names, outputs))
     name = dataset.selected[0]

@@ -51,50 +51,87 @@ def _replace(model: onnx.ModelProto, replaced: dict[str, list[onnx.NodeProto]]) 
     model.graph.node.extend(body)
 
 
-def as_affine(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
-    """In place: each BatchNorm becomes x·a + b with a = scale/√(var+ε) and b = bias − mean·a, the
-    op's inference semantics in plain ops (ORT's own op would train on batch statistics that
-    nothing carries into the written model). scale and bias stay trainable (and maskable)."""
-    inits = {t.name: t for t in model.graph.initializer}
-    replaced = {}
-    for n in trainable_norms(model):
-        x, scale, bias, mean, var = n.input[:5]
-        p = f"{PREFIX}_bn/{n.name or n.output[0]}"
-        inv = 1.0 / np.sqrt(numpy_helper.to_array(inits[var]).astype(np.float64) + _epsilon(n))
-        shape = [-1] + [1] * (_rank(n, shapes) - 2)
-        model.graph.initializer.extend([numpy_helper.from_array(inv.astype(np.float32), f"{p}/inv"),
-                                        numpy_helper.from_array(np.array(shape, np.int64), f"{p}/shape")])
-        replaced[n.output[0]] = [
-            helper.make_node("Mul", [scale, f"{p}/inv"], [f"{p}/a"], name=f"{p}/a"),
+SWITCH = f"{PREFIX}_bn_on_batches"  # the frozen scalar `switchable` adds: 0 frozen statistics, 1 the batch's
+
+
+def _affine(n: onnx.NodeProto, inits: dict, shapes, output: str) -> tuple[list, list]:
+    """x·a + b with a = scale/√(var+ε) and b = bias − mean·a: the op's inference semantics in
+    plain ops, statistics frozen. Returns the nodes and their constants."""
+    x, scale, bias, mean, var = n.input[:5]
+    p = f"{PREFIX}_bn/{n.name or n.output[0]}"
+    inv = 1.0 / np.sqrt(numpy_helper.to_array(inits[var]).astype(np.float64) + _epsilon(n))
+    shape = [-1] + [1] * (_rank(n, shapes) - 2)
+    consts = [numpy_helper.from_array(inv.astype(np.float32), f"{p}/inv"),
+              numpy_helper.from_array(np.array(shape, np.int64), f"{p}/shape")]
+    return [helper.make_node("Mul", [scale, f"{p}/inv"], [f"{p}/a"], name=f"{p}/a"),
             helper.make_node("Mul", [mean, f"{p}/a"], [f"{p}/ma"], name=f"{p}/ma"),
             helper.make_node("Sub", [bias, f"{p}/ma"], [f"{p}/b"], name=f"{p}/b"),
             helper.make_node("Reshape", [f"{p}/a", f"{p}/shape"], [f"{p}/a4"], name=f"{p}/a4"),
             helper.make_node("Reshape", [f"{p}/b", f"{p}/shape"], [f"{p}/b4"], name=f"{p}/b4"),
             helper.make_node("Mul", [x, f"{p}/a4"], [f"{p}/xa"], name=f"{p}/xa"),
-            helper.make_node("Add", [f"{p}/xa", f"{p}/b4"], [n.output[0]], name=f"{p}/y")]
+            helper.make_node("Add", [f"{p}/xa", f"{p}/b4"], [output], name=f"{p}/y")], consts
+
+
+def _on_batch(n: onnx.NodeProto, shapes, opset: int, output: str) -> tuple[list, list, str, str]:
+    """Normalization with the batch's mean and (biased) variance over every axis but the channel,
+    then scale and shift. Returns the nodes, their constants, and the tensors ([1, C, 1…]) that
+    hold the batch's mean and variance."""
+    scale, bias = n.input[1:3]
+    rank = _rank(n, shapes)
+    s = standins.Sub(n, shapes, opset)
+    nodes = standins.normalize(s, [0, *range(2, rank)], _epsilon(n))
+    per_channel = s.const("per_channel", np.array([-1] + [1] * (rank - 2), np.int64))
+    nodes += [s.op("Reshape", [scale, per_channel], "scale"), s.op("Reshape", [bias, per_channel], "bias"),
+              s.op("Mul", [s.name("normed"), s.name("scale")], "scaled"),
+              s.op("Add", [s.name("scaled"), s.name("bias")], "y", output=output)]
+    return nodes, s.consts, s.name("mean"), s.name("var")
+
+
+def as_affine(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """In place: each BatchNorm trains with its inference semantics, statistics frozen (ORT's own
+    op would train on batch statistics that nothing carries into the written model). scale and
+    bias stay trainable (and maskable)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    replaced = {}
+    for n in trainable_norms(model):
+        replaced[n.output[0]], consts = _affine(n, inits, shapes, n.output[0])
+        model.graph.initializer.extend(consts)
     _replace(model, replaced)
 
 
 def on_batch_statistics(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, str, str, str]]:
-    """In place: each BatchNorm normalizes with its batch's mean and (biased) variance over every
-    axis but the channel, then scales and shifts. Returns, per BatchNorm, its running mean and
-    variance initializers and the tensors (shape [1, C, 1…]) that hold the batch's."""
+    """In place: each BatchNorm normalizes with its batch's statistics. Returns, per BatchNorm, its
+    running mean and variance initializers and the tensors that hold the batch's."""
     opset = default_opset(model)
     replaced, stats = {}, []
     for n in trainable_norms(model):
-        x, scale, bias, mean, var = n.input[:5]
-        rank = _rank(n, shapes)
-        s = standins.Sub(n, shapes, opset)
-        nodes = standins.normalize(s, [0, *range(2, rank)], _epsilon(n))
-        per_channel = s.const("per_channel", np.array([-1] + [1] * (rank - 2), np.int64))
-        nodes += [s.op("Reshape", [scale, per_channel], "scale"), s.op("Reshape", [bias, per_channel], "bias"),
-                  s.op("Mul", [s.name("normed"), s.name("scale")], "scaled"),
-                  s.op("Add", [s.name("scaled"), s.name("bias")], "y", output=n.output[0])]
-        model.graph.initializer.extend(s.consts)
-        replaced[n.output[0]] = nodes
-        stats.append((mean, var, s.name("mean"), s.name("var")))
+        replaced[n.output[0]], consts, batch_mean, batch_var = _on_batch(n, shapes, opset, n.output[0])
+        model.graph.initializer.extend(consts)
+        stats.append((n.input[3], n.input[4], batch_mean, batch_var))
     _replace(model, replaced)
     return stats
+
+
+def switchable(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> bool:
+    """In place: each BatchNorm computes both forms, y = frozen + s·(batch − frozen), with s the
+    frozen scalar SWITCH (0 at first): one set of training artifacts serves a phase that trains
+    on frozen statistics and one on the batch's. Returns whether there was any BatchNorm."""
+    opset = default_opset(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    replaced = {}
+    for n in trainable_norms(model):
+        y = n.output[0]
+        frozen, consts = _affine(n, inits, shapes, f"{y}__frozen")
+        batch, more, _, _ = _on_batch(n, shapes, opset, f"{y}__batch")
+        mix = [helper.make_node("Sub", [f"{y}__batch", f"{y}__frozen"], [f"{y}__delta"], name=f"{y}__delta"),
+               helper.make_node("Mul", [f"{y}__delta", SWITCH], [f"{y}__step"], name=f"{y}__step"),
+               helper.make_node("Add", [f"{y}__frozen", f"{y}__step"], [y], name=f"{y}__mix")]
+        replaced[y] = frozen + batch + mix
+        model.graph.initializer.extend(consts + more)
+    if replaced:
+        model.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), SWITCH))
+    _replace(model, replaced)
+    return bool(replaced)
 
 
 def recalibrate(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch_size: int,

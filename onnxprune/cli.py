@@ -18,13 +18,14 @@ _D = Schedule()
 
 # --help in sections, by option name (click lists options flat)
 SECTIONS = {
-    "Model and output": ["out", "report_path", "no_simplify", "optimize"],
+    "Model and output": ["out", "report_path", "plot", "no_simplify", "optimize"],
     "Data": ["data", "eval_data", "val_fraction", "output_name", "input_shape", "fixed_input", "synth_samples"],
     "What to prune": ["rate", "structure", "block", "nm", "channel_multiple", "rate_of", "no_shrink", "scope",
-                      "layer_floor", "exclude", "method", "mode", "finetune"],
+                      "layer_floor", "layer_rates", "exclude", "method", "mode", "finetune"],
     "Schedule": ["epochs", "finetune_epochs", "lam", "eps", "reweight_every", "always_reweight", "distill", "lr",
                  "finetune_lr", "batch_size", "seed"],
     "Compression": ["quantize", "target", "qat", "bits", "storage"],
+    "Search (the tool chooses the rate)": ["max_loss", "min_rate", "max_rate", "max_trials", "jobs", "ray"],
     "Run": ["workdir", "resume", "threads", "no_latency", "max_drop", "quiet", "verbose", "version", "help"],
 }
 
@@ -127,6 +128,21 @@ class SectionedCommand(click.Command):
                    "that need weight initializers do not see those weights). sparse: dense or a standard "
                    "sparse_initializer, whichever is smaller (ORT densifies it at load; its quantizer "
                    "refuses it).")
+@click.option("--max-loss", type=float, default=None, metavar="POINTS",
+              help="Instead of --rate: search for the largest compression that loses at most POINTS of the headline "
+                   "metric (accuracy, top-1 agreement, or percent relative error) on the evaluation samples "
+                   "(--eval-data, or the held-out --val-fraction of --data). Each trial is a whole run at one "
+                   "rate; the report lists them all.")
+@click.option("--min-rate", type=float, default=0.5, show_default=True,
+              help="With --max-loss: the least the search removes (it fails if even this loses too much).")
+@click.option("--max-rate", type=float, default=0.995, show_default=True,
+              help="With --max-loss: the most the search removes.")
+@click.option("--max-trials", type=int, default=8, show_default=True, help="With --max-loss: trials at most.")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="With --max-loss: trials run side by side in this many local processes (2 per round).")
+@click.option("--ray", default=None, metavar="auto|ADDRESS",
+              help="With --max-loss: run the trials as Ray tasks on this cluster ('auto': the cluster this "
+                   "machine is in, or a local one). Needs pip install 'onnxprune[ray]'.")
 @click.option("--optimize", is_flag=True,
               help="Apply ONNX Runtime's basic offline graph optimizations (constant folding, Conv+BN/Add/Mul and "
                    "MatMul+Add fusion; standard ops only, so portable across execution providers) after onnxsim, "
@@ -137,6 +153,9 @@ class SectionedCommand(click.Command):
 @click.option("--layer-floor", type=float, default=0.1, show_default=True,
               help="With --scope global, each layer keeps at least this share of what a uniform per-layer "
                    "rate would keep, so no layer is wiped out.")
+@click.option("--layer-rates", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Per-layer rates from a JSON file ({layer: rate}, or what `onnxprune analyze` writes): each "
+                   "listed layer is pruned alone at its rate, the others at --rate. Per-layer structures only.")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Skip layers whose node or weight name matches this glob (repeatable), e.g. 'fc2*'.")
 @click.option("--epochs", type=int, default=_D.epochs, show_default=True,
@@ -189,14 +208,19 @@ class SectionedCommand(click.Command):
                    "or looks collapsed.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
               help="Also write the summary as JSON to this file.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Write PNGs to DIR: per-layer kept share, the reweighted phase's curves (task loss, penalty, "
+                   "groups alive), and with --max-loss each trial's metric against its compression. Needs "
+                   "pip install 'onnxprune[plot]'.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary table (errors still print).")
 @click.option("-v", "--verbose", count=True,
               help="More log lines on stderr: -v each stage and epoch (INFO), -vv everything (DEBUG).")
 @click.version_option(__version__, "--version", prog_name="onnxprune", message="%(prog)s %(version)s")
 def main(model, rate, out, data, eval_data, val_fraction, output_name, method, mode, finetune, structure, block, nm,
-         channel_multiple, rate_of, no_shrink, quantize, target, qat, bits, storage, optimize, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
+         channel_multiple, rate_of, no_shrink, quantize, target, qat, bits, storage, max_loss, min_rate, max_rate,
+         max_trials, jobs, ray, optimize, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
          always_reweight, distill, lr, finetune_lr, batch_size, input_shape, fixed_input, synth_samples, seed, no_simplify, workdir, resume, threads, no_latency,
-         max_drop, report_path, quiet, verbose):
+         max_drop, report_path, plot, layer_rates, quiet, verbose):
     """Prune an ONNX model to --rate with reweighted group-lasso training in ONNX Runtime,
     and write it back as the same graph: pruned weights exactly zero, or (filter/channel)
     the removed channels gone from the graph.
@@ -206,6 +230,10 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
       onnxprune models/lenet5.onnx --rate 0.9 --data models/mnist_train.npz --eval-data models/mnist_test.npz
       onnxprune models/resnet_mnist.onnx --structure filter --rate 0.5 --data models/mnist_train.npz
       onnxprune models/lenet5.onnx --rate 0.97 --quantize int8 --qat --data models/mnist_train.npz
+      onnxprune models/lenet5.onnx --max-loss 0.5 --data models/mnist_train.npz
+
+    Per-layer sensitivity and suggested per-layer rates: onnxprune analyze MODEL --data F (see
+    onnxprune analyze --help).
     """
     from .api import prune
     from .config import PruneConfig
@@ -213,7 +241,7 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
 
     out = out if out is not None else model.with_name(model.stem + ".pruned.onnx")
     _log_to_stderr(quiet, verbose)
-    try:
+    with _one_line_errors():
         if report_path is not None and not (report_path.parent if str(report_path.parent) else Path(".")).is_dir():
             raise OnnxPruneError(f"report folder {report_path.parent} does not exist")
         if report_path is not None and report_path.is_dir():
@@ -226,11 +254,23 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
             exclude=exclude, epochs=epochs, finetune_epochs=finetune_epochs, lam=lam, eps=eps,
             reweight_every=reweight_every, always_reweight=always_reweight, distill=distill, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size,
             val_fraction=val_fraction, input_shapes=input_shape, synth_samples=synth_samples, seed=seed,
-            simplify=not no_simplify, inputs=fixed_input, workdir=workdir, max_drop=max_drop, resume=resume, threads=threads)
+            simplify=not no_simplify, inputs=fixed_input, workdir=workdir, max_drop=max_drop, resume=resume, threads=threads,
+            max_loss=max_loss, min_rate=min_rate, max_rate=max_rate, max_trials=max_trials, jobs=jobs, ray=ray,
+            plot=plot, layer_rates=layer_rates or ())
         result = prune(model, data=data, eval_data=eval_data, config=config,
                        progress=_no_bars if quiet else _progress_bars)
         if report_path is not None:
             write_json({"command": shlex.join(["onnxprune", *sys.argv[1:]]), **result.report}, report_path)
+    if not quiet:
+        click.echo(result.summary())
+
+
+@contextlib.contextmanager
+def _one_line_errors():
+    """An error the library explains ends as one line on stderr and exit 2 (3: the quality gate);
+    Ctrl-C as 130. Either way nothing was written."""
+    try:
+        yield
     except QualityError as e:
         click.echo(f"onnxprune: error: {e}", err=True)
         sys.exit(3)
@@ -240,8 +280,6 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
     except KeyboardInterrupt:
         click.echo("onnxprune: interrupted; nothing was written", err=True)
         sys.exit(130)
-    if not quiet:
-        click.echo(result.summary())
 
 
 def _log_to_stderr(quiet: bool, verbose: int = 0) -> None:
@@ -313,5 +351,77 @@ def _no_bars(total: int, label: str):
     return no_progress(total, label)
 
 
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Samples, as for pruning (.npz, one array per input, optional 'labels').")
+@click.option("--eval-data", type=click.Path(path_type=Path), default=None,
+              help="Measure on this .npz instead of a held-out share of --data.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share of --data held out.")
+@click.option("--structure", type=click.Choice(list(STRUCTURES)), default="unstructured", show_default=True,
+              help="Which groups a unit loses; with filter/channel a unit is a coupled channel space.")
+@click.option("--rates", default=",".join(f"{r:g}" for r in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)), show_default=True,
+              help="Rates each unit is pruned to, comma-separated.")
+@click.option("--tolerance", type=float, default=0.5, show_default=True,
+              help="Points a unit may cost for its suggested rate.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="The JSON file (table and suggested rates; --layer-rates reads it). Default: "
+                   "<stem>.sensitivity.json beside the model; the plot goes beside it as .png.")
+@click.option("--input-shape", multiple=True, metavar="NAME=D1xD2..", help="As for pruning.")
+@click.option("--input", "fixed_input", multiple=True, metavar="NAME=VALUE", help="As for pruning.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No table.")
+@click.option("-v", "--verbose", count=True, help="More log lines on stderr.")
+def analyze(model, data, eval_data, val_fraction, structure, rates, tolerance, out, input_shape, fixed_input, seed,
+            quiet, verbose):
+    """Per-layer sensitivity: each layer (with filter/channel, each coupled channel space) pruned
+    alone, one-shot, at a few rates; the points it costs, a plot, and suggested per-layer rates
+    for `onnxprune MODEL --layer-rates FILE`.
+
+    \b
+    Example:
+      onnxprune analyze models/resnet_mnist.onnx --data models/mnist_train.npz
+      onnxprune models/resnet_mnist.onnx --layer-rates models/resnet_mnist.sensitivity.json --data models/mnist_train.npz
+    """
+    from . import sensitivity
+    from .config import PruneConfig
+    from .export import check_output_path
+    from .report import write_json
+
+    _log_to_stderr(quiet, verbose)
+    out = out if out is not None else model.with_name(model.stem + ".sensitivity.json")
+    with _one_line_errors():
+        try:
+            chosen = sorted({float(r) for r in rates.split(",") if r.strip()})
+        except ValueError:
+            raise OnnxPruneError(f"--rates {rates!r} is not a comma-separated list of numbers") from None
+        if not chosen or not all(0 < r < 1 for r in chosen):
+            raise OnnxPruneError(f"--rates must be in (0, 1), not {rates!r}")
+        check_output_path(out, model)
+        config = PruneConfig.from_options(structure=structure, val_fraction=val_fraction, input_shapes=input_shape,
+                                          inputs=fixed_input, seed=seed, latency=False)
+        result = sensitivity.analyze(model, data=data, eval_data=eval_data, config=config, rates=chosen,
+                                     tolerance=tolerance)
+        write_json(result.report, out)
+        picture = out.with_suffix(".png")
+        try:
+            sensitivity.plot(result.report, picture)
+        except ImportError:
+            picture = None
+    if not quiet:
+        click.echo(result.summary())
+        click.echo(f"written           {out}")
+        click.echo(f"plot              {picture}" if picture else
+                   "plot              not drawn: pip install 'onnxprune[plot]'")
+
+
+def entry() -> None:
+    """The `onnxprune` command: `onnxprune analyze …` for sensitivity, else pruning."""
+    if len(sys.argv) > 1 and sys.argv[1] == "analyze":
+        analyze(sys.argv[2:], prog_name="onnxprune analyze")
+    else:
+        main(prog_name="onnxprune")
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -3,12 +3,16 @@ typo in an option costs nothing. `prune(**options)` and the CLI both build a `Pr
 the resume fingerprint is derived from it.
 
 Each group's `__post_init__` checks its own fields and fills in what depends on them (the
-rate N:M implies, the storage a target wants); `PruneConfig.__post_init__` checks the
+rate N:M implies, the per-layer rates a file gives); `PruneConfig.__post_init__` checks the
 combinations. Fields marked `SETTING` do not change what is trained, so `--resume` ignores them.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
+import os
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from .binding import split_binding
@@ -37,6 +41,26 @@ def _one_of(value, allowed, what: str) -> None:
         raise OnnxPruneError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
 
 
+def _layer_rates(value) -> tuple[tuple[str, float], ...]:
+    """--layer-rates: a JSON file (as `onnxprune analyze` writes it, or a plain {layer: rate}) or a
+    dict, as sorted (layer, rate) pairs, every rate in (0, 1)."""
+    if isinstance(value, (str, os.PathLike)):
+        try:
+            loaded = json.loads(Path(value).read_text())
+        except (OSError, ValueError) as e:
+            raise OnnxPruneError(f"--layer-rates {value}: cannot read it as JSON ({e})") from None
+        value = loaded.get("layer_rates", loaded) if isinstance(loaded, dict) else loaded
+    pairs = value.items() if isinstance(value, dict) else value
+    try:
+        out = tuple(sorted((str(k), float(v)) for k, v in pairs))
+    except (TypeError, ValueError):
+        raise OnnxPruneError("--layer-rates must map layer names to rates, e.g. {\"conv1\": 0.5}") from None
+    bad = [k for k, v in out if not 0 <= v < 1]
+    if bad:
+        raise OnnxPruneError(f"--layer-rates: rates must be in [0, 1); {', '.join(bad)} are not")
+    return out
+
+
 def pair(text: str, sep: str, option: str, want: str) -> tuple[int, int]:
     """'4x4' / '2:4' → (4, 4) / (2, 4), positive integers."""
     parts = str(text).lower().split(sep)
@@ -60,6 +84,7 @@ class Pruning:
     exclude: tuple[str, ...] = ()
     method: str = "reweighted"
     finetune_baseline: bool = False  # --method magnitude --finetune
+    layer_rates: object = ()  # --layer-rates: a JSON file (or dict) of layer name → rate; stored as sorted pairs
     mode: str = "endtoend"
     shrink: bool = _setting(True)
 
@@ -89,6 +114,10 @@ class Pruning:
             raise OnnxPruneError(f"layer floor must be in [0, 1], not {self.layer_floor}")
         if self.channel_multiple < 1:
             raise OnnxPruneError(f"channel multiple must be ≥ 1, not {self.channel_multiple}")
+        object.__setattr__(self, "layer_rates", _layer_rates(self.layer_rates))
+        if self.layer_rates and self.structure in (*COUPLED, "nm"):
+            raise OnnxPruneError("--layer-rates sets per-layer rates for per-layer structures; filter and channel "
+                                 "groups span layers, and nm has its rate built in")
         if self.rate_of == "macs" and self.structure not in COUPLED:
             raise OnnxPruneError("--rate-of macs needs --structure filter or channel (only they change the MACs run)")
         if self.mode == "layerwise":
@@ -204,8 +233,11 @@ class Output:
     latency: bool = True  # time dense vs compressed for the report
     threads: int | None = None  # ORT intra-op threads
     max_drop: float | None = None  # points of the headline metric the run may lose, else nothing is written
+    plot: object = None  # folder for the run's PNGs (plots.py)
 
     def __post_init__(self):
+        if self.plot is not None and importlib.util.find_spec("matplotlib") is None:
+            raise OnnxPruneError("--plot needs matplotlib, which is not installed: pip install 'onnxprune[plot]'")
         if self.max_drop is not None and not self.max_drop >= 0:
             raise OnnxPruneError(f"--max-drop must be ≥ 0 points, not {self.max_drop}")
         if self.resume and self.workdir is None:
@@ -214,8 +246,32 @@ class Output:
             raise OnnxPruneError(f"--threads must be ≥ 1, not {self.threads}")
 
 
+@dataclass(frozen=True)
+class Search:
+    """`--max-loss`: the tool chooses the rate (search.py). Trials are whole runs at one rate each."""
+
+    max_loss: float | None = None  # points of the headline metric the chosen model may lose
+    min_rate: float = 0.5  # the search's bracket, in rates: the least and most it tries
+    max_rate: float = 0.995
+    max_trials: int = 8
+    trials_per_round: int = 2  # rates tried side by side per round: the schedule, whatever runs it
+    jobs: int = _setting(1)  # local worker processes
+    ray: str | None = _setting(None)  # 'auto' or a Ray cluster address: trials run as Ray tasks
+
+    def __post_init__(self):
+        if self.max_loss is not None and not self.max_loss >= 0:
+            raise OnnxPruneError(f"--max-loss must be ≥ 0 points, not {self.max_loss}")
+        if not 0 < self.min_rate < self.max_rate < 1:
+            raise OnnxPruneError(f"the search needs 0 < --min-rate < --max-rate < 1, not {self.min_rate} and "
+                                 f"{self.max_rate}")
+        if self.max_trials < 2 or self.trials_per_round < 1 or self.jobs < 1:
+            raise OnnxPruneError("--max-trials must be ≥ 2, --jobs ≥ 1")
+        if (self.jobs > 1 or self.ray) and self.max_loss is None:
+            raise OnnxPruneError("--jobs and --ray run the trials of a search: add --max-loss")
+
+
 GROUPS = {"pruning": Pruning, "schedule": Schedule, "data": Data, "compression": Compression,
-          "preparation": Preparation, "output": Output}
+          "preparation": Preparation, "output": Output, "search": Search}
 
 
 @dataclass(frozen=True)
@@ -229,9 +285,17 @@ class PruneConfig:
     compression: Compression = field(default_factory=Compression)
     preparation: Preparation = field(default_factory=Preparation)
     output: Output = field(default_factory=Output)
+    search: Search = field(default_factory=Search)
 
     def __post_init__(self):
         p, c = self.pruning, self.compression
+        if self.search.max_loss is not None:
+            if p.structure == "nm":
+                raise OnnxPruneError("--structure nm has its rate built in (1 − N/M): nothing for --max-loss to choose")
+            if self.output.workdir is not None:
+                raise OnnxPruneError("--max-loss runs each trial in its own work folder: leave out --workdir")
+            if self.output.max_drop is not None:
+                raise OnnxPruneError("--max-loss is the budget; leave out --max-drop")
         if c.qat and not p.trains:
             raise OnnxPruneError("--qat needs training: use --method reweighted, or --method magnitude --finetune")
         if p.mode == "layerwise" and self.output.resume:
@@ -243,6 +307,8 @@ class PruneConfig:
     @classmethod
     def from_options(cls, **options) -> PruneConfig:
         """Flat option names → the grouped config. A `schedule` option may be a whole Schedule."""
+        if options.get("max_loss") is not None and options.get("rate") is not None:
+            raise OnnxPruneError("give either --rate or --max-loss (the search chooses the rate), not both")
         groups: dict[str, dict] = {g: {} for g in GROUPS}
         owner = {f.name: g for g, klass in GROUPS.items() for f in dataclasses.fields(klass)}
         sched = options.pop("schedule", None)
@@ -260,7 +326,7 @@ class PruneConfig:
         """Every option that shapes what is trained (the resume fingerprint's part)."""
         return {g: {f.name: getattr(getattr(self, g), f.name) for f in dataclasses.fields(getattr(self, g))
                     if f.metadata.get("training", True)}
-                for g in GROUPS if g != "output"}
+                for g in GROUPS if g not in ("output", "search")}
 
     def flat(self) -> dict:
         """All options under their flat names (for the report)."""

@@ -26,8 +26,10 @@ def mean_square(weights: dict[str, np.ndarray], plan: GroupPlan) -> np.ndarray:
 
 
 def ranked(weights: dict[str, np.ndarray], plan: GroupPlan, rate: float, scope: str = "global",
-           floor: float = 0.1) -> dict[str, np.ndarray]:
-    """Masks (1 kept, 0 pruned) that keep the best-scoring groups, exactly at `rate`."""
+           floor: float = 0.1, unit_rates: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Masks (1 kept, 0 pruned) that keep the best-scoring groups, exactly at `rate`. With
+    `unit_rates` (`--layer-rates`: layer name → rate), every layer is pruned alone, at its own
+    rate where it has one and at `rate` elsewhere."""
     scores = mean_square(weights, plan)
     sizes = plan.sizes(plan.counted)  # counted weights per group
     forced = plan.forced if plan.forced is not None else np.zeros(plan.count, bool)
@@ -37,10 +39,11 @@ def ranked(weights: dict[str, np.ndarray], plan: GroupPlan, rate: float, scope: 
     total = int(sizes.sum())
     check_rate(plan, rate)
     scores = np.where(forced, -np.inf, scores)
-    if scope == "layer":
+    if scope == "layer" or unit_rates:
         for u in units:
             sel = np.flatnonzero(plan.unit == u)
-            _take(scores[sel], sizes[sel], round((1 - rate) * unit_total[u]), keep, index=sel, skip=forced[sel])
+            r = (unit_rates or {}).get(plan.units[u], rate)
+            _take(scores[sel], sizes[sel], round((1 - r) * unit_total[u]), keep, index=sel, skip=forced[sel])
     else:
         budget = round((1 - rate) * total)
         for u in units:  # the floor: each layer keeps a share of its uniform quota

@@ -36,12 +36,15 @@ class Plan:
     scope: str
     floor: float
     align: int
+    unit_rates: dict[str, float] | None = None  # --layer-rates: layer name → rate
+
 
     def select(self, weights: dict[str, np.ndarray], groups: GroupPlan | None = None,
                rate: float | None = None, scope: str | None = None) -> dict[str, np.ndarray]:
         """Hard-pruning masks for `weights` (of `groups`, default the whole plan)."""
         return self.structure.select(weights, groups or self.groups, self.rate if rate is None else rate,
-                                     scope or self.scope, self.floor, self.align)
+                                     scope or self.scope, self.floor, self.align,
+                                     self.unit_rates if groups is None else None)
 
 
 def plan(loaded: Loaded, data: Dataset, cfg: PruneConfig) -> Plan:
@@ -68,5 +71,10 @@ def plan(loaded: Loaded, data: Dataset, cfg: PruneConfig) -> Plan:
         quantizer = FakeInt8({layer.weight: layer.out_axis for layer in layers
                               if layer.name not in keep_float and layer.weight in groups.tensors})
     fixed = fixed_transforms(layers, weights_of)
+    unit_rates = dict(p.layer_rates) or None
+    unknown = sorted(set(unit_rates or ()) - set(groups.units))
+    if unknown:
+        raise OnnxPruneError(f"--layer-rates names {', '.join(unknown)}, which are not prunable layers of this model "
+                             f"(they are: {', '.join(groups.units[:8])}{' …' if len(groups.units) > 8 else ''})")
     return Plan(structure, groups, shapes, dense_weights, keep_float, quantizer, fixed, p.rate, p.scope,
-                p.layer_floor, p.channel_multiple)
+                p.layer_floor, p.channel_multiple, unit_rates)

@@ -67,7 +67,9 @@ def build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, c
         "file_size": {"input": loaded.source.stat().st_size if loaded.source else loaded.original.ByteSize(),
                       "output": Path(out.out).stat().st_size if out.out is not None else compressed.model.ByteSize()},
         "phases": [{"name": ph.name, "epochs": ph.epochs, "steps": ph.steps, "seconds": ph.seconds,
-                    "final_task_loss": ph.final_task_loss} for ph in trained.phases],
+                    "final_task_loss": ph.final_task_loss,
+                    "history": [{"step": h[0], "task_loss": h[1], "penalty": h[2], "groups_alive": h[3]}
+                                for h in ph.history]} for ph in trained.phases],
         "schedule": dataclasses.asdict(trained.schedule), "preparation": loaded.prepared.changes + trained.notes,
         "warnings": warnings,
         "workdir": str(out.workdir) if out.workdir is not None and p.trains else None,
@@ -138,6 +140,7 @@ def format_table(report: dict) -> str:
         out.append(f"rewritten         {r}")
     for note in report.get("left_alone", [])[:5]:
         out.append(f"left alone        {note}")
+    out += _search_lines(report.get("search"))
     out.append(f"loss              {report['loss']}")
     out.append(f"wall time         {report['wall_time_s']:.1f} s "
                + " ".join(f"({p['name']} {p['seconds']:.1f} s)" for p in report["phases"]))
@@ -149,6 +152,8 @@ def format_table(report: dict) -> str:
         out.append(f"prepared          {c}")
     if report.get("output"):
         out.append(f"written           {report['output']}")
+    for path in report.get("plots", []):
+        out.append(f"plot              {path}")
     return "\n".join(out)
 
 
@@ -188,6 +193,19 @@ def _compression_lines(report: dict) -> list[str]:
                    "at load; tools that read weight initializers do not see them)")
     for step in c.get("optimize", []):
         out.append(f"optimized         {step}")
+    return out
+
+
+def _search_lines(search: dict | None) -> list[str]:
+    """Every trial of a --max-loss search, in the order they ran."""
+    if not search:
+        return []
+    out = [f"search            {len(search['trials'])} trials ({search['executor']}, {search['workers']} worker(s), "
+           f"{search['wall_time_s']:.0f} s): rate {search['chosen_rate']:.4g} is the most compressed within "
+           f"{search['max_loss']:g} point(s)"]
+    for t in search["trials"]:
+        out.append(f"  trial           rate {t['rate']:<8.4g} {t['compression']:6.1f}x  lost {t['drop']:6.2f} points  "
+                   + ("within" if t["within"] else "collapsed" if t["collapse"] else "over") + f"  ({t['seconds']:.0f} s)")
     return out
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import batchnorm
 from .config import Schedule
 from .groups import GroupPlan
 from .plumbing import log
@@ -24,7 +25,7 @@ class Phase:
     steps: int = 0
     seconds: float = 0.0
     final_task_loss: float = float("nan")
-    history: list = field(default_factory=list)  # (step, task loss, penalty) every refresh
+    history: list = field(default_factory=list)  # (step, task loss, penalty, what on_refresh said) every refresh
 
 
 def batches(n: int, batch_size: int, rng: np.random.Generator):
@@ -43,7 +44,8 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr: float, batch_size: int,
               rng: np.random.Generator, progress, every: int = 0, on_refresh=None, cosine: bool = False,
               after_step=None, ckpt=None) -> Phase:
-    """Train `phase.epochs` epochs; calls `on_refresh()` every `every` steps (and at step 0),
+    """Train `phase.epochs` epochs; calls `on_refresh()` every `every` steps (and at step 0; what it
+    returns goes into the phase's history),
     and `after_step(step)` after every optimizer step. `ckpt` (resume.Checkpoints): skip the
     epochs a checkpoint already holds, and save one after every epoch."""
     n = len(next(iter(arrays.values())))
@@ -58,13 +60,14 @@ def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr:
         bar.update(phase.steps, task)
         for epoch in range(first, phase.epochs):
             for idx in batches(n, batch_size, rng):
+                said = None
                 if on_refresh and every and phase.steps % every == 0:
-                    on_refresh()
+                    said = on_refresh()
                 # cosine decay lets fine-tuning settle into the masked minimum
                 trainer.set_learning_rate(lr * 0.5 * (1 + math.cos(math.pi * phase.steps / total)) if cosine else lr)
                 _, task, penalty = trainer.step({k: arrays[k][idx] for k in trainer.input_names})
                 if every and phase.steps % every == 0:
-                    phase.history.append((phase.steps, task, penalty))
+                    phase.history.append((phase.steps, task, penalty, said))
                 phase.steps += 1
                 if after_step:
                     after_step(phase.steps)
@@ -102,9 +105,11 @@ def reweighted(trainer: Trainer, arrays, plan: GroupPlan, select, sched: Schedul
     weight = plan.removal_sizes / max(plan.removal_sizes.sum(), 1)
 
     def refresh():
-        p = sched.lam * weight / (norms() + eps)
+        now = norms()
+        p = sched.lam * weight / (now + eps)
         for w in penalized:
             trainer.set(coef_name(w), plan.expand(p, w))
+        return float(np.mean(now > 0.01 * start))  # the share of groups still above 1% of their start
 
     phases = [run_phase(trainer, arrays, Phase("reweighted", sched.epochs), sched.lr, sched.batch_size, rng,
                         progress, every=sched.reweight_every, on_refresh=refresh, ckpt=ckpt)]
@@ -127,6 +132,8 @@ def finetune(trainer: Trainer, arrays, masks: dict[str, np.ndarray], phase: Phas
     after every step, and the quantizer itself (codebooks) every `reweight_every` steps."""
     for w, m in masks.items():
         trainer.set(mask_name(w), m)
+    if trainer.has(batchnorm.SWITCH):  # BatchNorm on batch statistics from here on
+        trainer.set(batchnorm.SWITCH, np.ones(1, np.float32))
     if quantizer is None:
         return run_phase(trainer, arrays, phase, sched.finetune_lr, sched.batch_size, rng, progress, cosine=True,
                          ckpt=ckpt)

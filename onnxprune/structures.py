@@ -63,9 +63,9 @@ class Structure:
         raise NotImplementedError
 
     def select(self, weights: dict[str, np.ndarray], plan: GroupPlan, rate: float, scope: str = "global",
-               floor: float = 0.1, align: int = 1) -> dict[str, np.ndarray]:
-        """Masks (1 kept, 0 pruned) for every tensor of the plan at `rate`."""
-        return masking.ranked(weights, plan, rate, scope, floor)
+               floor: float = 0.1, align: int = 1, unit_rates: dict | None = None) -> dict[str, np.ndarray]:
+        """Masks (1 kept, 0 pruned) for every tensor of the plan at `rate` (per layer: `unit_rates`)."""
+        return masking.ranked(weights, plan, rate, scope, floor, unit_rates)
 
     def rewrite(self, masked: onnx.ModelProto, plan: GroupPlan, masks: dict[str, np.ndarray],
                 shapes: dict) -> tuple[onnx.ModelProto, list[str]]:
@@ -180,7 +180,7 @@ class NM(PerLayer):
         return NMPlan(**base.__dict__, nm=(self.n, self.m),
                       blocks={layer.weight: self.block_ids(layer) for layer in layers})
 
-    def select(self, weights, plan, rate, scope="global", floor=0.1, align=1):
+    def select(self, weights, plan, rate, scope="global", floor=0.1, align=1, unit_rates=None):
         return masking.n_of_m(weights, plan)
 
     def rewrite(self, masked, plan, masks, shapes):
@@ -257,7 +257,7 @@ class Filter(Structure):
             raise OnnxPruneError(f"--structure {self.name}: no channel can be removed safely ({why})")
         return plan
 
-    def select(self, weights, plan, rate, scope="global", floor=0.1, align=1):
+    def select(self, weights, plan, rate, scope="global", floor=0.1, align=1, unit_rates=None):
         return masking.coupled(weights, plan, rate, scope, floor, align)
 
     def rewrite(self, masked, plan, masks, shapes):

@@ -97,8 +97,16 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     frozen = ([mask_name(w) for w in groups.tensors] + [coef_name(w) for w in groups.penalized]
               + [correction_name(w) for w in groups.tensors if w in corrected])
     out = cfg.output
-    on_batches = sched.batch_size >= batchnorm.MIN_BATCH
+    easy = None
+    if cfg.pruning.method == "reweighted" and not sched.always_reweight:
+        easy = _hard_pruning_is_harmless(loaded, data, plan)
+    penalized_phase = cfg.pruning.method == "reweighted" and not easy
+    # BatchNorm: frozen statistics while the penalty shrinks weights (on batch statistics a filter's
+    # scale is free, so the penalty could shrink it at no cost), the batch's for fine-tuning
     norms = len(batchnorm.trainable_norms(original))
+    on_batches = sched.batch_size >= batchnorm.MIN_BATCH
+    form = "frozen" if not on_batches else "switch" if penalized_phase and norms else "batch"
+    frozen += [batchnorm.SWITCH] if form == "switch" else []
     with workdir(out.workdir) as wd:
         ckpt = None
         if out.workdir is not None:  # a kept work folder gets a checkpoint after every epoch
@@ -108,21 +116,18 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
         def trainer_on(model):
             standins.check_crashes(model, trainable, [t.tensor for t in terms])
             graph = build_training_graph(model, groups.tensors, set(groups.penalized), terms, shapes, corrected,
-                                         batch_statistics=on_batches)
+                                         norms=form)
             return Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
                            probe=first_batch(arrays, sched.batch_size))
         trainer, notes = standins.with_fallback(original, shapes, trainer_on)
         if folded:
             notes.append(f"{folded} If node(s) decided by tensor shapes trained as the branch they take at the "
                          "training shapes (the written model keeps them)")
-        easy = None
-        if cfg.pruning.method == "reweighted" and not sched.always_reweight:
-            easy = _hard_pruning_is_harmless(loaded, data, plan)
-            if easy:
-                notes.append(f"hard pruning the dense weights alone kept {easy} with the dense model on training "
-                             "samples, so the reweighted phase was skipped (λ = 0) and its epochs fine-tune instead "
-                             "(--always-reweight runs it)")
-        if cfg.pruning.method == "reweighted" and not easy:
+        if easy:
+            notes.append(f"hard pruning the dense weights alone kept {easy} with the dense model on training "
+                         "samples, so the reweighted phase was skipped (λ = 0) and its epochs fine-tune instead "
+                         "(--always-reweight runs it)")
+        if penalized_phase:
             masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt)
         else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
             masks = plan.select(plan.dense_weights)
@@ -135,8 +140,9 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
         written = with_weights(original, {**weights, **seen})
         stats = batchnorm.recalibrate(written, as_float32(data.inputs(data.train)), sched.batch_size)
         weights.update({n: v for n, v in stats.items() if n in stored})
-        notes.append(f"BatchNormalization×{norms} trained on batch statistics; running statistics recomputed "
-                     "from the training samples afterwards")
+        notes.append(f"BatchNormalization×{norms} " + ("kept its running statistics in the reweighted phase and "
+                     "fine-tuned" if form == "switch" else "trained") + " on batch statistics; running statistics "
+                     "recomputed from the training samples afterwards")
     elif norms:
         notes.append(f"BatchNormalization×{norms} trained with its running statistics frozen (batches of "
                      f"{sched.batch_size} are under {batchnorm.MIN_BATCH} samples)")

@@ -57,20 +57,19 @@ class Builder:
 
 def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ...]], penalized: set[str],
                          terms: list[LossTerm], shapes: dict[str, tuple[int, ...]],
-                         corrected: set[str] = frozenset(), batch_statistics: bool = True) -> onnx.ModelProto:
+                         corrected: set[str] = frozenset(), norms: str = "batch") -> onnx.ModelProto:
     """`tensors`: every masked tensor (prunable weights, and the biases and norms that
     channel groups take with them); `penalized`: those the group penalty covers; `shapes`: real
     tensor shapes (ORT's, on a probe batch); `corrected`: those trained against a quantizer.
     Their forward value is W·M + C, with C = Q(W·M) − W·M a frozen tensor refreshed after every
     step: the forward pass sees the quantized weight and the gradient reaches W unchanged (a
-    straight-through estimator; ORT has no stop-gradient). `batch_statistics`: BatchNorm trains
-    on each batch's statistics (else on its frozen running ones: `batchnorm`)."""
+    straight-through estimator; ORT has no stop-gradient). `norms`: BatchNorm trains on each
+    batch's statistics ("batch"), on its frozen running ones ("frozen"), or on either as the
+    frozen scalar `batchnorm.SWITCH` says ("switch"); see `batchnorm`."""
     model = copy.deepcopy(base)
     graph = model.graph
-    if batch_statistics:
-        batchnorm.on_batch_statistics(model, shapes)
-    else:
-        batchnorm.as_affine(model, shapes)
+    {"batch": batchnorm.on_batch_statistics, "frozen": batchnorm.as_affine,
+     "switch": batchnorm.switchable}[norms](model, shapes)
     weights = set(tensors)
     b = Builder(graph)
     node = b.node
@@ -157,6 +156,13 @@ class Trainer:
 
     def set(self, name: str, value: np.ndarray) -> None:
         self.state.parameters[name].data = np.ascontiguousarray(value, dtype=np.float32)
+
+    def has(self, name: str) -> bool:
+        try:
+            self.state.parameters[name]
+        except Exception:  # ORT raises its own error type for a name it does not hold
+            return False
+        return True
 
     def get(self, name: str) -> np.ndarray:
         return np.array(self.state.parameters[name].data, copy=True)  # .data is a live view

@@ -75,3 +75,20 @@ def test_frozen_statistics_keep_the_inference_semantics():
     batchnorm.as_affine(model, tensor_shapes(model, {"x": x}))
     assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)
     np.testing.assert_allclose(session(model).run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_switch_selects_frozen_or_batch_statistics():
+    """One graph for both phases: SWITCH 0 computes the inference semantics, 1 the batch's."""
+    model = _two_norms()
+    x = (3 + 2 * np.random.default_rng(3).standard_normal((16, 3, 5, 5))).astype(np.float32)
+    frozen = session(model).run(None, {"x": x})[0]
+    shapes = tensor_shapes(model, {"x": x[:2]})
+    on_batches = _two_norms()
+    batchnorm.on_batch_statistics(on_batches, shapes)
+    batch = session(on_batches).run(None, {"x": x})[0]
+    assert batchnorm.switchable(model, shapes)
+    for value, want in ((0.0, frozen), (1.0, batch)):
+        for t in model.graph.initializer:
+            if t.name == batchnorm.SWITCH:
+                t.CopyFrom(numpy_helper.from_array(np.array([value], np.float32), t.name))
+        np.testing.assert_allclose(session(model).run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,119 @@
+"""The search stage (`--max-loss P`): the largest compression whose pruned model loses at most P
+points of the headline metric on the evaluation samples (`--eval-data`, or the held-out share of
+`--data`), and is not collapsed.
+
+Each trial is a whole run at one rate (`api.prune`), independent of the others, so an executor
+(`executors.py`) runs a round's trials side by side, locally or on a Ray cluster. The rates follow
+the results only: round one tries the bracket's ends (`min_rate`, `max_rate`); every later round
+splits the gap between the most compressed trial within budget and the least compressed one above
+it that is not, evenly in log-compression, `trials_per_round` rates at a time, until `max_trials`
+or a gap under 5%. The same seed therefore chooses the same model whatever runs the trials.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+from . import export, plots
+from .config import PruneConfig
+from .errors import OnnxPruneError
+from .executors import executor
+from .metrics import drop_points
+
+log = logging.getLogger("onnxprune")
+FINE_ENOUGH = math.log(1.05)  # stop when the gap is under 5% of compression
+
+
+def run(model, data, eval_data, cfg: PruneConfig, progress, prune):
+    """The chosen trial's result (`prune`: api.prune, which runs a trial), its report extended
+    with `search` (every trial)."""
+    s = cfg.search
+    started = time.perf_counter()
+    ex = executor(s.jobs, s.ray)
+    try:
+        threads = cfg.output.threads or (max(1, (os.cpu_count() or 1) // ex.workers) if ex.workers > 1 else None)
+        trial_cfg = dataclasses.replace(
+            cfg, search=dataclasses.replace(s, max_loss=None, jobs=1, ray=None),
+            output=dataclasses.replace(cfg.output, out=None, threads=threads, plot=None))
+        trials: list[dict] = []
+        rates = [s.min_rate, s.max_rate]
+        bar_context = progress(s.max_trials, "trials")  # its "loss": the points the trial lost
+        bar = bar_context.__enter__()
+        while rates:
+            log.info("search: trying rate%s %s", "s" if len(rates) > 1 else "", ", ".join(f"{r:.4g}" for r in rates))
+            specs = [(prune, model, data, eval_data, dataclasses.replace(trial_cfg, pruning=dataclasses.replace(
+                cfg.pruning, rate=r))) for r in rates]
+            for r, got in zip(rates, ex.map(run_trial, specs)):
+                got["within"] = got["drop"] <= s.max_loss and not got["collapse"]
+                trials.append(got)
+                log.info("search: rate %.4g: %s lost %.2f points%s (%.1fx)", r, got["metric"]["name"], got["drop"],
+                         ", collapsed" if got["collapse"] else "", got["compression"])
+                bar.update(1, got["drop"])
+            rates = next_rates(trials, s)
+        bar_context.__exit__(None, None, None)
+    finally:
+        ex.close()
+    within = [t for t in trials if t["within"]]
+    if not within:
+        best = min(trials, key=lambda t: t["drop"])
+        raise OnnxPruneError(f"no rate kept within --max-loss {s.max_loss:g}: the best trial, rate {best['rate']:.4g}, "
+                             f"lost {best['drop']:.2f} points of {best['metric']['name']}"
+                             + (" and looked collapsed" if best["collapse"] else "")
+                             + f"; lower --min-rate (now {s.min_rate:g}) or allow more loss; nothing was written")
+    chosen = max(within, key=lambda t: t["rate"])
+    result = chosen.pop("result")
+    for t in trials:
+        t.pop("result", None)
+    if cfg.output.out is not None:
+        export.write(result.model, Path(cfg.output.out), result.model)
+    result.report["output"] = str(cfg.output.out) if cfg.output.out is not None else None
+    result.report["options"].update({f.name: getattr(s, f.name) for f in dataclasses.fields(s)})
+    result.report["search"] = {"max_loss": s.max_loss, "chosen_rate": chosen["rate"], "trials": trials,
+                               "workers": ex.workers, "executor": type(ex).__name__,
+                               "wall_time_s": time.perf_counter() - started}
+    result.report["wall_time_s"] = time.perf_counter() - started
+    if cfg.output.plot is not None:
+        result.report["plots"] = plots.write(result.report, Path(cfg.output.plot))
+    return result
+
+
+def next_rates(trials: list[dict], s) -> list[float]:
+    """The next round's rates, or [] when the search is done."""
+    left = s.max_trials - len(trials)
+    within = [t["rate"] for t in trials if t["within"]]
+    if not within or left <= 0:
+        return []
+    lo = log_compression(max(within))
+    above = [log_compression(t["rate"]) for t in trials if not t["within"] and log_compression(t["rate"]) > lo]
+    if not above or min(above) - lo < FINE_ENOUGH:
+        return []
+    hi = min(above)
+    k = min(s.trials_per_round, left)
+    return [rate_at(lo + (hi - lo) * i / (k + 1)) for i in range(1, k + 1)]
+
+
+def log_compression(rate: float) -> float:
+    return -math.log1p(-rate)
+
+
+def rate_at(log_c: float) -> float:
+    return round(-math.expm1(-log_c), 6)
+
+
+def run_trial(spec) -> dict:
+    """One trial, in whichever process runs it: a whole run at one rate, summarized."""
+    prune, model, data, eval_data, cfg = spec
+    started = time.perf_counter()
+    result = prune(model, data=data, eval_data=eval_data, config=cfg)
+    rep = result.report
+    return {"rate": cfg.pruning.rate, "metric": {k: rep["metric"][k] for k in ("name", "dense", "pruned")},
+            "drop": drop_points(rep["metric"]), "collapse": rep["metric"].get("collapse"),
+            "compression": rep["totals"]["compression"], "kept": rep["totals"]["kept"],
+            "macs": rep["costs"]["macs"]["compressed"], "bytes": result.model.ByteSize(),
+            "latency_ms": {b: t["compressed"] for b, t in rep["costs"].get("latency_ms", {}).items()},
+            "seconds": time.perf_counter() - started, "result": result}
+
