@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from . import compress as C
-from . import costs, export, loading, planning, plots, report, rewrite, search, train
+from . import costs, device, export, loading, planning, plots, report, rewrite, search, train
 from .config import PruneConfig
 from .data import prepare as prepare_data
 from .data import feed
@@ -65,13 +65,20 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
         raise TypeError("give either config= or options (rate=, structure=…), not both")
     cfg = config or PruneConfig.from_options(rate=rate, **options)
     started = time.perf_counter()
-    warnings: list[str] = []
     out = cfg.output.out
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if out is not None:
         export.check_output_path(Path(out), source)
     if cfg.search.max_loss is not None:  # the tool chooses the rate: whole runs as trials
         return search.run(model, data, eval_data, cfg, progress, prune)
+    with device.using(cfg.output.device):
+        return _run(model, data, eval_data, cfg, progress, source, started)
+
+
+def _run(model, data, eval_data, cfg: PruneConfig, progress, source: Path | None, started: float) -> PruneResult:
+    """The stages, one after another, on the run's device."""
+    warnings: list[str] = []
+    out = cfg.output.out
     rng = np.random.default_rng(cfg.data.seed)
 
     stage.info("loading %s", source or "the model")

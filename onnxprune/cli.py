@@ -26,7 +26,7 @@ SECTIONS = {
                  "finetune_lr", "batch_size", "seed"],
     "Compression": ["quantize", "target", "qat", "bits", "storage"],
     "Search (the tool chooses the rate)": ["max_loss", "min_rate", "max_rate", "max_trials", "jobs", "ray"],
-    "Run": ["workdir", "resume", "threads", "no_latency", "max_drop", "quiet", "verbose", "version", "help"],
+    "Run": ["device", "workdir", "resume", "threads", "no_latency", "max_drop", "quiet", "verbose", "version", "help"],
 }
 
 
@@ -199,6 +199,10 @@ class SectionedCommand(click.Command):
               help="Continue an interrupted run from the checkpoint it left in --workdir (one is saved after "
                    "every epoch whenever --workdir is given). Same model, data and options required; the "
                    "result is the model the uninterrupted run would have written.")
+@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda[:N]",
+              help="Where to train and run the models. cuda needs ONNX Runtime's CUDA training build in place of "
+                   "the CPU one (see the README's GPU install); the report then times the models on the GPU "
+                   "and on the CPU.")
 @click.option("--threads", type=int, default=None, help="ORT intra-op threads for training (default: ORT's choice).")
 @click.option("--no-latency", is_flag=True,
               help="Skip timing dense vs compressed in ONNX Runtime (batch 1 and 32) for the report.")
@@ -220,7 +224,7 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
          channel_multiple, rate_of, no_shrink, quantize, target, qat, bits, storage, max_loss, min_rate, max_rate,
          max_trials, jobs, ray, optimize, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
          always_reweight, distill, lr, finetune_lr, batch_size, input_shape, fixed_input, synth_samples, seed, no_simplify, workdir, resume, threads, no_latency,
-         max_drop, report_path, plot, layer_rates, quiet, verbose):
+         max_drop, report_path, plot, layer_rates, device, quiet, verbose):
     """Prune an ONNX model to --rate with reweighted group-lasso training in ONNX Runtime,
     and write it back as the same graph: pruned weights exactly zero, or (filter/channel)
     the removed channels gone from the graph.
@@ -256,7 +260,7 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
             val_fraction=val_fraction, input_shapes=input_shape, synth_samples=synth_samples, seed=seed,
             simplify=not no_simplify, inputs=fixed_input, workdir=workdir, max_drop=max_drop, resume=resume, threads=threads,
             max_loss=max_loss, min_rate=min_rate, max_rate=max_rate, max_trials=max_trials, jobs=jobs, ray=ray,
-            plot=plot, layer_rates=layer_rates or ())
+            plot=plot, layer_rates=layer_rates or (), device=device)
         result = prune(model, data=data, eval_data=eval_data, config=config,
                        progress=_no_bars if quiet else _progress_bars)
         if report_path is not None:

@@ -16,6 +16,8 @@ from pathlib import Path
 from dataclasses import dataclass, field
 
 from .binding import split_binding
+from .device import check_available as check_device
+from .device import parse as parse_device
 from .data import parse_input_shapes
 from .errors import OnnxPruneError
 
@@ -234,8 +236,11 @@ class Output:
     threads: int | None = None  # ORT intra-op threads
     max_drop: float | None = None  # points of the headline metric the run may lose, else nothing is written
     plot: object = None  # folder for the run's PNGs (plots.py)
+    device: str = _setting("cpu")  # cpu, or cuda:N with ORT's CUDA training build (device.py)
 
     def __post_init__(self):
+        object.__setattr__(self, "device", parse_device(self.device))
+        check_device(self.device)
         if self.plot is not None and importlib.util.find_spec("matplotlib") is None:
             raise OnnxPruneError("--plot needs matplotlib, which is not installed: pip install 'onnxprune[plot]'")
         if self.max_drop is not None and not self.max_drop >= 0:

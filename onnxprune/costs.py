@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import device
 from .layers import RECURRENT
 from .plumbing import initializer_map, session, session_options, tensor_shapes
 
@@ -105,15 +106,21 @@ def measure(dense: onnx.ModelProto, pruned: onnx.ModelProto, final: onnx.ModelPr
     """The costs stage: params and MACs of `dense` vs `pruned` (the float model), latency of
     `dense` vs `final` (the one written; with `int8`, `pruned` is timed beside it). `one`: a feed
     of `fixed or 1` samples in the model's own layout, the one `dense_shapes` were measured on;
-    `batch_of(b)`: such a feed of b samples, for latency."""
+    `batch_of(b)`: such a feed of b samples, for latency. On a GPU run, latency is measured on the
+    GPU (`latency_ms`) and on the CPU too (`cpu_latency_ms`)."""
     macs_d, _ = count_macs(dense, one, dense_shapes, fixed or 1)
     macs_p, sparse_p = count_macs(pruned, one, batch=fixed or 1)
     out = {"params": {"dense": param_count(dense), "compressed": param_count(pruned)},
            "macs": {"dense": macs_d, "compressed": macs_p, "compressed_nonzero": sparse_p},
            "latency_ms": {}}
-    if latency:
-        for b in sorted({fixed} if fixed else {1, 32}):
-            models = {"dense": dense, "pruned_float": pruned, "compressed": final} if int8 else \
-                {"dense": dense, "compressed": final}
-            out["latency_ms"][f"batch_{b}"] = latencies(models, batch_of(b), threads=threads)
+    if not latency:
+        return out
+    models = {"dense": dense, "pruned_float": pruned, "compressed": final} if int8 else \
+        {"dense": dense, "compressed": final}
+    batches = sorted({fixed} if fixed else {1, 32})
+    out["latency_ms"] = {f"batch_{b}": latencies(models, batch_of(b), threads=threads) for b in batches}
+    if device.current() != "cpu":
+        out["device"] = device.current()
+        with device.using("cpu"):
+            out["cpu_latency_ms"] = {f"batch_{b}": latencies(models, batch_of(b), threads=threads) for b in batches}
     return out

@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from . import device
 from .errors import OnnxPruneError
 
 log = logging.getLogger("onnxprune")
@@ -51,10 +52,11 @@ def session_options(threads: int | None = None, *, denormal_as_zero: bool = True
 
 def session(model: onnx.ModelProto | str, what: str = "the model", options: ort.SessionOptions | None = None
             ) -> ort.InferenceSession:
-    """A CPU inference session; any ORT failure becomes a one-line OnnxPruneError about `what`."""
+    """An inference session on the run's device (`device.using`); any ORT failure becomes a
+    one-line OnnxPruneError about `what`."""
     source = model if isinstance(model, str) else model.SerializeToString()
     try:
-        return ort.InferenceSession(source, options or session_options(), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, options or session_options(), providers=device.providers())
     except Exception as e:
         raise OnnxPruneError(f"ONNX Runtime cannot run {what}: {first_line(e)}") from None
 

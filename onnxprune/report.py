@@ -210,18 +210,21 @@ def _search_lines(search: dict | None) -> list[str]:
 
 
 def _cost_lines(costs: dict | None) -> list[str]:
-    """Dense vs compressed: parameters, MACs per sample, ORT CPU latency (medians, same run)."""
+    """Dense vs compressed: parameters, MACs per sample, ORT latency on the run's device and, for
+    a GPU run, on the CPU too (medians, same run)."""
     if not costs:
         return []
     p, m = costs["params"], costs["macs"]
     lines = [f"parameters stored {p['dense']:,}  ->  {p['compressed']:,}  ({_ratio(p['dense'], p['compressed'])})",
              f"MACs per sample   {m['dense']:,}  ->  {m['compressed']:,}  ({_ratio(m['dense'], m['compressed'])})"
              + (f"; {m['compressed_nonzero']:,.0f} on non-zero weights" if m["compressed_nonzero"] < m["compressed"] else "")]
-    for batch, t in costs.get("latency_ms", {}).items():
-        also = (f"; pruned float {t['pruned_float']:.3f} ms, so int8 is {t['pruned_float'] / t['compressed']:.2f}x"
-                if "pruned_float" in t else "")
-        lines.append(f"ORT CPU latency   {batch.replace('_', ' ')}: {t['dense']:.3f} ms  ->  {t['compressed']:.3f} ms  "
-                     f"({t['dense'] / t['compressed']:.2f}x faster, medians{also})")
+    where = costs.get("device", "cpu").split(":")[0].upper()
+    for label, key in ((f"ORT {where} latency", "latency_ms"), ("ORT CPU latency", "cpu_latency_ms")):
+        for batch, t in costs.get(key, {}).items():
+            also = (f"; pruned float {t['pruned_float']:.3f} ms, so int8 is {t['pruned_float'] / t['compressed']:.2f}x"
+                    if "pruned_float" in t else "")
+            lines.append(f"{label:<17} {batch.replace('_', ' ')}: {t['dense']:.3f} ms  ->  {t['compressed']:.3f} ms  "
+                         f"({t['dense'] / t['compressed']:.2f}x faster, medians{also})")
     return lines
 
 

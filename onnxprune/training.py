@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import batchnorm, standins
+from . import batchnorm, device, standins
 from .errors import NativeCrash, OnnxPruneError
 from .losses import PREFIX, LossTerm
 from .plumbing import first_line, session_options
@@ -145,8 +145,8 @@ class Trainer:
                         optimizer=ot.onnxblock.optim.AdamW(eps=1e-8, weight_decay=0.0),
                         artifact_directory=str(workdir))
             self.state = ot.CheckpointState.load_checkpoint(str(checkpoint or workdir / "checkpoint"))
-            self.module = ot.Module(str(workdir / "training_model.onnx"), self.state,
-                                    str(workdir / "eval_model.onnx"), session_options=session_options(threads))
+            self.module = ot.Module(str(workdir / "training_model.onnx"), self.state, str(workdir / "eval_model.onnx"),
+                                    device=device.current(), session_options=session_options(threads))
             self.optimizer = ot.Optimizer(str(workdir / "optimizer_model.onnx"), self.module)
         except RuntimeError as e:  # a missing gradient shows up at one of these two points
             raise OnnxPruneError(_explain_gradient_error(str(e), graph, trainable)) from None
@@ -214,7 +214,7 @@ try:
                                         loss=None, optimizer=ot.onnxblock.optim.AdamW(eps=1e-8, weight_decay=0.0),
                                         artifact_directory=workdir)
     state = ot.CheckpointState.load_checkpoint(workdir + "/checkpoint")
-    module = ot.Module(workdir + "/training_model.onnx", state, workdir + "/eval_model.onnx")
+    module = ot.Module(workdir + "/training_model.onnx", state, workdir + "/eval_model.onnx", device=spec["device"])
     optimizer = ot.Optimizer(workdir + "/optimizer_model.onnx", module)
     with np.load(spec["feed"]) as z:
         feed = [z[n] for n in module.input_names()]
@@ -233,7 +233,8 @@ def _generate_isolated(graph: onnx.ModelProto, trainable, frozen, workdir: Path,
     path, feed = workdir / "training_graph.onnx", workdir / "probe_feed.npz"
     onnx.save_model(graph, path)
     np.savez(feed, **probe)
-    spec = json.dumps({"trainable": list(trainable), "frozen": list(frozen), "feed": str(feed)})
+    spec = json.dumps({"trainable": list(trainable), "frozen": list(frozen), "feed": str(feed),
+                       "device": device.current()})
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     done = subprocess.run([sys.executable, "-c", _CHILD, str(Path(__file__).parent), str(path), str(workdir), spec],
                           capture_output=True, text=True, env=env)

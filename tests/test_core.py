@@ -251,3 +251,22 @@ def test_top_level_cli_py_runs_from_a_checkout(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "weights kept" in r.stdout and out.exists()
+
+
+def test_device_option_is_parsed_and_cuda_refused_with_the_install_where_this_build_has_none(tmp_path):
+    import onnxruntime
+
+    from onnxprune import device
+
+    assert device.parse("CUDA") == "cuda:0" and device.parse("cuda:1") == "cuda:1" and device.parse("cpu") == "cpu"
+    assert device.providers("cuda:1")[0] == ("CUDAExecutionProvider", {"device_id": 1})
+    assert device.providers("cpu") == ["CPUExecutionProvider"]
+    with device.using("cuda:0"):
+        assert device.current() == "cuda:0"
+    assert device.current() == "cpu"
+    code, _, stderr = run_cli(MODELS / "no_such_model.onnx", "--device", "gpu", "-o", tmp_path / "x.onnx")
+    assert code == 2 and "--device must be cpu, cuda or cuda:N" in stderr
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():  # the CPU wheel: refused before work
+        code, _, stderr = run_cli(MODELS / "no_such_model.onnx", "--device", "cuda", "-o", tmp_path / "x.onnx")
+        assert code == 2 and "pip install onnxruntime-training==1.19.2" in stderr
+        assert len(stderr.strip().splitlines()) == 1
