@@ -21,17 +21,19 @@ from onnx import helper, numpy_helper
 from . import standins
 from .errors import OnnxPruneError
 from .losses import PREFIX
-from .plumbing import default_opset, session, tensor_shapes
+from .plumbing import default_opset, first_line, session, tensor_shapes
 
 MIN_BATCH = 8
 
 
-def trainable_norms(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+def trainable_norms(model: onnx.ModelProto, owned: set[str] | None = None) -> list[onnx.NodeProto]:
     """BatchNormalization nodes in inference form whose scale, bias, mean and variance are stored
-    tensors (the ones training can own)."""
+    tensors (the ones training can own); with `owned`, only those whose mean and variance are
+    among these (the written model's: a folded branch's or a view's constants are not)."""
     inits = {t.name for t in model.graph.initializer}
     return [n for n in model.graph.node if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")
-            and all(i in inits for i in n.input[1:5]) and not any(n.output[1:])]
+            and all(i in inits for i in n.input[1:5]) and not any(n.output[1:])
+            and (owned is None or all(i in owned for i in n.input[3:5]))]
 
 
 def _epsilon(node: onnx.NodeProto) -> float:
@@ -58,7 +60,7 @@ def _affine(n: onnx.NodeProto, inits: dict, shapes, output: str) -> tuple[list, 
     """x·a + b with a = scale/√(var+ε) and b = bias − mean·a: the op's inference semantics in
     plain ops, statistics frozen. Returns the nodes and their constants."""
     x, scale, bias, mean, var = n.input[:5]
-    p = f"{PREFIX}_bn/{n.name or n.output[0]}"
+    p = f"{PREFIX}_bn/{n.output[0]}"  # outputs are unique; node names need not be
     inv = 1.0 / np.sqrt(numpy_helper.to_array(inits[var]).astype(np.float64) + _epsilon(n))
     shape = [-1] + [1] * (_rank(n, shapes) - 2)
     consts = [numpy_helper.from_array(inv.astype(np.float32), f"{p}/inv"),
@@ -99,12 +101,14 @@ def as_affine(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> Non
     _replace(model, replaced)
 
 
-def on_batch_statistics(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, str, str, str]]:
-    """In place: each BatchNorm normalizes with its batch's statistics. Returns, per BatchNorm, its
-    running mean and variance initializers and the tensors that hold the batch's."""
+def on_batch_statistics(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                        owned: set[str] | None = None) -> list[tuple[str, str, str, str]]:
+    """In place: each BatchNorm (of `owned` statistics) normalizes with its batch's statistics.
+    Returns, per BatchNorm, its running mean and variance initializers and the tensors that hold
+    the batch's."""
     opset = default_opset(model)
     replaced, stats = {}, []
-    for n in trainable_norms(model):
+    for n in trainable_norms(model, owned):
         replaced[n.output[0]], consts, batch_mean, batch_var = _on_batch(n, shapes, opset, n.output[0])
         model.graph.initializer.extend(consts)
         stats.append((n.input[3], n.input[4], batch_mean, batch_var))
@@ -112,20 +116,21 @@ def on_batch_statistics(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...
     return stats
 
 
-def switchable(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> bool:
+def switchable(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], owned: set[str] | None = None) -> bool:
     """In place: each BatchNorm computes both forms, y = frozen + s·(batch − frozen), with s the
     frozen scalar SWITCH (0 at first): one set of training artifacts serves a phase that trains
     on frozen statistics and one on the batch's. Returns whether there was any BatchNorm."""
     opset = default_opset(model)
     inits = {t.name: t for t in model.graph.initializer}
     replaced = {}
-    for n in trainable_norms(model):
+    for n in trainable_norms(model, owned):
         y = n.output[0]
-        frozen, consts = _affine(n, inits, shapes, f"{y}__frozen")
-        batch, more, _, _ = _on_batch(n, shapes, opset, f"{y}__batch")
-        mix = [helper.make_node("Sub", [f"{y}__batch", f"{y}__frozen"], [f"{y}__delta"], name=f"{y}__delta"),
-               helper.make_node("Mul", [f"{y}__delta", SWITCH], [f"{y}__step"], name=f"{y}__step"),
-               helper.make_node("Add", [f"{y}__frozen", f"{y}__step"], [y], name=f"{y}__mix")]
+        p = f"{PREFIX}_bn/{y}/"
+        frozen, consts = _affine(n, inits, shapes, f"{p}frozen")
+        batch, more, _, _ = _on_batch(n, shapes, opset, f"{p}batch")
+        mix = [helper.make_node("Sub", [f"{p}batch", f"{p}frozen"], [f"{p}delta"], name=f"{p}delta"),
+               helper.make_node("Mul", [f"{p}delta", SWITCH], [f"{p}step"], name=f"{p}step"),
+               helper.make_node("Add", [f"{p}frozen", f"{p}step"], [y], name=f"{p}mix")]
         replaced[y] = frozen + batch + mix
         model.graph.initializer.extend(consts + more)
     if replaced:
@@ -134,18 +139,22 @@ def switchable(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> bo
     return bool(replaced)
 
 
-def recalibrate(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch_size: int,
-                max_batches: int = 64) -> dict[str, np.ndarray]:
-    """Running mean and variance for each BatchNorm of `model` (trained weights in place), over the
-    samples in `arrays` (the model's inputs, samples first): every BatchNorm normalizes on batch
-    statistics, as in training, and each channel's batch means and variances are pooled over up
-    to `max_batches` full batches into the population's (mean of the variances plus the variance
-    of the means)."""
+def recalibrate(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch_size: int, seed: int = 0,
+                max_batches: int = 64, owned: set[str] | None = None) -> dict[str, np.ndarray]:
+    """Running mean and variance for each BatchNorm of `model` (trained weights in place; `owned`:
+    only those whose statistics are among these tensors), over the samples in `arrays` (the model's
+    inputs, samples first) in shuffled full batches, as training drew them (samples repeated when
+    there are fewer than a batch): every BatchNorm normalizes on batch statistics, as in training,
+    and each channel's batch means and variances are pooled over up to `max_batches` batches into
+    the population's (mean of the variances plus the variance of the means)."""
     stats_model = onnx.ModelProto()
     stats_model.CopyFrom(model)
     n = len(next(iter(arrays.values())))
-    first = {k: v[:min(n, batch_size)] for k, v in arrays.items()}
-    stats = on_batch_statistics(stats_model, tensor_shapes(model, first))
+    order = np.random.default_rng(seed).permutation(n)
+    order = np.resize(order, max(batch_size, n - n % batch_size))[:max_batches * batch_size]
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    stats = on_batch_statistics(stats_model, tensor_shapes(model, {k: v[batches[0]] for k, v in arrays.items()}),
+                                owned)
     if not stats:
         return {}
     names = [t for _, _, m, v in stats for t in (m, v)]
@@ -153,8 +162,10 @@ def recalibrate(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch_siz
     stats_model.graph.output.extend(helper.ValueInfoProto(name=t) for t in names)
     sess = session(stats_model, "the model to recompute its BatchNorm statistics")
     feeds = [i.name for i in sess.get_inputs()]
-    starts = range(0, max(n - batch_size, 0) + 1, batch_size)[:max_batches]
-    runs = [sess.run(names, {k: arrays[k][s:s + batch_size] for k in feeds}) for s in starts]
+    try:
+        runs = [sess.run(names, {k: arrays[k][idx] for k in feeds}) for idx in batches]
+    except Exception as e:
+        raise OnnxPruneError(f"ONNX Runtime could not recompute the BatchNorm statistics: {first_line(e)}") from None
     per = {t: np.stack([r[i].reshape(-1) for r in runs]).astype(np.float64) for i, t in enumerate(names)}
     out = {}
     for mean, var, batch_mean, batch_var in stats:

@@ -45,13 +45,19 @@ def _one_of(value, allowed, what: str) -> None:
 
 def _layer_rates(value) -> tuple[tuple[str, float], ...]:
     """--layer-rates: a JSON file (as `onnxprune analyze` writes it, or a plain {layer: rate}) or a
-    dict, as sorted (layer, rate) pairs, every rate in (0, 1)."""
+    dict, as sorted (layer, rate) pairs, every rate in [0, 1) (0: the layer is left whole)."""
+    if value is None:
+        return ()
     if isinstance(value, (str, os.PathLike)):
+        path = value
         try:
-            loaded = json.loads(Path(value).read_text())
+            loaded = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise OnnxPruneError(f"--layer-rates {value}: cannot read it as JSON ({e})") from None
         value = loaded.get("layer_rates", loaded) if isinstance(loaded, dict) else loaded
+        if value is None:
+            raise OnnxPruneError(f"--layer-rates {path}: it suggests no per-layer rates (an analysis of filter or "
+                                 "channel units, which span layers)")
     pairs = value.items() if isinstance(value, dict) else value
     try:
         out = tuple(sorted((str(k), float(v)) for k, v in pairs))
@@ -301,6 +307,8 @@ class PruneConfig:
                 raise OnnxPruneError("--max-loss runs each trial in its own work folder: leave out --workdir")
             if self.output.max_drop is not None:
                 raise OnnxPruneError("--max-loss is the budget; leave out --max-drop")
+            if p.layer_rates:
+                raise OnnxPruneError("--layer-rates fixes the rates that --max-loss would search; give one of them")
         if c.qat and not p.trains:
             raise OnnxPruneError("--qat needs training: use --method reweighted, or --method magnitude --finetune")
         if p.mode == "layerwise" and self.output.resume:

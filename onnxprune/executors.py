@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import socket
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from .errors import OnnxPruneError
 from .plumbing import first_line
@@ -32,10 +33,14 @@ class Pool:
         self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
 
     def map(self, fn, items: list) -> list:
-        return list(self.pool.map(fn, items))
+        try:
+            return list(self.pool.map(fn, items))
+        except BrokenProcessPool:  # a worker died (a native crash): the trial's own error is lost with it
+            raise OnnxPruneError("a trial's worker process died (ONNX Runtime crashed in it); run with --jobs 1 "
+                                 "to see the error") from None
 
     def close(self) -> None:
-        self.pool.shutdown()
+        self.pool.shutdown(cancel_futures=True)
 
 
 class RayTasks:
@@ -70,6 +75,8 @@ class RayTasks:
             if isinstance(cause, OnnxPruneError):
                 raise OnnxPruneError(str(cause).splitlines()[-1]) from None
             raise OnnxPruneError(f"a trial failed on the Ray cluster: {first_line(e)}") from None
+        except self.ray.exceptions.RayError as e:  # a worker or node lost
+            raise OnnxPruneError(f"the Ray cluster lost a trial: {first_line(e)}") from None
 
     def close(self) -> None:
         self.ray.shutdown()

@@ -51,6 +51,12 @@ class Loaded:
     skipped: list[Skipped]
 
 
+def bound_original(model, inputs: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """The user's model with `--input` bindings applied: the inputs and outputs a written model keeps."""
+    original = read_model(Path(model)) if isinstance(model, (str, os.PathLike)) else checked_proto(model)
+    return bind(original, parse_inputs(inputs, original))
+
+
 def load(model, exclude: tuple[str, ...] = (), simplify: bool = True, optimize: bool = False,
          inputs: tuple[str, ...] = ()) -> Loaded:
     """The load stage. `model`: a path or an onnx.ModelProto; `inputs`: NAME=VALUE bindings."""

@@ -257,7 +257,9 @@ def _rounded(o):
     if isinstance(o, (list, tuple)):
         return [_rounded(v) for v in o]
     if isinstance(o, (float, np.floating)):
-        return float(f"{o:.6g}") if np.isfinite(o) else None
+        if not np.isfinite(o):
+            return None
+        return int(o) if float(o).is_integer() and abs(o) < 2**53 else float(f"{o:.6g}")  # counts stay exact
     if isinstance(o, np.integer):
         return int(o)
     return o

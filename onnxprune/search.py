@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from . import export, plots
+from . import export, loading, plots
 from .config import PruneConfig
 from .errors import OnnxPruneError
 from .executors import executor
@@ -34,46 +34,52 @@ def run(model, data, eval_data, cfg: PruneConfig, progress, prune):
     s = cfg.search
     started = time.perf_counter()
     ex = executor(s.jobs, s.ray)
+    side_by_side = min(ex.workers, s.trials_per_round)
+    # trials that run together share the cores; and a latency taken beside another trial's
+    # training would be noise, so side by side it is not taken
+    threads = cfg.output.threads or (max(1, (os.cpu_count() or 1) // side_by_side) if side_by_side > 1 else None)
+    trial_cfg = dataclasses.replace(
+        cfg, search=dataclasses.replace(s, max_loss=None, jobs=1, ray=None),
+        output=dataclasses.replace(cfg.output, out=None, threads=threads, plot=None,
+                                   latency=cfg.output.latency and side_by_side == 1))
+    if s.ray:  # Ray workers may run elsewhere: files by absolute path (a shared file system is assumed)
+        model, data, eval_data = (str(Path(x).resolve()) if isinstance(x, (str, os.PathLike)) else x
+                                  for x in (model, data, eval_data))
+    trials: list[dict] = []
+    result = None  # the most compressed trial within budget so far: only its model is kept
     try:
-        threads = cfg.output.threads or (max(1, (os.cpu_count() or 1) // ex.workers) if ex.workers > 1 else None)
-        trial_cfg = dataclasses.replace(
-            cfg, search=dataclasses.replace(s, max_loss=None, jobs=1, ray=None),
-            output=dataclasses.replace(cfg.output, out=None, threads=threads, plot=None))
-        trials: list[dict] = []
-        rates = [s.min_rate, s.max_rate]
-        bar_context = progress(s.max_trials, "trials")  # its "loss": the points the trial lost
-        bar = bar_context.__enter__()
-        while rates:
-            log.info("search: trying rate%s %s", "s" if len(rates) > 1 else "", ", ".join(f"{r:.4g}" for r in rates))
-            specs = [(prune, model, data, eval_data, dataclasses.replace(trial_cfg, pruning=dataclasses.replace(
-                cfg.pruning, rate=r))) for r in rates]
-            for r, got in zip(rates, ex.map(run_trial, specs)):
-                got["within"] = got["drop"] <= s.max_loss and not got["collapse"]
-                trials.append(got)
-                log.info("search: rate %.4g: %s lost %.2f points%s (%.1fx)", r, got["metric"]["name"], got["drop"],
-                         ", collapsed" if got["collapse"] else "", got["compression"])
-                bar.update(1, got["drop"])
-            rates = next_rates(trials, s)
-        bar_context.__exit__(None, None, None)
+        with progress(s.max_trials, "trials") as bar:  # a trial's "loss": the points it lost
+            rates = [s.min_rate, s.max_rate]
+            while rates:
+                log.info("search: trying rate%s %s", "s" if len(rates) > 1 else "",
+                         ", ".join(f"{r:.4g}" for r in rates))
+                specs = [(prune, model, data, eval_data, dataclasses.replace(trial_cfg, pruning=dataclasses.replace(
+                    cfg.pruning, rate=r))) for r in rates]
+                for r, got in zip(rates, ex.map(run_trial, specs)):
+                    got["within"] = got["drop"] <= s.max_loss and not got["collapse"]
+                    kept = got.pop("result")
+                    if got["within"] and (result is None or r > result[0]):
+                        result = (r, kept)
+                    trials.append(got)
+                    log.info("search: rate %.4g: %s lost %.2f points%s (%.1fx)", r, got["metric"]["name"],
+                             got["drop"], ", collapsed" if got["collapse"] else "", got["compression"])
+                    bar.update(1, got["drop"])
+                rates = next_rates(trials, s)
     finally:
         ex.close()
-    within = [t for t in trials if t["within"]]
-    if not within:
+    if result is None:
         best = min(trials, key=lambda t: t["drop"])
         raise OnnxPruneError(f"no rate kept within --max-loss {s.max_loss:g}: the best trial, rate {best['rate']:.4g}, "
                              f"lost {best['drop']:.2f} points of {best['metric']['name']}"
                              + (" and looked collapsed" if best["collapse"] else "")
                              + f"; lower --min-rate (now {s.min_rate:g}) or allow more loss; nothing was written")
-    chosen = max(within, key=lambda t: t["rate"])
-    result = chosen.pop("result")
-    for t in trials:
-        t.pop("result", None)
-    if cfg.output.out is not None:
-        export.write(result.model, Path(cfg.output.out), result.model)
+    chosen_rate, result = result
+    if cfg.output.out is not None:  # the trial wrote nothing; the model it made is checked as any run's is
+        export.write(result.model, Path(cfg.output.out), loading.bound_original(model, cfg.preparation.inputs))
     result.report["output"] = str(cfg.output.out) if cfg.output.out is not None else None
     result.report["options"].update({f.name: getattr(s, f.name) for f in dataclasses.fields(s)})
-    result.report["search"] = {"max_loss": s.max_loss, "chosen_rate": chosen["rate"], "trials": trials,
-                               "workers": ex.workers, "executor": type(ex).__name__,
+    result.report["search"] = {"max_loss": s.max_loss, "chosen_rate": chosen_rate, "trials": trials,
+                               "workers": ex.workers, "side_by_side": side_by_side, "executor": type(ex).__name__,
                                "wall_time_s": time.perf_counter() - started}
     result.report["wall_time_s"] = time.perf_counter() - started
     if cfg.output.plot is not None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import loading, planning
 from .api import score
-from .config import PruneConfig
+from .config import COUPLED, PruneConfig
 from .data import prepare as prepare_data
 from .export import with_weights
 from .masking import mean_square
@@ -67,11 +67,12 @@ def analyze(model, data=None, eval_data=None, config: PruneConfig | None = None,
         ok = [r for r in rates if drops[r] <= tolerance]
         units.append({"name": name, "weights": total, "drops": {str(r): d for r, d in drops.items()},
                       "suggested_rate": max(ok) if ok else 0.0})
+    per_layer = cfg.pruning.structure not in COUPLED  # coupled units span layers: --layer-rates cannot take them
     report = {"model": str(model) if not hasattr(model, "graph") else None, "structure": cfg.pruning.structure,
               "metric": {"name": dense["name"], "dense": dense["dense"], "samples": dense.get("samples"),
                          "split": dense.get("split")},
               "rates": list(rates), "tolerance": tolerance, "units": units, "warnings": warnings,
-              "layer_rates": {x["name"]: x["suggested_rate"] for x in units},
+              "layer_rates": {x["name"]: x["suggested_rate"] for x in units} if per_layer else None,
               "wall_time_s": time.perf_counter() - started}
     return Sensitivity(report)
 
@@ -88,7 +89,8 @@ def format_table(report: dict) -> str:
            f"(dense {100 * m['dense']:.2f}%, {m['samples']} {m['split']} samples):", "",
            line(head), "  ".join("-" * w for w in widths), *map(line, body), "",
            f"suggested: the highest rate losing at most {report['tolerance']:g} point(s); "
-           "pass the JSON file to --layer-rates"]
+           + ("pass the JSON file to --layer-rates" if report["layer_rates"] is not None else
+              "a coupled unit spans layers, so these are a guide (--layer-rates takes per-layer structures)")]
     return "\n".join(out)
 
 

@@ -103,7 +103,7 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     penalized_phase = cfg.pruning.method == "reweighted" and not easy
     # BatchNorm: frozen statistics while the penalty shrinks weights (on batch statistics a filter's
     # scale is free, so the penalty could shrink it at no cost), the batch's for fine-tuning
-    norms = len(batchnorm.trainable_norms(original))
+    norms = len(batchnorm.trainable_norms(original, stored))
     on_batches = sched.batch_size >= batchnorm.MIN_BATCH
     form = "frozen" if not on_batches else "switch" if penalized_phase and norms else "batch"
     frozen += [batchnorm.SWITCH] if form == "switch" else []
@@ -116,7 +116,7 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
         def trainer_on(model):
             standins.check_crashes(model, trainable, [t.tensor for t in terms])
             graph = build_training_graph(model, groups.tensors, set(groups.penalized), terms, shapes, corrected,
-                                         norms=form)
+                                         norms=form, owned=stored)
             return Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
                            probe=first_batch(arrays, sched.batch_size))
         trainer, notes = standins.with_fallback(original, shapes, trainer_on)
@@ -138,8 +138,9 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     if norms and on_batches:  # the running statistics of the weights as written (Q(W·M) when quantized)
         seen = {n: quantizer(n, weights[n], masks[n]) for n in quantizer.names} if quantizer else {}
         written = with_weights(original, {**weights, **seen})
-        stats = batchnorm.recalibrate(written, as_float32(data.inputs(data.train)), sched.batch_size)
-        weights.update({n: v for n, v in stats.items() if n in stored})
+        stats = batchnorm.recalibrate(written, as_float32(data.inputs(data.train)), sched.batch_size,
+                                      seed=cfg.data.seed, owned=stored)
+        weights.update(stats)
         notes.append(f"BatchNormalization×{norms} " + ("kept its running statistics in the reweighted phase and "
                      "fine-tuned" if form == "switch" else "trained") + " on batch statistics; running statistics "
                      "recomputed from the training samples afterwards")

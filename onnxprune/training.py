@@ -57,7 +57,8 @@ class Builder:
 
 def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ...]], penalized: set[str],
                          terms: list[LossTerm], shapes: dict[str, tuple[int, ...]],
-                         corrected: set[str] = frozenset(), norms: str = "batch") -> onnx.ModelProto:
+                         corrected: set[str] = frozenset(), norms: str = "batch",
+                         owned: set[str] | None = None) -> onnx.ModelProto:
     """`tensors`: every masked tensor (prunable weights, and the biases and norms that
     channel groups take with them); `penalized`: those the group penalty covers; `shapes`: real
     tensor shapes (ORT's, on a probe batch); `corrected`: those trained against a quantizer.
@@ -65,11 +66,13 @@ def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ..
     step: the forward pass sees the quantized weight and the gradient reaches W unchanged (a
     straight-through estimator; ORT has no stop-gradient). `norms`: BatchNorm trains on each
     batch's statistics ("batch"), on its frozen running ones ("frozen"), or on either as the
-    frozen scalar `batchnorm.SWITCH` says ("switch"); see `batchnorm`."""
+    frozen scalar `batchnorm.SWITCH` says ("switch"); see `batchnorm`. Only BatchNorms whose
+    statistics are `owned` (stored by the written model) can leave their frozen ones."""
     model = copy.deepcopy(base)
     graph = model.graph
-    {"batch": batchnorm.on_batch_statistics, "frozen": batchnorm.as_affine,
-     "switch": batchnorm.switchable}[norms](model, shapes)
+    if norms != "frozen":
+        {"batch": batchnorm.on_batch_statistics, "switch": batchnorm.switchable}[norms](model, shapes, owned)
+    batchnorm.as_affine(model, shapes)  # the rest
     weights = set(tensors)
     b = Builder(graph)
     node = b.node
