@@ -1,5 +1,7 @@
 """The default output is standard ONNX: every weight a plain initializer, which the tools that come
 after onnxprune read as they read the input (ORT's quantizers, onnxsim, onnx.checker)."""
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -89,3 +91,64 @@ def test_onnxsim_keeps_the_sparsity_and_does_not_grow_the_file(pruned, tmp_path)
     before, after = _weights_by_slot(model, reference), _weights_by_slot(simplified, reference)
     for name in before:
         assert np.count_nonzero(after[name]) == np.count_nonzero(before[name]), name
+
+
+def test_help_comes_in_sections():
+    code, stdout, _ = run_cli("--help")
+    heads = [line for line in stdout.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert heads[:7] == ["Model and output:", "Data:", "What to prune:", "Schedule:", "Compression:",
+                         "Search (the tool chooses the rate):", "Run:"] and "Other:" not in heads
+    assert stdout.index("--storage") > stdout.index("Compression:") > stdout.index("--lam")
+
+
+def test_progress_off_a_terminal_is_periodic_lines(tmp_path):
+    """CliRunner's stderr is no terminal: each phase reports every tenth, one line each."""
+    code, _, stderr = run_cli(MODELS / "digits_mlp.onnx", "--rate", "0.8", "--epochs", "2", "--finetune-epochs", "2",
+                              "--data", MODELS / "digits_train.npz", "--always-reweight", "--no-latency",
+                              "-o", tmp_path / "d.onnx")
+    assert code == 0, stderr
+    lines = [x for x in stderr.splitlines() if x.startswith(("reweighted: step", "fine-tune: step"))]
+    assert 16 <= len(lines) <= 22 and all("loss" in x and x.endswith(" s") for x in lines)
+    assert any("(100%)" in x for x in lines if x.startswith("fine-tune"))
+
+
+def test_report_names_its_software_options_and_input_with_snake_case_keys_and_rounded_floats(tmp_path):
+    import hashlib
+    import json
+
+    import onnxruntime
+
+    report = tmp_path / "r.json"
+    code, _, stderr = run_cli(MODELS / "lenet5.onnx", "--rate", "0.9", "--method", "magnitude", "--data",
+                              MODELS / "mnist_train.npz", "-o", tmp_path / "l.onnx", "--report", report)
+    assert code == 0, stderr
+    text = report.read_text()
+    rep = json.loads(text)
+    assert rep["tool"]["onnxruntime"] == onnxruntime.__version__ and rep["tool"]["onnxprune"]
+    assert rep["input_sha256"] == hashlib.sha256((MODELS / "lenet5.onnx").read_bytes()).hexdigest()
+    assert rep["options"]["rate"] == 0.9 and rep["options"]["storage"] == "dense" and rep["command"].startswith("onnxprune")
+
+    def keys(o):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                yield k
+                yield from keys(v)
+        elif isinstance(o, list):
+            for v in o:
+                yield from keys(v)
+    assert all(k == k.lower() and " " not in k and "-" not in k for k in keys(rep)), sorted(set(keys(rep)))
+    assert not re.search(r"\d\.\d{7,}", text)  # no float noise (0.16400000000000003)
+
+
+def test_filter_summary_shows_written_shapes_and_one_parameter_count(tmp_path):
+    code, stdout, stderr = run_cli(MODELS / "resnet_mnist.onnx", "--structure", "filter", "--rate", "0.5",
+                                   "--method", "magnitude", "--data", MODELS / "mnist_train.npz", "--no-latency",
+                                   "-o", tmp_path / "f.onnx")
+    assert code == 0, stderr
+    model = onnx.load(str(tmp_path / "f.onnx"))
+    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    row = next(x for x in stdout.splitlines() if x.startswith("block2.conv1 "))
+    assert "x".join(map(str, inits["block2.conv1.weight"])) in row.split()  # the shape as written, not 64x32x3x3
+    kept_all = int(re.search(r"([\d,]+) of [\d,]+ parameters non-zero", stdout).group(1).replace(",", ""))
+    stored = int(re.search(r"parameters stored [\d,]+  ->  ([\d,]+)", stdout).group(1).replace(",", ""))
+    assert kept_all <= stored and stored - kept_all < 0.01 * stored  # filter pruning leaves almost no zeros
