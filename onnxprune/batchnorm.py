@@ -23,7 +23,7 @@ from .errors import OnnxPruneError
 from .losses import PREFIX
 from .plumbing import default_opset, first_line, session, tensor_shapes
 
-MIN_BATCH = 8
+MIN_BATCH = 16  # below it batch statistics are noise (Wu & He 2018: BatchNorm degrades under 16 per batch)
 
 
 def trainable_norms(model: onnx.ModelProto, owned: set[str] | None = None) -> list[onnx.NodeProto]:
