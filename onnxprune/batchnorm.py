@@ -140,21 +140,23 @@ def switchable(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], owned
 
 
 def recalibrate(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch_size: int, seed: int = 0,
-                max_batches: int = 64, owned: set[str] | None = None) -> dict[str, np.ndarray]:
+                max_batches: int = 64, owned: set[str] | None = None,
+                shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     """Running mean and variance for each BatchNorm of `model` (trained weights in place; `owned`:
     only those whose statistics are among these tensors), over the samples in `arrays` (the model's
     inputs, samples first) in shuffled full batches, as training drew them (samples repeated when
     there are fewer than a batch): every BatchNorm normalizes on batch statistics, as in training,
     and each channel's batch means and variances are pooled over up to `max_batches` batches into
-    the population's (mean of the variances plus the variance of the means)."""
+    the population's (mean of the variances plus the variance of the means). `shapes`: the graph's
+    tensor shapes at any batch size, when the caller has them (only ranks are read)."""
     stats_model = onnx.ModelProto()
     stats_model.CopyFrom(model)
     n = len(next(iter(arrays.values())))
     order = np.random.default_rng(seed).permutation(n)
     order = np.resize(order, max(batch_size, n - n % batch_size))[:max_batches * batch_size]
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    stats = on_batch_statistics(stats_model, tensor_shapes(model, {k: v[batches[0]] for k, v in arrays.items()}),
-                                owned)
+    shapes = shapes or tensor_shapes(model, {k: v[batches[0]] for k, v in arrays.items()})
+    stats = on_batch_statistics(stats_model, shapes, owned)
     if not stats:
         return {}
     names = [t for _, _, m, v in stats for t in (m, v)]

@@ -70,7 +70,7 @@ def analyze(model, data=None, eval_data=None, config: PruneConfig | None = None,
             cut = with_weights(loaded.base, {w: plan.dense_weights[w] * m for w, m in masks.items()})
             if norms:  # stale statistics after a cut would overstate what the cut costs
                 cut = with_weights(cut, batchnorm.recalibrate(cut, feed, 64, seed=cfg.data.seed, max_batches=8,
-                                                              owned=stored))
+                                                              owned=stored, shapes=plan.shapes))
             outs = dataset.outputs(cut, f"{name} pruned to {rate:g}")
             drops[rate] = drop_points(score(dataset, outs))
         ok = [r for r in rates if drops[r] <= tolerance + 1e-9]  # 100·(1 − 0.995) is 0.5000000000000004
