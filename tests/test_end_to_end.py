@@ -177,3 +177,16 @@ def test_the_written_model_keeps_the_users_metadata_and_adds_one_entry(tmp_path)
     onnxprune.prune(model, 0.5, method="magnitude", data=MODELS / "digits_train.npz", out=out, latency=False)
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert props == {"author": "someone", "license": "MIT", "onnxprune": onnxprune.__version__}
+
+
+def test_training_leaves_the_current_folder_alone(tmp_path, monkeypatch):
+    """ORT's onnxblock writes a scratch copy of the graph as ./temp.onnx: trials side by side in one
+    folder raced on it (a search with --jobs 2 failed that way). Training now builds it in its own
+    workdir, so a folder that already has a `temp.onnx` (here a directory, which no save can
+    overwrite) neither breaks a run nor is touched."""
+    (tmp_path / "temp.onnx").mkdir()
+    monkeypatch.chdir(tmp_path)
+    r = onnxprune.prune(MODELS / "digits_mlp.onnx", 0.9, data=MODELS / "digits_train.npz", latency=False,
+                        epochs=1, finetune_epochs=1)
+    assert r.report["totals"]["kept"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["temp.onnx"] and not any((tmp_path / "temp.onnx").iterdir())
