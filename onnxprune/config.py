@@ -268,6 +268,7 @@ class Search:
     trials_per_round: int = 2  # rates tried side by side per round: the schedule, whatever runs it
     jobs: int = _setting(1)  # local worker processes
     ray: str | None = _setting(None)  # 'auto' or a Ray cluster address: trials run as Ray tasks
+    shared: object = _setting(None)  # set by the search for its trials: where their one reweighted phase is kept
 
     def __post_init__(self):
         if self.max_loss is not None and not self.max_loss >= 0:

@@ -34,6 +34,7 @@ class Checkpoints:
     def __init__(self, folder: Path, print_: str, resume: bool) -> None:
         self.folder, self.print = Path(folder), print_
         self.done: dict[str, int] = {}
+        self.records: dict[str, dict] = {}  # a phase's history so far, so a resumed one reports all of it
         self.rng_state = None
         if resume:
             self._load()
@@ -53,9 +54,14 @@ class Checkpoints:
             raise OnnxPruneError(f"--resume: the checkpoint in {self.folder} is of another job (model, data or "
                                  "options differ); rerun without --resume, or with the same arguments")
         self.done, self.rng_state = progress["done"], progress["rng"]
+        self.records = progress.get("records", {})
 
     def epochs_done(self, phase: str) -> int:
         return self.done.get(phase, 0)
+
+    def record(self, phase: str) -> dict:
+        """What the phase had logged when it was saved: history, seconds, last task loss."""
+        return self.records.get(phase, {})
 
     def restore_rng(self, rng: np.random.Generator) -> None:
         """The generator as it was at the last checkpoint (once: later phases go on from there)."""
@@ -63,14 +69,17 @@ class Checkpoints:
             rng.bit_generator.state = self.rng_state
             self.rng_state = None
 
-    def save(self, trainer, phase: str, epochs: int, rng: np.random.Generator) -> None:
+    def save(self, trainer, phase, epochs: int, rng: np.random.Generator) -> None:
+        """After `epochs` epochs of `phase` (schedule.Phase)."""
         from . import ort_training as ot
 
-        self.done[phase] = epochs
+        self.done[phase.name] = epochs
+        self.records[phase.name] = {"history": phase.history, "seconds": phase.seconds,
+                                    "final_task_loss": phase.final_task_loss}
         tmp = self.folder / (CHECKPOINT + ".tmp")
         ot.CheckpointState.save_checkpoint(trainer.state, str(tmp), include_optimizer_state=True)
         os.replace(tmp, self.folder / CHECKPOINT)
-        self._write(PROGRESS, json.dumps({"fingerprint": self.print, "done": self.done,
+        self._write(PROGRESS, json.dumps({"fingerprint": self.print, "done": self.done, "records": self.records,
                                           "rng": rng.bit_generator.state}).encode())
 
     def save_masks(self, masks: dict[str, np.ndarray]) -> None:
@@ -88,3 +97,37 @@ class Checkpoints:
         tmp = self.folder / (name + ".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, self.folder / name)
+
+
+class SharedPhase(Checkpoints):
+    """The reweighted phase of a search's trials, run once: it does not depend on the rate (the
+    rate only picks the masks after it), so the first trial to finish it leaves its checkpoint in
+    `folder` and every later trial starts from there, as `--resume` would, and ends with the model
+    it would have trained alone. `print_` must leave the rate out. Nothing rate-specific (masks,
+    fine-tuning) is saved; a trial that finds no usable checkpoint (another job's, half written, a
+    Ray node without the folder) trains the phase itself."""
+
+    PHASE = "reweighted"
+
+    def __init__(self, folder: Path, print_: str, epochs: int) -> None:
+        super().__init__(folder, print_, resume=False)
+        self.epochs, self.reused = epochs, False
+        try:
+            self._load()
+        except OnnxPruneError:
+            return
+        if self.done.get(self.PHASE) == epochs and (self.folder / CHECKPOINT).exists():
+            self.done, self.reused = {self.PHASE: epochs}, True
+        else:
+            self.done, self.rng_state, self.records = {}, None, {}
+
+    def save(self, trainer, phase, epochs: int, rng: np.random.Generator) -> None:
+        if phase.name == self.PHASE and epochs == self.epochs and not self.reused:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            super().save(trainer, phase, epochs, rng)  # the checkpoint first, then the file that points to it
+
+    def save_masks(self, masks: dict[str, np.ndarray]) -> None:
+        pass
+
+    def masks(self) -> None:
+        return None

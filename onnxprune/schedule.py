@@ -52,9 +52,13 @@ def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr:
     total = phase.epochs * steps_per_epoch(n, batch_size)
     first = ckpt.epochs_done(phase.name) if ckpt else 0
     phase.steps = first * steps_per_epoch(n, batch_size)
-    if ckpt and first < phase.epochs:
+    if ckpt and first < phase.epochs:  # the generator as the first phase still to run left it
         ckpt.restore_rng(rng)
-    start = time.perf_counter()
+    if first:  # what the checkpointed epochs logged
+        done = ckpt.record(phase.name)
+        phase.history = [tuple(h) for h in done.get("history", [])]
+        phase.final_task_loss = done.get("final_task_loss", float("nan"))
+    start = time.perf_counter() - (ckpt.record(phase.name).get("seconds", 0.0) if first else 0.0)
     task = penalty = float("nan")
     with progress(total, phase.name) as bar:
         bar.update(phase.steps, task)
@@ -75,9 +79,11 @@ def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr:
             log.info("%s: epoch %d/%d, step %d/%d, task loss %.4g, penalty %.4g", phase.name, epoch + 1,
                      phase.epochs, phase.steps, total, task, penalty)
             if ckpt:
-                ckpt.save(trainer, phase.name, epoch + 1, rng)
+                phase.seconds, phase.final_task_loss = time.perf_counter() - start, task
+                ckpt.save(trainer, phase, epoch + 1, rng)
     phase.seconds = time.perf_counter() - start
-    phase.final_task_loss = task
+    if first < phase.epochs:
+        phase.final_task_loss = task
     return phase
 
 

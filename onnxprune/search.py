@@ -15,6 +15,8 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,8 +40,9 @@ def run(model, data, eval_data, cfg: PruneConfig, progress, prune):
     # trials that run together share the cores; and a latency taken beside another trial's
     # training would be noise, so side by side it is not taken
     threads = cfg.output.threads or (max(1, (os.cpu_count() or 1) // side_by_side) if side_by_side > 1 else None)
+    shared = Path(tempfile.mkdtemp(prefix="onnxprune-search-"))  # the trials' one reweighted phase
     trial_cfg = dataclasses.replace(
-        cfg, search=dataclasses.replace(s, max_loss=None, jobs=1, ray=None),
+        cfg, search=dataclasses.replace(s, max_loss=None, jobs=1, ray=None, shared=str(shared)),
         output=dataclasses.replace(cfg.output, out=None, threads=threads, plot=None,
                                    latency=cfg.output.latency and side_by_side == 1))
     if s.ray:  # Ray workers may run elsewhere: files by absolute path (a shared file system is assumed)
@@ -67,6 +70,7 @@ def run(model, data, eval_data, cfg: PruneConfig, progress, prune):
                 rates = next_rates(trials, s)
     finally:
         ex.close()
+        shutil.rmtree(shared, ignore_errors=True)
     if result is None:
         best = min(trials, key=lambda t: t["drop"])
         raise OnnxPruneError(f"no rate kept within --max-loss {s.max_loss:g}: the best trial, rate {best['rate']:.4g}, "

@@ -26,7 +26,7 @@ from .metrics import fidelity
 from .planning import Plan
 from .binding import fold_ifs
 from .plumbing import shapes_at, tensor_shapes, warn
-from .resume import Checkpoints, fingerprint
+from .resume import Checkpoints, SharedPhase, fingerprint
 from .schedule import Phase, current_weights, finetune, reweighted
 from .training import Trainer, build_training_graph, coef_name, correction_name, mask_name
 
@@ -112,6 +112,12 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
         if out.workdir is not None:  # a kept work folder gets a checkpoint after every epoch
             ckpt = Checkpoints(wd, fingerprint(loaded.original.SerializeToString(), arrays, cfg.training_options()),
                                out.resume)
+        elif cfg.search.shared is not None and penalized_phase:  # a search's trial: one reweighted phase for all
+            options = cfg.training_options()
+            options["pruning"] = {k: v for k, v in options["pruning"].items() if k != "rate"}
+            options["groups"] = {"tensors": sorted(groups.tensors), "penalized": sorted(groups.penalized)}
+            ckpt = SharedPhase(Path(cfg.search.shared), fingerprint(loaded.original.SerializeToString(), arrays,
+                                                                    options), sched.epochs)
 
         def trainer_on(model):
             standins.check_crashes(model, trainable, [t.tensor for t in terms])
@@ -127,6 +133,9 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
             notes.append(f"hard pruning the dense weights alone kept {easy} with the dense model on training "
                          "samples, so the reweighted phase was skipped (λ = 0) and its epochs fine-tune instead "
                          "(--always-reweight runs it)")
+        if isinstance(ckpt, SharedPhase) and ckpt.reused:
+            notes.append("the reweighted phase was trained once for every trial of this search (it does not depend "
+                         "on the rate); this trial started from its checkpoint")
         if penalized_phase:
             masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt)
         else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning

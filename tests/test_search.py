@@ -137,3 +137,23 @@ def test_plot_without_matplotlib_is_one_line_before_any_work(monkeypatch, tmp_pa
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     code, _, stderr = run_cli(MODELS / "no_such_model.onnx", "--plot", tmp_path, "-o", tmp_path / "x.onnx")
     assert code == 2 and "pip install 'onnxprune[plot]'" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_trials_share_one_reweighted_phase_and_end_where_they_would_alone(tmp_path):
+    """The reweighted phase does not depend on the rate, so a search trains it once: the first
+    trial leaves its checkpoint, later ones start from it and write the model they would have
+    trained alone, bit for bit."""
+    import onnxprune
+
+    kw = dict(data=DATA, latency=False, always_reweight=True, epochs=2, finetune_epochs=1, threads=1)
+    alone = onnxprune.prune(DIGITS, 0.95, **kw)
+    first = onnxprune.prune(DIGITS, 0.9, shared=str(tmp_path), **kw)  # trains the phase and leaves it
+    assert (tmp_path / "resume.ckpt").exists() and not any("trained once" in n for n in first.report["preparation"])
+    reused = onnxprune.prune(DIGITS, 0.95, shared=str(tmp_path), **kw)
+    assert any("trained once for every trial" in n for n in reused.report["preparation"])
+    for x, y in zip(alone.model.graph.initializer, reused.model.graph.initializer):
+        assert x.SerializeToString() == y.SerializeToString(), x.name
+    got, want = (r.report["phases"][0] for r in (reused, alone))
+    assert got["name"] == "reweighted" and len(got["history"]) == len(want["history"]) > 0
+    other = onnxprune.prune(DIGITS, 0.95, shared=str(tmp_path), **{**kw, "lam": 0.5})  # another job: not reused
+    assert not any("trained once" in n for n in other.report["preparation"])
