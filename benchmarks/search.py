@@ -107,7 +107,7 @@ def main() -> None:
 def markdown(meta: dict, fixed: list[dict], runs: list[dict], max_loss: float) -> str:
     val = (f"the {HELD_BACK} training images held back from the dense model" if meta["dense"] == "heldout"
            else "the held-out 10% of models/mnist_train.npz (seen by the dense model)")
-    within = [f for f in fixed if f["val_drop"] <= max_loss + 1e-9]
+    within = [f for f in fixed if f["val_drop"] <= max_loss]
     best = max(within, key=lambda f: f["compression"]) if within else None
     first = runs[0]
     lines = [f"`--max-loss {max_loss:g}` on the converged LeNet-5 (dense {100 * meta['dense_test_accuracy']:.2f}% on "

@@ -73,7 +73,7 @@ def analyze(model, data=None, eval_data=None, config: PruneConfig | None = None,
                                                               owned=stored, shapes=plan.shapes))
             outs = dataset.outputs(cut, f"{name} pruned to {rate:g}")
             drops[rate] = drop_points(score(dataset, outs))
-        ok = [r for r in rates if drops[r] <= tolerance + 1e-9]  # 100·(1 − 0.995) is 0.5000000000000004
+        ok = [r for r in rates if drops[r] <= tolerance]
         units.append({"name": name, "weights": total, "drops": {str(r): d for r, d in drops.items()},
                       "suggested_rate": max(ok) if ok else 0.0})
     per_layer = cfg.pruning.structure not in COUPLED  # coupled units span layers: --layer-rates cannot take them

@@ -31,6 +31,14 @@ def test_rates_split_the_gap_in_log_compression_and_stop_when_fine_or_out_of_tri
     assert search.next_rates(trials * 3, s) == []  # max_trials spent
 
 
+def test_a_loss_exactly_at_the_budget_is_within_it():
+    from onnxprune.metrics import drop_points
+
+    assert 100 * (0.9875 - 0.9825) > 0.5  # what float arithmetic says
+    assert drop_points({"name": "accuracy", "dense": 0.9875, "pruned": 0.9825}) == 0.5
+    assert drop_points({"name": "relative error", "dense": 0.0125, "pruned": 0.0175}) == 0.5
+
+
 def test_max_loss_writes_the_most_compressed_trial_within_the_budget(tmp_path):
     out, report = tmp_path / "s.onnx", tmp_path / "s.json"
     code, stdout, stderr = run_cli(DIGITS, "--max-loss", "2", "--data", DATA, "--max-trials", "6", "-o", out,
