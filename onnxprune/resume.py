@@ -19,6 +19,11 @@ from .errors import OnnxPruneError
 PROGRESS, CHECKPOINT, MASKS = "resume.json", "resume.ckpt", "resume_masks.npz"
 
 
+def _tmp(name: str) -> str:
+    """Each writer its own scratch file: a search's trials side by side may save the same phase."""
+    return f"{name}.{os.getpid()}.tmp"
+
+
 def fingerprint(model_bytes: bytes, arrays: dict[str, np.ndarray], options: dict) -> str:
     h = hashlib.sha256(model_bytes)
     for k in sorted(arrays):
@@ -76,14 +81,14 @@ class Checkpoints:
         self.done[phase.name] = epochs
         self.records[phase.name] = {"history": phase.history, "seconds": phase.seconds,
                                     "final_task_loss": phase.final_task_loss}
-        tmp = self.folder / (CHECKPOINT + ".tmp")
+        tmp = self.folder / _tmp(CHECKPOINT)
         ot.CheckpointState.save_checkpoint(trainer.state, str(tmp), include_optimizer_state=True)
         os.replace(tmp, self.folder / CHECKPOINT)
         self._write(PROGRESS, json.dumps({"fingerprint": self.print, "done": self.done, "records": self.records,
                                           "rng": rng.bit_generator.state}).encode())
 
     def save_masks(self, masks: dict[str, np.ndarray]) -> None:
-        tmp = self.folder / (MASKS + ".tmp.npz")
+        tmp = self.folder / (_tmp(MASKS) + ".npz")
         np.savez(tmp, **{f"m{i}": m for i, m in enumerate(masks.values())}, names=np.array(list(masks)))
         os.replace(tmp, self.folder / MASKS)
 
@@ -94,7 +99,7 @@ class Checkpoints:
             return {str(n): z[f"m{i}"] for i, n in enumerate(z["names"])}
 
     def _write(self, name: str, data: bytes) -> None:
-        tmp = self.folder / (name + ".tmp")
+        tmp = self.folder / _tmp(name)
         tmp.write_bytes(data)
         os.replace(tmp, self.folder / name)
 

@@ -25,9 +25,11 @@ from .config import PruneConfig
 from .errors import OnnxPruneError
 from .executors import executor
 from .metrics import drop_points
+from .plumbing import warn
 
 log = logging.getLogger("onnxprune")
 FINE_ENOUGH = math.log(1.05)  # stop when the gap is under 5% of compression
+COARSE = 10  # a budget worth fewer evaluation samples than this gets a warning
 
 
 def run(model, data, eval_data, cfg: PruneConfig, progress, prune):
@@ -78,6 +80,7 @@ def run(model, data, eval_data, cfg: PruneConfig, progress, prune):
                              + (" and looked collapsed" if best["collapse"] else "")
                              + f"; lower --min-rate (now {s.min_rate:g}) or allow more loss; nothing was written")
     chosen_rate, result = result
+    _warn_if_coarse(result.report, s.max_loss)
     if cfg.output.out is not None:  # the trial wrote nothing; the model it made is checked as any run's is
         export.write(result.model, Path(cfg.output.out), loading.bound_original(model, cfg.preparation.inputs))
     result.report["output"] = str(cfg.output.out) if cfg.output.out is not None else None
@@ -89,6 +92,19 @@ def run(model, data, eval_data, cfg: PruneConfig, progress, prune):
     if cfg.output.plot is not None:
         result.report["plots"] = plots.write(result.report, Path(cfg.output.plot))
     return result
+
+
+def _warn_if_coarse(report: dict, max_loss: float) -> None:
+    """A budget of a few evaluation samples: which trials pass is then decided by a sample or two,
+    and the most compressed one that passed by luck is the one chosen."""
+    m = report["metric"]
+    if m["name"] == "relative error" or not m.get("samples"):
+        return
+    worth = max_loss * m["samples"] / 100
+    if worth < COARSE:
+        warn(report["warnings"], f"--max-loss {max_loss:g} is {worth:.3g} of the {m['samples']} evaluation samples: a "
+                                 "sample or two decides which trials pass, so the chosen model may lose more on data it "
+                                 "was not chosen on; more evaluation samples (--eval-data, --val-fraction) steady it")
 
 
 def next_rates(trials: list[dict], s) -> list[float]:

@@ -53,6 +53,8 @@ def test_max_loss_writes_the_most_compressed_trial_within_the_budget(tmp_path):
     assert all(t["drop"] <= 2 for t in within) and not trials[1]["within"]
     assert abs(rep["totals"]["sparsity"] - chosen["rate"]) < 0.01 and out.exists()
     assert "search            6 trials" in stdout
+    # 2 points of 144 held-out samples: a budget of ~3 samples, which the user is told
+    assert any("is 2.88 of the 144 evaluation samples" in w for w in rep["warnings"]) and "2.88 of the 144" in stderr
 
 
 def test_the_process_pool_chooses_what_the_serial_search_chooses(tmp_path):
