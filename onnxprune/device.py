@@ -30,7 +30,7 @@ def check_available(device: str) -> None:
     """Refuse CUDA, before any work, where it cannot run: a build without it, no GPU at that
     index, or CUDA 11 / cuDNN 8 libraries the loader cannot find. The CUDA build lists its provider
     whatever the machine has, and a session whose provider fails quietly falls back to the CPU, so
-    a one-node session is opened on the device and asked what it runs on."""
+    a one-node session is opened on the device, in a child process, and asked what it runs on."""
     if device == "cpu":
         return
     import onnxruntime
@@ -46,23 +46,51 @@ def check_available(device: str) -> None:
                              "wheels' lib folders (cuDNN below 9), as the README's GPU install sets it")
 
 
+# run in a child: without an NVIDIA driver, loading the CUDA provider aborts the process
+_PROBE = r"""
+import sys
+import onnxruntime
+from onnx import TensorProto, helper
+
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y]),
+                          opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+try:
+    sess = onnxruntime.InferenceSession(model.SerializeToString(), providers=[
+        ("CUDAExecutionProvider", {"device_id": int(sys.argv[1])}), "CPUExecutionProvider"])
+except Exception as e:
+    print("ERROR:" + (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+    sys.exit(3)
+print("PROVIDERS:" + ",".join(sess.get_providers()))
+"""
+
+
 def _probe(device: str) -> str | None:
     """None where a session really runs on `device`, else why not, in a few words."""
-    import onnxruntime
-    from onnx import TensorProto, helper
+    import subprocess
+    import sys
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    opts = onnxruntime.SessionOptions()
-    opts.log_severity_level = 4  # the reason is reported here, in one line, not as ORT's log
     try:
-        sess = onnxruntime.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
-    except Exception as e:  # noqa: BLE001 - any failure to open it is the answer
-        return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    if "CUDAExecutionProvider" not in sess.get_providers():
-        return "its CUDA provider could not be created, so the session fell back to the CPU"
+        done = subprocess.run([sys.executable, "-c", _PROBE, device.split(":")[1]], capture_output=True, text=True,
+                              timeout=120)
+    except subprocess.TimeoutExpired:
+        return "opening a session on it took over 2 minutes"
+    return probe_verdict(done.returncode, done.stdout, done.stderr)
+
+
+def probe_verdict(returncode: int, stdout: str, stderr: str) -> str | None:
+    """What the probe's child said, as the reason CUDA cannot be used (None: it can)."""
+    missing = re.search(r"Failed to load library \S+ with error: ([^\n]+?)\s*$", stderr, re.M)
+    if returncode < 0 or (returncode and "CUDADriverWrapper" in stderr):
+        return "ONNX Runtime aborted loading its CUDA provider: no NVIDIA driver (libcuda.so) here"
+    if "ERROR:" in stdout:
+        return stdout.split("ERROR:", 1)[1].strip()
+    if returncode or "PROVIDERS:" not in stdout:
+        return f"the probe failed (exit {returncode}): {(stderr.strip().splitlines() or ['no message'])[-1][:200]}"
+    if "CUDAExecutionProvider" not in stdout.split("PROVIDERS:", 1)[1]:
+        return ("its CUDA provider could not be loaded" + (f" ({missing.group(1)})" if missing else "")
+                + ", so the session fell back to the CPU")
     return None
 
 

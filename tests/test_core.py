@@ -273,3 +273,22 @@ def test_device_option_is_parsed_and_cuda_refused_with_the_install_where_this_bu
         # asked for CUDA anyway, ORT quietly runs the session on the CPU: the probe notices
         assert "fell back to the CPU" in device._probe("cuda:0")
     assert device._probe("cuda:64")  # no machine has that GPU, whatever the build
+
+
+def test_the_cuda_probe_names_the_cause_as_the_gpu_wheel_reports_it():
+    """What ORT's CUDA build printed on a machine without a GPU (onnxruntime-training 1.19.2 and the
+    nvidia-*-cu11 wheels): without the library path it falls back to the CPU naming the missing
+    library; with it but no driver it aborts the process (hence the child)."""
+    from onnxprune.device import probe_verdict
+
+    fell_back = ("[E:onnxruntime:Default, provider_bridge_ort.cc:1992 TryGetProviderInfo_CUDA] ... Failed to load "
+                 "library libonnxruntime_providers_cuda.so with error: libcublasLt.so.11: cannot open shared object "
+                 "file: No such file or directory\n[W:onnxruntime:Default] Failed to create CUDAExecutionProvider.\n")
+    said = probe_verdict(0, "PROVIDERS:CPUExecutionProvider\n", fell_back)
+    assert "libcublasLt.so.11: cannot open shared object file" in said and "fell back to the CPU" in said
+    aborted = ("terminate called after throwing an instance of 'onnxruntime::OnnxRuntimeException'\n  what():  "
+               "cudaDriverWrapper.cc:42 onnxruntime::contrib::cuda::CUDADriverWrapper::CUDADriverWrapper() handle != "
+               "nullptr was false.\n")
+    assert "no NVIDIA driver" in probe_verdict(-6, "", aborted)
+    assert probe_verdict(3, "ERROR:CUDA failure 101: invalid device ordinal\n", "") == "CUDA failure 101: invalid device ordinal"
+    assert probe_verdict(0, "PROVIDERS:CUDAExecutionProvider,CPUExecutionProvider\n", "") is None
