@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shlex
 import sys
 import time
@@ -419,10 +420,17 @@ def analyze(model, data, eval_data, val_fraction, structure, rates, tolerance, o
                    "plot              not drawn: pip install 'onnxprune[plot]'")
 
 
+SHARED_FLAGS = {"-q", "--quiet", "--verbose"}
+_VERBOSITY = re.compile(r"-v+")
+
+
 def entry() -> None:
     """The `onnxprune` command: `onnxprune analyze …` for sensitivity, else pruning."""
-    if len(sys.argv) > 1 and sys.argv[1] == "analyze":
-        analyze(sys.argv[2:], prog_name="onnxprune analyze")
+    args = sys.argv[1:]
+    # `onnxprune -v analyze …`: flags both commands take may come first
+    lead = next((i for i, a in enumerate(args) if a not in SHARED_FLAGS and not _VERBOSITY.fullmatch(a)), len(args))
+    if lead < len(args) and args[lead] == "analyze":
+        analyze(args[lead + 1:] + args[:lead], prog_name="onnxprune analyze")
     else:
         main(prog_name="onnxprune")
 

@@ -66,3 +66,7 @@ def test_the_command_dispatches_analyze():
     r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "analyze", "--help"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "Per-layer sensitivity" in r.stdout and "--layer-rates" in r.stdout
+    # verbosity flags may come before the command, as they may for pruning
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "-vv", "-q", "analyze", "no_such.onnx"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no_such.onnx" in r.stderr and "Usage: onnxprune analyze" not in r.stderr
