@@ -105,6 +105,8 @@ def _run(model, data, eval_data, cfg: PruneConfig, progress, source: Path | None
     final = export.public(compressed.model, loaded.prepared.original)
     scores = {name: score(dataset, outs) for name, outs in
               (("float", rewritten.outputs), ("final", compressed.outputs))}
+    if scores["final"].get("note"):
+        warn(warnings, scores["final"]["note"])
     collapsed = _gate(dataset, compressed.outputs, scores["final"], cfg.output.max_drop, warnings,
                       lambda: dataset.outputs(compressed.model, "the pruned model", dataset.train))
     written = export.write(final, Path(out), loaded.prepared.original) if out is not None else None

@@ -150,3 +150,22 @@ def test_a_sentence_embedding_is_not_scored_as_classes():
                            numpy_helper.from_array(np.ones((8, 3), np.float32), "w")])
     outs = {"embedding": np.ones((5, 8), np.float32), "logits": np.ones((5, 3), np.float32)}
     assert class_outputs(helper.make_model(g), outs) == {"logits"}
+
+
+def test_agreement_with_a_dense_model_that_picks_one_class_is_not_the_headline():
+    """Inputs unlike the model's real ones can make it pick one class for every sample (the PP-OCR
+    orientation classifier on rendered words: class 0 for all 26). Top-1 agreement then scored a
+    constant model 100%, and a search chose 200x for "no loss"; the headline becomes relative error,
+    with the reason."""
+    from onnxprune.metrics import fidelity, metric
+
+    rng = np.random.default_rng(0)
+    dense = np.column_stack([rng.uniform(5, 6, 26), rng.uniform(0, 1, 26)]).astype(np.float32)
+    constant = np.tile(np.array([[1.0, 0.0]], np.float32), (26, 1))
+    assert "top1_agreement" not in fidelity(constant, dense)
+    m = metric("y", None, dense, constant, "held-out", True)
+    assert m["name"] == "relative error" and m["pruned"] > 0.5 and "picks class 0 for all 26" in m["note"]
+    mixed = dense.copy()
+    mixed[0] = [0, 9]  # one sample of another class: agreement means something again
+    assert metric("y", None, mixed, constant, "held-out", True)["name"] == "top-1 agreement"
+    assert metric("y", np.zeros(26, np.int64), dense, constant, "held-out", True)["name"] == "accuracy"
