@@ -54,11 +54,10 @@ def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr:
     phase.steps = first * steps_per_epoch(n, batch_size)
     if ckpt and first < phase.epochs:  # the generator as the first phase still to run left it
         ckpt.restore_rng(rng)
-    if first:  # what the checkpointed epochs logged
-        done = ckpt.record(phase.name)
-        phase.history = [tuple(h) for h in done.get("history", [])]
-        phase.final_task_loss = done.get("final_task_loss", float("nan"))
-    start = time.perf_counter() - (ckpt.record(phase.name).get("seconds", 0.0) if first else 0.0)
+    done = ckpt.record(phase.name) if first else {}  # what the checkpointed epochs logged
+    phase.history = [tuple(h) for h in done.get("history", [])]
+    phase.final_task_loss = done.get("final_task_loss", float("nan"))
+    start = time.perf_counter() - done.get("seconds", 0.0)
     task = penalty = float("nan")
     with progress(total, phase.name) as bar:
         bar.update(phase.steps, task)

@@ -109,11 +109,10 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     frozen += [batchnorm.SWITCH] if form == "switch" else []
     with workdir(out.workdir) as wd:
         ckpt = None
+        options = cfg.training_options()
         if out.workdir is not None:  # a kept work folder gets a checkpoint after every epoch
-            ckpt = Checkpoints(wd, fingerprint(loaded.original.SerializeToString(), arrays, cfg.training_options()),
-                               out.resume)
+            ckpt = Checkpoints(wd, fingerprint(loaded.original.SerializeToString(), arrays, options), out.resume)
         elif cfg.search.shared is not None and penalized_phase:  # a search's trial: one reweighted phase for all
-            options = cfg.training_options()
             options["pruning"] = {k: v for k, v in options["pruning"].items() if k != "rate"}
             options["groups"] = {"tensors": sorted(groups.tensors), "penalized": sorted(groups.penalized)}
             ckpt = SharedPhase(Path(cfg.search.shared), fingerprint(loaded.original.SerializeToString(), arrays,
