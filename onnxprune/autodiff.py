@@ -36,6 +36,9 @@ NO_GRADIENT = {"Shape", "Size", "Greater", "Less", "Equal", "GreaterOrEqual", "L
                "RandomNormalLike", "RandomUniformLike", "EyeLike", "Constant", "NonMaxSuppression"}
 # ops that are piecewise constant: their gradient is zero almost everywhere, which trains nothing
 FLAT = {"Floor", "Ceil", "Round", "Sign"}
+ROUTES = ("routes that need no gradient through it: --mode layerwise (each layer trained alone), "
+          "--method magnitude (one-shot), with --quantize int8 for post-training int8; "
+          "or --exclude the layers before it")
 
 
 def rule(*ops: str):
@@ -121,7 +124,7 @@ class Node:
         return None if name is None else self.values.get(name)
 
     def fail(self, why: str):
-        raise OnnxPruneError(f"cannot differentiate {self.node.op_type} node {self.node.name or self.y}: {why}")
+        raise OnnxPruneError(f"cannot differentiate {self.node.op_type} node {self.node.name or self.y}: {why}; {ROUTES}")
 
     # --- emitting
     def op(self, op: str, inputs: list[str], outputs: int = 1, **attrs):
@@ -243,14 +246,14 @@ def backward(model: onnx.ModelProto, loss: str, wrt: list[str], shapes: dict[str
             continue
         if n.domain not in ("", "ai.onnx"):
             raise OnnxPruneError(f"no gradient rule for op {n.domain}.{n.op_type} (node {n.name or n.output[0]}), "
-                                 "which lies between the weights and the loss")
+                                 f"which lies between the weights and the loss; {ROUTES}")
         if n.op_type in FLAT:
             raise OnnxPruneError(f"op {n.op_type} (node {n.name or n.output[0]}) lies between the weights and the "
-                                 "loss, and its gradient is zero almost everywhere: nothing before it would train")
+                                 f"loss, and its gradient is zero almost everywhere: nothing before it would train; {ROUTES}")
         fn = RULES.get(n.op_type)
         if fn is None:
             raise OnnxPruneError(f"no gradient rule for op {n.op_type} (node {n.name or n.output[0]}), which lies "
-                                 "between the weights and the loss")
+                                 f"between the weights and the loss; {ROUTES}")
         need = [bool(i) and i in active for i in n.input]
         out = fn(Node(n, dys, need, shapes, em, values))
         for i, (name, g) in enumerate(zip(n.input, out)):

@@ -7,7 +7,3 @@ class OnnxPruneError(Exception):
 
 class QualityError(OnnxPruneError):
     """The pruned model lost more than --max-drop allows, or collapsed: nothing was written (exit 3)."""
-
-
-class NativeCrash(OnnxPruneError):
-    """ONNX Runtime's native code died taking a training step (caught in a child process)."""

@@ -170,13 +170,11 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
         layer_arrays = {**{samples_first(t, axes): x for t, x in xs.items()}, target: y}
         rows = np.resize(np.arange(len(y)), sched.batch_size)
 
-        def trainer_on(model):
-            standins.check_crashes(model, sorted(own), [out])
-            graph = build_training_graph(model, plan.tensors, set(plan.penalized),
-                                         [MeanSquaredError(out, out, target, y.shape[1:])], train_shapes, corrected)
-            return Trainer(graph, trainable, frozen, workdir / f"layer{i}", sched.lr * LR_SCALE, threads,
-                           probe={k: v[rows] for k, v in layer_arrays.items()})
-        trainer, _ = standins.with_fallback(small, train_shapes, trainer_on)
+        expanded, _ = standins.apply(small, train_shapes)
+        graph = build_training_graph(expanded, plan.tensors, set(plan.penalized),
+                                     [MeanSquaredError(out, out, target, y.shape[1:])], train_shapes, corrected)
+        trainer = Trainer(graph, trainable, frozen, workdir / f"layer{i}", sched.lr * LR_SCALE, threads,
+                          probe={k: v[rows] for k, v in layer_arrays.items()})
         # λ in units of the output's mean square, so one setting suits every layer's scale
         scale = float(np.mean(y.astype(np.float64) ** 2)) or 1.0
         layer_sched = dataclasses.replace(sched, lam=sched.lam * scale, lr=sched.lr * LR_SCALE,
@@ -201,8 +199,8 @@ def run(model: onnx.ModelProto, layers: list[PrunableLayer], plan_of, select_of,
 
 def window_cut(model: onnx.ModelProto, node: onnx.NodeProto, stop: set[str], shapes,
                axes: dict[str, int] | None = None) -> frozenset[str]:
-    """The followers the layer's window must stop before: those ORT cannot train through even
-    with a stand-in. Checked for every layer before any is trained, so a layer that cannot be
+    """The followers the layer's window must stop before: those no gradient rule covers, even
+    after expansion. Checked for every layer before any is trained, so a layer that cannot be
     trained at all is named in seconds, not after the layers before it."""
     axes = axes or {}
     probe = {}
@@ -213,14 +211,13 @@ def window_cut(model: onnx.ModelProto, node: onnx.NodeProto, stop: set[str], sha
     cut: set[str] = set()
     while True:
         small, out = layer_model(model, node, probe, stop, frozenset(cut), axes, shapes)
-        trainable, _ = standins.apply(small, shapes)
-        bad = [n for n in trainable.graph.node if n.op_type not in standins.KNOWN_TRAINABLE
-               and not n.name.startswith(standins.PREFIX)]
+        expanded, _ = standins.apply(small, shapes)
+        bad = standins.without_rule(expanded)
         if not bad:
             return frozenset(cut)
         if any(n.name == node.name for n in bad) or all(n.name in cut for n in bad):
-            raise OnnxPruneError(f"layer {node.name} ({node.op_type}) cannot be trained by ONNX Runtime 1.19, even "
-                                 f"alone; prune it one-shot with --method magnitude, or leave it out with "
+            raise OnnxPruneError(f"layer {node.name} ({node.op_type}) cannot be trained even alone (no gradient "
+                                 f"rule for {', '.join(sorted({n.op_type for n in bad}))}); prune it one-shot with --method magnitude, or leave it out with "
                                  f"--exclude {node.name}")
         cut.update(n.name for n in bad)
 

@@ -18,6 +18,7 @@ from .metrics import detections, is_classifier, softmax
 PREFIX = "onnxprune"
 CLASS_AXIS = f"{PREFIX}_class_axis"  # ReduceSum's axes input (opset ≥ 13, which training uses)
 LABELS = "labels"
+LOSS, TASK_LOSS, PENALTY = f"{PREFIX}_loss", f"{PREFIX}_task_loss", f"{PREFIX}_penalty"  # the training graph's outputs
 
 
 @dataclass

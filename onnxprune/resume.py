@@ -1,6 +1,6 @@
-"""Never lose work: with `--workdir`, training leaves a checkpoint there after every epoch (ORT's
-checkpoint with the optimizer state, which also holds the masks, penalty coefficients and
-quantization corrections, since those are frozen parameters), the masks once hard pruning has
+"""Never lose work: with `--workdir`, training leaves a checkpoint there after every epoch (the step
+graph's whole state: weights, optimizer moments and step count, and the masks, penalty coefficients
+and quantization corrections, since those are frozen tensors of it), the masks once hard pruning has
 chosen them, and a progress file with the random generator's state. `--resume` continues from
 it, and gives the same model an uninterrupted run would have. A fingerprint of the model, the
 data and every option that shapes training guards against resuming a different job.
@@ -46,7 +46,7 @@ class Checkpoints:
 
     @property
     def checkpoint(self) -> Path | None:
-        """The ORT checkpoint to start from, when resuming."""
+        """The checkpoint to start from, when resuming."""
         path = self.folder / CHECKPOINT
         return path if self.done and path.exists() else None
 
@@ -76,13 +76,11 @@ class Checkpoints:
 
     def save(self, trainer, phase, epochs: int, rng: np.random.Generator) -> None:
         """After `epochs` epochs of `phase` (schedule.Phase)."""
-        from . import ort_training as ot
-
         self.done[phase.name] = epochs
         self.records[phase.name] = {"history": phase.history, "seconds": phase.seconds,
                                     "final_task_loss": phase.final_task_loss}
         tmp = self.folder / _tmp(CHECKPOINT)
-        ot.CheckpointState.save_checkpoint(trainer.state, str(tmp), include_optimizer_state=True)
+        trainer.save(tmp)
         os.replace(tmp, self.folder / CHECKPOINT)
         self._write(PROGRESS, json.dumps({"fingerprint": self.print, "done": self.done, "records": self.records,
                                           "rng": rng.bit_generator.state}).encode())

@@ -1,16 +1,16 @@
-"""Differentiable stand-ins: ops ONNX Runtime 1.19 cannot differentiate, or cannot run backward on
-CPU, replaced in the *training graph only* by an equal composition of ops it can (the list comes
-from a probe: docs/gradients.md, `benchmarks/probe_gradients.py`). The written model keeps the
-user's own ops.
+"""Expansions: composite ops (recurrent layers, normalizations, Resize, LRN) replaced in the
+*training graph only* by an equal composition of primitive ops that have gradient rules
+(`autodiff.RULES`); the written model keeps the user's own ops. Unrolling an LSTM over its real
+sequence length once is simpler, and as fast, as a hand-written rule for its whole recurrence.
 
-One function per op, registered by op type. It gets the node, the real tensor shapes ORT measured
-and a builder for constants, and returns the nodes that compute the same output (or None when it
+One function per op, registered by op type. It gets the node, the real tensor shapes and a
+builder for constants, and returns the nodes that compute the same output (or None when it
 cannot, e.g. a Resize that is not a whole-number nearest upsampling). Every replacement is checked
 on random inputs of the real shape against the original op before it is used; one that differs is
-not used, and ORT's refusal names the op as before.
+not used, and the op is then refused by name as any op without a rule.
 
-    @standin("HardSigmoid")
-    def hard_sigmoid(s: Sub) -> list[NodeProto]:   # max(0, min(1, αx + β)) = relu(t) − relu(t − 1)
+    @standin("LRN")
+    def lrn(s: Sub) -> list[NodeProto]:   # x / (bias + α/size · Σ_window x²)^β
 """
 from __future__ import annotations
 
@@ -22,31 +22,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import NativeCrash, OnnxPruneError
+from . import autodiff
 from .plumbing import default_opset, first_line, log, session, session_options
 
 STANDINS: dict[str, Callable] = {}
-FALLBACKS: dict[str, Callable] = {}  # for ops whose ORT gradient works, but crashed in some graph
 PREFIX = "onnxprune_standin"
-# ops ORT 1.19 trains through on CPU as they are (docs/gradients.md, benchmarks/probe_gradients.py)
-KNOWN_TRAINABLE = {
-    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Erf", "Exp", "Abs", "Neg", "Sqrt", "Log", "Reciprocal", "Gelu", "Clip",
-    "Dropout", "Identity", "Cast", "MaxPool", "GlobalAveragePool", "Pad", "BatchNormalization", "Softmax",
-    "LogSoftmax", "Transpose", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Slice", "Split", "Concat", "Tile",
-    "Expand", "Gather", "Where", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "ReduceMean", "ReduceSum",
-    "ReduceL2", "ReduceLogSumExp", "MatMul", "Gemm", "Conv", "TopK", "SoftmaxCrossEntropyLoss"}
-# ops whose ORT 1.19 gradient kills the process instead of failing: never trained through
-CRASHES = {"AveragePool": "its CPU gradient kernel dies with a floating-point exception (SIGFPE)",
-           "If": "the gradient through an If aborts (SIGABRT); where an input selects the branch, fixing it "
-                 "with --input NAME=VALUE folds the If"}
 
 
-def standin(*ops: str, fallback: bool = False):
-    """Register a stand-in; a `fallback` one replaces an op ORT can train, and is used only after
-    ORT's own gradient of the graph crashed."""
+def standin(*ops: str):
     def register(fn):
         for op in ops:
-            (FALLBACKS if fallback else STANDINS)[op] = fn
+            STANDINS[op] = fn
         return fn
     return register
 
@@ -85,107 +71,6 @@ class Sub:
 
     def op(self, op: str, inputs: list[str], what: str, output: str | None = None, **attrs) -> onnx.NodeProto:
         return helper.make_node(op, inputs, [output or self.name(what)], name=self.name(what), **attrs)
-
-
-def _clamp01(s: Sub, t: str, nodes: list, output: str) -> None:
-    """min(1, max(0, t)) as relu(t) − relu(t − 1): Relu and Sub have gradients everywhere ORT trains."""
-    one = s.const("one", np.float32(1))
-    nodes += [s.op("Relu", [t], "relu_t"), s.op("Sub", [t, one], "t_minus_1"),
-              s.op("Relu", [s.name("t_minus_1")], "relu_t1"),
-              s.op("Sub", [s.name("relu_t"), s.name("relu_t1")], "clamp", output=output)]
-
-
-@standin("HardSigmoid")
-def hard_sigmoid(s: Sub):
-    a = s.attrs
-    nodes = [s.op("Mul", [s.x, s.const("alpha", np.float32(a.get("alpha", 0.2)))], "ax"),
-             s.op("Add", [s.name("ax"), s.const("beta", np.float32(a.get("beta", 0.5)))], "t")]
-    _clamp01(s, s.name("t"), nodes, s.y)
-    return nodes
-
-
-@standin("HardSwish")
-def hard_swish(s: Sub):
-    """x · HardSigmoid(x) with α = 1/6, β = 1/2."""
-    nodes = [s.op("Mul", [s.x, s.const("alpha", np.float32(1 / 6))], "ax"),
-             s.op("Add", [s.name("ax"), s.const("beta", np.float32(0.5))], "t")]
-    _clamp01(s, s.name("t"), nodes, s.name("hsig"))
-    nodes.append(s.op("Mul", [s.x, s.name("hsig")], "y", output=s.y))
-    return nodes
-
-
-def _elu(s: Sub, alpha: float, scale: float, inner: float, output: str) -> list:
-    """scale·(relu(x) + α·(exp(min(x, 0)/inner) − 1)), with min(x, 0) = x − relu(x): ELU (inner 1,
-    scale 1), SELU (scale γ), CELU (inner α)."""
-    nodes = [s.op("Relu", [s.x], "pos"), s.op("Sub", [s.x, s.name("pos")], "neg")]
-    neg = s.name("neg")
-    if inner != 1:
-        nodes.append(s.op("Mul", [neg, s.const("inv_inner", np.float32(1 / inner))], "neg_scaled"))
-        neg = s.name("neg_scaled")
-    nodes += [s.op("Exp", [neg], "exp"), s.op("Sub", [s.name("exp"), s.const("one", np.float32(1))], "expm1"),
-              s.op("Mul", [s.name("expm1"), s.const("alpha", np.float32(alpha))], "tail")]
-    if scale == 1:
-        return nodes + [s.op("Add", [s.name("pos"), s.name("tail")], "y", output=output)]
-    return nodes + [s.op("Add", [s.name("pos"), s.name("tail")], "sum"),
-                    s.op("Mul", [s.name("sum"), s.const("gamma", np.float32(scale))], "y", output=output)]
-
-
-@standin("Elu")
-def elu(s: Sub):
-    return _elu(s, s.attrs.get("alpha", 1.0), 1.0, 1.0, s.y)
-
-
-@standin("Selu")
-def selu(s: Sub):
-    a = s.attrs
-    return _elu(s, a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875), 1.0, s.y)
-
-
-@standin("Celu")
-def celu(s: Sub):
-    alpha = s.attrs.get("alpha", 1.0)
-    return _elu(s, alpha, 1.0, alpha, s.y)
-
-
-def _softplus(s: Sub, output: str) -> list:
-    """log(1 + exp(x)) = relu(x) + log(1 + exp(−|x|)), which never overflows."""
-    return [s.op("Relu", [s.x], "pos"), s.op("Abs", [s.x], "abs"), s.op("Neg", [s.name("abs")], "nabs"),
-            s.op("Exp", [s.name("nabs")], "exp"), s.op("Add", [s.name("exp"), s.const("one", np.float32(1))], "1p"),
-            s.op("Log", [s.name("1p")], "log1p"), s.op("Add", [s.name("pos"), s.name("log1p")], "sp", output=output)]
-
-
-@standin("Softplus")
-def softplus(s: Sub):
-    return _softplus(s, s.y)
-
-
-@standin("Mish")
-def mish(s: Sub):
-    """x · tanh(softplus(x))."""
-    return _softplus(s, s.name("softplus")) + [s.op("Tanh", [s.name("softplus")], "tanh"),
-                                               s.op("Mul", [s.x, s.name("tanh")], "y", output=s.y)]
-
-
-@standin("Softsign")
-def softsign(s: Sub):
-    """x / (1 + |x|)."""
-    return [s.op("Abs", [s.x], "abs"), s.op("Add", [s.name("abs"), s.const("one", np.float32(1))], "den"),
-            s.op("Div", [s.x, s.name("den")], "y", output=s.y)]
-
-
-@standin("ThresholdedRelu")
-def thresholded_relu(s: Sub):
-    """x where x > α, else 0 (the comparison carries no gradient, as in the op)."""
-    return [s.op("Greater", [s.x, s.const("alpha", np.float32(s.attrs.get("alpha", 1.0)))], "above"),
-            s.op("Where", [s.name("above"), s.x, s.const("zero", np.float32(0))], "y", output=s.y)]
-
-
-@standin("PRelu")
-def prelu(s: Sub):
-    """relu(x) + slope · min(x, 0), with min(x, 0) = x − relu(x); the slope stays trainable."""
-    slope = s.node.input[1]
-    return [s.op("Relu", [s.x], "pos"), s.op("Sub", [s.x, s.name("pos")], "neg"),
-            s.op("Mul", [s.name("neg"), slope], "tail"), s.op("Add", [s.name("pos"), s.name("tail")], "y", output=s.y)]
 
 
 def _reduce(s: Sub, op: str, x: str, axes: list[int], what: str, output: str | None = None) -> onnx.NodeProto:
@@ -231,36 +116,6 @@ def instance_norm(s: Sub):
         s.op("Add", [s.name("scaled"), s.name("bias")], "y", output=s.y)]
 
 
-@standin("Sum", "Mean")
-def variadic_sum(s: Sub):
-    """A chain of Adds (Mean: then divided by the count)."""
-    ins = [i for i in s.node.input if i]
-    nodes, acc = [], ins[0]
-    last = len(ins) - 1 if s.node.op_type == "Sum" else len(ins)
-    for k, t in enumerate(ins[1:], 1):
-        nodes.append(s.op("Add", [acc, t], f"acc{k}", output=s.y if k == last else None))
-        acc = s.name(f"acc{k}")
-    if s.node.op_type == "Mean":
-        nodes.append(s.op("Mul", [acc, s.const("inv_n", np.float32(1 / len(ins)))], "y", output=s.y))
-    return nodes or [s.op("Identity", [ins[0]], "y", output=s.y)]
-
-
-@standin("ReduceSumSquare")
-def reduce_sum_square(s: Sub):
-    shape = s.shapes.get(s.x)
-    if shape is None:
-        return None
-    axes = _axes(s, shape)
-    if axes is None:
-        return None
-    nodes = [s.op("Mul", [s.x, s.x], "sq"), _reduce(s, "ReduceSum", s.name("sq"), axes, "sum")]
-    if s.attrs.get("keepdims", 1):
-        nodes[-1].output[0] = s.y
-        return nodes
-    kept = [d for i, d in enumerate(shape) if i not in axes]
-    return nodes + [s.op("Reshape", [s.name("sum"), s.const("shape", np.array(kept, np.int64))], "y", output=s.y)]
-
-
 def _axes(s: Sub, shape) -> list[int] | None:
     """A reduction's axes, from its attribute or its constant second input; None when computed."""
     axes = s.attrs.get("axes")
@@ -271,156 +126,6 @@ def _axes(s: Sub, shape) -> list[int] | None:
     if not axes:
         return [] if s.attrs.get("noop_with_empty_axes", 0) else list(range(len(shape)))
     return sorted(a % len(shape) for a in axes)
-
-
-@standin("ReduceMax", "ReduceMin")
-def reduce_max(s: Sub):
-    """Max over any axes but the batch as a 1-D MaxPool: the reduced axes moved last and folded
-    into one, the kept ones into channels (Min: of −x, negated). MaxPool has a gradient."""
-    shape, out = s.shapes.get(s.x), s.shapes.get(s.y)
-    axes = _axes(s, shape) if shape is not None else None
-    if not axes or out is None or 0 in axes:
-        return None
-    kept = [a for a in range(len(shape)) if a not in axes]
-    window = int(np.prod([shape[a] for a in axes]))
-    nodes, x = [], s.x
-    if s.node.op_type == "ReduceMin":
-        nodes.append(s.op("Neg", [x], "neg"))
-        x = s.name("neg")
-    if kept + axes != list(range(len(shape))):
-        nodes.append(s.op("Transpose", [x], "moved", perm=kept + axes))
-        x = s.name("moved")
-    nodes += [s.op("Reshape", [x, s.const("fold", np.array([0, -1, window], np.int64))], "fold"),
-              s.op("MaxPool", [s.name("fold")], "pool", kernel_shape=[window]),
-              s.op("Reshape", [s.name("pool"), s.const("out", np.array([0, *out[1:]], np.int64))], "shaped",
-                   output=None if s.node.op_type == "ReduceMin" else s.y)]
-    if s.node.op_type == "ReduceMin":
-        nodes.append(s.op("Neg", [s.name("shaped")], "y", output=s.y))
-    return nodes
-
-
-@standin("DepthToSpace", "SpaceToDepth")
-def depth_space(s: Sub):
-    """Reshape → Transpose → Reshape, as the operator's definition spells it."""
-    shape, out = s.shapes.get(s.x), s.shapes.get(s.y)
-    if shape is None or out is None or len(shape) != 4:
-        return None
-    b = s.attrs["blocksize"]
-    n, c, h, w = shape
-    mode = s.attrs.get("mode", b"DCR")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if s.node.op_type == "SpaceToDepth":
-        split, perm = [n, c, h // b, b, w // b, b], [0, 3, 5, 1, 2, 4]
-    elif mode == "DCR":
-        split, perm = [n, b, b, c // (b * b), h, w], [0, 3, 4, 1, 5, 2]
-    else:
-        split, perm = [n, c // (b * b), b, b, h, w], [0, 1, 4, 2, 5, 3]
-    split[0] = 0  # the batch is copied from the input, whatever it is
-    return [s.op("Reshape", [s.x, s.const("split", np.array(split, np.int64))], "split"),
-            s.op("Transpose", [s.name("split")], "moved", perm=perm),
-            s.op("Reshape", [s.name("moved"), s.const("out", np.array([0, *out[1:]], np.int64))], "y", output=s.y)]
-
-
-@standin("AveragePool")
-def average_pool(s: Sub):
-    """A depthwise Conv with a kernel of ones, times the divisor map (ORT 1.19's AveragePool
-    gradient dies with a floating-point exception). The divisor map is read off the op itself:
-    AveragePool(1) / Σwindow(1), so count_include_pad and ceil_mode come out as the op does them."""
-    shape, out = s.shapes.get(s.x), s.shapes.get(s.y)
-    a = s.attrs
-    if shape is None or out is None or len(shape) < 3:
-        return None
-    auto = a.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    k = list(a["kernel_shape"])
-    d = len(k)
-    strides, dil = list(a.get("strides", [1] * d)), list(a.get("dilations", [1] * d))
-    pads = list(a.get("pads", [0] * 2 * d)) if auto == "NOTSET" else [0] * 2 * d
-    for i in range(d):  # auto_pad SAME_*: the padding the op computes, before or after
-        if auto.startswith("SAME"):
-            total = max(0, (out[2 + i] - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - shape[2 + i])
-            pads[i] = total // 2 if auto == "SAME_UPPER" else total - total // 2
-            pads[d + i] = total - pads[i]
-    for i in range(d):  # ceil_mode's extra windows: pad the end so Conv makes them too
-        need = (out[2 + i] - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - (shape[2 + i] + pads[i] + pads[d + i])
-        pads[d + i] += max(0, need)
-    conv = dict(kernel_shape=k, strides=strides, pads=pads, dilations=dil)
-    ones = np.ones((1, 1, *shape[2:]), np.float32)
-    scale = _divisor_map(s, ones, conv)
-    if scale is None or scale.shape[2:] != tuple(out[2:]):
-        return None
-    weight = s.const("ones", np.ones((shape[1], 1, *k), np.float32))
-    factor = np.float32(scale.flat[0]) if np.all(scale == scale.flat[0]) else scale.astype(np.float32)
-    return [s.op("Conv", [s.x, weight], "window_sum", group=shape[1], **conv),
-            s.op("Mul", [s.name("window_sum"), s.const("divisor", factor)], "y", output=s.y)]
-
-
-def _divisor_map(s: Sub, ones: np.ndarray, conv: dict) -> np.ndarray | None:
-    g = helper.make_graph(
-        [helper.make_node("AveragePool", ["x"], ["avg"], **s.attrs),
-         helper.make_node("Conv", ["x", "k"], ["sum"], **conv)], "divisor",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(ones.shape))],
-        [onnx.ValueInfoProto(name="avg"), onnx.ValueInfoProto(name="sum")],
-        [numpy_helper.from_array(np.ones((1, 1, *conv["kernel_shape"]), np.float32), "k")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(s.opset, 11))], ir_version=8)
-    try:
-        avg, total = session(m, "the AveragePool divisor", session_options(optimize=False)).run(None, {"x": ones})
-    except Exception as e:
-        log.debug("AveragePool stand-in not used: %s", first_line(e))
-        return None
-    return None if np.any(total == 0) else avg / total
-
-
-@standin("ConvTranspose")
-def conv_transpose(s: Sub):
-    """ORT 1.19 has no CPU gradient kernel for ConvTranspose. The same op is a Conv over the input
-    with (stride − 1) zeros inserted between its values and padded by dilation·(k − 1) − pad, with
-    the kernel's in/out axes swapped (per group) and its spatial axes reversed. The weight stays
-    the trained tensor: the swap and the reversal are ops on it, so its gradient flows back."""
-    a = s.attrs
-    shape, out = s.shapes.get(s.x), s.shapes.get(s.y)
-    w = s.node.input[1]
-    wshape = s.shapes.get(w)
-    if shape is None or out is None or wshape is None or "output_shape" in a or _text(a.get("auto_pad", "NOTSET")) != "NOTSET":
-        return None
-    d = len(shape) - 2
-    k = list(wshape[2:])
-    g = a.get("group", 1)
-    strides, dil = list(a.get("strides", [1] * d)), list(a.get("dilations", [1] * d))
-    pads, extra = list(a.get("pads", [0] * 2 * d)), list(a.get("output_padding", [0] * d))
-    begin = [dil[i] * (k[i] - 1) - pads[i] for i in range(d)]
-    end = [dil[i] * (k[i] - 1) - pads[d + i] + extra[i] - (strides[i] - 1) for i in range(d)]
-    if min(begin) < 0:
-        return None
-    nodes, x = [], s.x
-    if max(strides) > 1:  # value, then (stride − 1) zeros, along every spatial axis
-        spread = [0, 0] + [v for c in shape[2:] for v in (c, 1)]
-        zeros = [0] * (2 + 2 * d) + [0, 0] + [v for st in strides for v in (0, st - 1)]
-        nodes += [s.op("Reshape", [x, s.const("spread", np.array(spread, np.int64))], "spread"),
-                  s.op("Pad", [s.name("spread"), s.const("zeros", np.array(zeros, np.int64))], "zeros"),
-                  s.op("Reshape", [s.name("zeros"), s.const("dilated", np.array(
-                      [0, 0, *[c * st for c, st in zip(shape[2:], strides)]], np.int64))], "dilated")]
-        x = s.name("dilated")
-    if min(end) < 0:  # crop what the zeros overshoot
-        size = [c * st for c, st in zip(shape[2:], strides)]
-        nodes.append(s.op("Slice", [x, s.const("starts", np.zeros(d, np.int64)),
-                                    s.const("ends", np.array([n + min(e, 0) for n, e in zip(size, end)], np.int64)),
-                                    s.const("axes", np.arange(2, 2 + d, dtype=np.int64))], "cropped"))
-        x = s.name("cropped")
-    cin, cout_g = wshape[0], wshape[1]
-    nodes += [s.op("Reshape", [w, s.const("wgroups", np.array([g, cin // g, cout_g, *k], np.int64))], "wgroups"),
-              s.op("Transpose", [s.name("wgroups")], "wswap", perm=[0, 2, 1, *range(3, 3 + d)]),
-              s.op("Reshape", [s.name("wswap"), s.const("wconv", np.array([g * cout_g, cin // g, *k], np.int64))],
-                   "wconv")]
-    kernel = s.name("wconv")
-    for i in range(d):  # reverse each spatial axis of the kernel
-        nodes.append(s.op("Gather", [kernel, s.const(f"rev{i}", np.arange(k[i] - 1, -1, -1, dtype=np.int64))],
-                          f"wflip{i}", axis=2 + i))
-        kernel = s.name(f"wflip{i}")
-    ins = [x, kernel] + ([s.node.input[2]] if len(s.node.input) > 2 and s.node.input[2] else [])
-    nodes.append(s.op("Conv", ins, "y", output=s.y, group=g, dilations=dil, kernel_shape=k,
-                      pads=begin + [max(e, 0) for e in end]))
-    return nodes
 
 
 class _Unrolled:
@@ -590,15 +295,6 @@ def rnn(s: Sub):
     return u.finish(ys, finals)
 
 
-@standin("GlobalMaxPool")
-def global_max_pool(s: Sub):
-    """A MaxPool whose window is the whole spatial extent (MaxPool has a gradient)."""
-    shape = s.shapes.get(s.x)
-    if shape is None or len(shape) < 3:
-        return None
-    return [s.op("MaxPool", [s.x], "pool", output=s.y, kernel_shape=list(shape[2:]))]
-
-
 @standin("Resize")
 def resize(s: Sub):
     """Resize on the spatial axes, which ORT 1.19 cannot run backward on CPU. Nearest upsampling
@@ -667,19 +363,6 @@ def _interpolation(s: Sub, axis: int, n_in: int, n_out: int) -> np.ndarray | Non
     return out[0, :, :, 0].T.astype(np.float32)  # [n_out, n_in]: column k is unit vector k resized
 
 
-@standin("MaxPool", fallback=True)
-def max_pool_by_index(s: Sub):
-    """MaxPool's values gathered from the flattened input at the indices the op itself returns:
-    the same forward, and Gather's gradient instead of ORT's MaxPoolGrad, which crashed (SIGSEGV)
-    in a PaddleOCR classifier although it trains the same op standalone."""
-    if s.shapes.get(s.x) is None or len(s.node.output) > 1 or s.attrs.get("storage_order", 0):
-        return None
-    pool = s.op("MaxPool", [s.x], "values", **s.attrs)  # its values go unused
-    pool.output.append(s.name("indices"))
-    return [pool, s.op("Reshape", [s.x, s.const("flat", np.array([-1], np.int64))], "flat"),
-            s.op("Gather", [s.name("flat"), s.name("indices")], "y", output=s.y)]
-
-
 @standin("LRN")
 def lrn(s: Sub):
     """y = x / (bias + α/size · Σ_window x²)^β, the sum over `size` neighbouring channels as a 1×1
@@ -701,12 +384,10 @@ def lrn(s: Sub):
             s.op("Div", [s.x, s.name("denominator")], "y", output=s.y)]
 
 
-def apply(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
-          fallback: bool = False) -> tuple[onnx.ModelProto, list[str]]:
+def apply(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of `model` with every op that has a stand-in replaced by it (where the stand-in
-    reproduces the op on the real shapes), and what was replaced. With `fallback`, the FALLBACKS
-    too: the retry after ORT crashed on the graph."""
-    table = {**STANDINS, **FALLBACKS} if fallback else STANDINS
+    reproduces the op on the real shapes), and what was replaced."""
+    table = STANDINS
     m = copy.deepcopy(model)
     graph, opset = m.graph, default_opset(m)
     inits = {t.name: t for t in graph.initializer}
@@ -729,21 +410,8 @@ def apply(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
         body.append(node)
     del graph.node[:]
     graph.node.extend(body)
-    return m, [f"{op}×{n} trained through a stand-in of ops ONNX Runtime can differentiate "
-               f"(the written model keeps {op})" for op, n in sorted(done.items())]
-
-
-def with_fallback(model: onnx.ModelProto, shapes: dict, make):
-    """`make(trainable model)` on `model` with its stand-ins; after a native crash, once more with
-    the FALLBACKS too, when any applies. Returns make's result and what was replaced."""
-    first, notes = apply(model, shapes)
-    try:
-        return make(first), notes
-    except NativeCrash:
-        safer, more = apply(model, shapes, fallback=True)
-        if more == notes:
-            raise
-        return make(safer), more + ["fallback stand-ins used: ONNX Runtime's own gradient of this graph crashed"]
+    return m, [f"{op}×{n} trained as its expansion into primitive ops (the written model keeps {op})"
+               for op, n in sorted(done.items())]
 
 
 def _same(node, nodes, consts, inits, shapes, model, tolerance: float = 1e-5) -> bool:
@@ -772,30 +440,7 @@ def _same(node, nodes, consts, inits, shapes, model, tolerance: float = 1e-5) ->
                for w, g in zip(want, got))
 
 
-def gradient_path(model: onnx.ModelProto, trainable, losses) -> list[onnx.NodeProto]:
-    """The nodes between a trainable initializer and one of the `losses` outputs."""
-    reached = set(trainable)
-    forward = []
-    for node in model.graph.node:
-        if any(i in reached for i in node.input):
-            forward.append(node)
-            reached.update(o for o in node.output if o)
-    needed, path = set(losses), []
-    for node in reversed(forward):
-        if any(o in needed for o in node.output):
-            path.append(node)
-            needed.update(i for i in node.input if i)
-    return path[::-1]
-
-
-def check_crashes(model: onnx.ModelProto, trainable, losses) -> None:
-    """Refuse, in one line, to train through an op whose gradient would kill the process."""
-    for node in gradient_path(model, trainable, losses):
-        if node.op_type in CRASHES and node.domain in ("", "ai.onnx"):
-            raise OnnxPruneError(f"ONNX Runtime 1.19 cannot train through {node.op_type} node {node.name}: "
-                                 f"{CRASHES[node.op_type]}, and no stand-in reproduces this one; {NO_GRADIENT_ROUTES}")
-
-
-NO_GRADIENT_ROUTES = ("routes that need no gradient through it: --mode layerwise (each layer trained alone), "
-                      "--method magnitude (one-shot), with --quantize int8 for post-training int8; "
-                      "or --exclude the layers before it")
+def without_rule(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes of `model` (after its expansions) that no gradient rule covers."""
+    return [n for n in model.graph.node if n.domain not in ("", "ai.onnx")
+            or (n.op_type not in autodiff.RULES and n.op_type not in autodiff.NO_GRADIENT)]

@@ -118,13 +118,11 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
             ckpt = SharedPhase(Path(cfg.search.shared), fingerprint(loaded.original.SerializeToString(), arrays,
                                                                     options), sched.epochs)
 
-        def trainer_on(model):
-            standins.check_crashes(model, trainable, [t.tensor for t in terms])
-            graph = build_training_graph(model, groups.tensors, set(groups.penalized), terms, shapes, corrected,
-                                         norms=form, owned=stored)
-            return Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
-                           probe=first_batch(arrays, sched.batch_size))
-        trainer, notes = standins.with_fallback(original, shapes, trainer_on)
+        expanded, notes = standins.apply(original, shapes)
+        graph = build_training_graph(expanded, groups.tensors, set(groups.penalized), terms, shapes, corrected,
+                                     norms=form, owned=stored)
+        trainer = Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
+                          probe=first_batch(arrays, sched.batch_size))
         if folded:
             notes.append(f"{folded} If node(s) decided by tensor shapes trained as the branch they take at the "
                          "training shapes (the written model keeps them)")
@@ -204,7 +202,7 @@ def training_graph(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch:
     """The graph training runs on, its tensor shapes at the training batch size (stand-ins are
     built for the shapes they run at: measured at one sample and two, and extrapolated), and how
     many If nodes were folded: an If decided by tensor shapes (silero-vad's `if x.dim() == 2`)
-    takes one branch at those shapes, and ORT aborts on an If's gradient. Training batches are
+    takes one branch at those shapes, and an If has no gradient rule. Training batches are
     always full, so this holds for every step; the written model keeps its If nodes. `one`: the
     shapes at `fixed or 1` samples when the plan stage measured them already."""
     folded = 0
@@ -225,7 +223,7 @@ def as_float32(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def first_batch(arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """One training batch (samples repeated when there are fewer), for the isolated first step."""
+    """One training batch (samples repeated when there are fewer): the step graph is built for its shapes."""
     rows = np.resize(np.arange(len(next(iter(arrays.values())))), size)
     return {k: v[rows] for k, v in arrays.items()}
 
