@@ -1,5 +1,6 @@
-"""Stand-ins for ops ORT 1.19 cannot differentiate: each computes what the op computes, and the
-gradient ORT takes through it matches finite differences of the original op."""
+"""Every op between a trained Conv weight and the loss, as training sees it (expanded where it is a
+composite, through its gradient rule otherwise): the expansion computes what the op computes, and the
+gradient of the whole training graph matches finite differences of the original op."""
 import numpy as np
 import onnx
 import pytest
@@ -8,8 +9,10 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxprune
 from onnxprune.losses import MeanSquaredError
 from onnxprune.plumbing import session, tensor_shapes
-from onnxprune.standins import FALLBACKS, apply
-from onnxprune.training import Trainer, build_training_graph, mask_name
+from onnxprune import autodiff
+from onnxprune.losses import LOSS
+from onnxprune.standins import STANDINS, apply
+from onnxprune.training import build_training_graph
 
 RNG = np.random.default_rng(0)
 W = (0.5 * RNG.standard_normal((4, 3, 1, 1))).astype(np.float32)
@@ -32,6 +35,18 @@ def _model(op, attrs=None, extra_inputs=(), extra_inits=(), opset=17, w_as_input
 
 def _const(name, value):
     return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+
+def _grad(graph: onnx.ModelProto, w: str, feed: dict) -> np.ndarray:
+    """d loss / d w of a training graph, through autodiff's backward pass, run by ORT."""
+    em, grads = autodiff.backward(graph, LOSS, [w], tensor_shapes(graph, feed))
+    m = onnx.ModelProto()
+    m.CopyFrom(graph)
+    m.graph.node.extend(em.nodes)
+    m.graph.initializer.extend(em.consts)
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info(grads[w], TensorProto.FLOAT, None))
+    return session(m).run(None, feed)[0]
 
 
 def _finite_differences(loss, w: np.ndarray, eps: float) -> np.ndarray:
@@ -96,22 +111,22 @@ CASES = {
                              extra_inits=[_const("scales15", [1, 1, 1.5, 1.5])]),
     "LRN": dict(attrs={"size": 3, "alpha": 0.5, "beta": 0.75, "bias": 1.0}),
     "LRN/wide": dict(op="LRN", attrs={"size": 5, "alpha": 0.3, "beta": 0.5, "bias": 2.0}),
-    # a fallback, used only after ORT's own MaxPool gradient crashed on a graph
-    "MaxPool/fallback": dict(op="MaxPool", attrs={"kernel_shape": [2, 2], "strides": [2, 2]}, fallback=True),
-    "MaxPool/fallback-pads": dict(op="MaxPool", attrs={"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
-                                                       "dilations": [1, 1]}, fallback=True),
+    "MaxPool": dict(attrs={"kernel_shape": [2, 2], "strides": [2, 2]}),
+    "MaxPool/pads": dict(op="MaxPool", attrs={"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
 }
 
 
 @pytest.mark.parametrize("op", list(CASES))
-def test_stand_in_matches_the_op_and_its_gradient(op, tmp_path):
+def test_training_matches_the_op_and_its_gradient(op, tmp_path):
     kw = dict(CASES[op])
-    op, fallback = kw.pop("op", op), kw.pop("fallback", False)
+    op = kw.pop("op", op)
     model = _model(op, **kw)
     shapes = tensor_shapes(model, {"x": X})
-    replaced, notes = apply(model, shapes, fallback)
-    assert fallback or op not in FALLBACKS
-    assert notes and op in notes[0] and (fallback or op not in {n.op_type for n in replaced.graph.node})
+    replaced, notes = apply(model, shapes)
+    if op in STANDINS:  # a composite: expanded into primitives
+        assert notes and op in notes[0] and op not in {n.op_type for n in replaced.graph.node}
+    else:  # trained through its own rule
+        assert not notes and op in autodiff.RULES
     want = session(model).run(None, {"x": X})[0]
     got = session(replaced).run(None, {"x": X})[0]
     assert want.shape == got.shape and np.allclose(want, got, atol=1e-6)
@@ -119,10 +134,7 @@ def test_stand_in_matches_the_op_and_its_gradient(op, tmp_path):
     target = RNG.standard_normal(want.shape).astype(np.float32)
     graph = build_training_graph(replaced, {"w": W.shape}, set(), [MeanSquaredError("y", "y", "t", want.shape[1:])],
                                  shapes)
-    tr = Trainer(graph, ["w"], [mask_name("w")], tmp_path, 1e-3)
-    tr.module.lazy_reset_grad()
-    tr.module(X, target)
-    grad = np.array(tr.state.parameters["w"].grad).reshape(W.shape)
+    grad = _grad(graph, "w", {"x": X, "t": target})
 
     probe = session(_model(op, **kw, w_as_input=True))  # finite differences of the original op
 
@@ -141,7 +153,8 @@ def test_a_resize_that_crops_keeps_its_op():
 
 
 def test_hardswish_model_trains_end_to_end_and_keeps_its_op(tmp_path):
-    """Refused before ('cannot differentiate op HardSwish'); now trained, and written with HardSwish."""
+    """Refused by ORT 1.19's training API ('cannot differentiate op HardSwish'); trained through its
+    rule, and written with HardSwish."""
     model = _model("HardSwish")
     model.graph.node.append(helper.make_node("GlobalAveragePool", ["y"], ["p"], name="gap"))
     model.graph.node.append(helper.make_node("Flatten", ["p"], ["f"], name="flat"))
@@ -153,69 +166,38 @@ def test_hardswish_model_trains_end_to_end_and_keeps_its_op(tmp_path):
     out = tmp_path / "o.onnx"
     r = onnxprune.prune(model, 0.5, data={"x": x}, out=out, latency=False,
                         schedule=onnxprune.Schedule(epochs=2, finetune_epochs=1, batch_size=16))
-    assert any("HardSwish×1 trained through a stand-in" in c for c in r.report["preparation"])
     assert r.report["phases"] and r.report["phases"][0]["steps"] > 0
+    assert np.isfinite(r.report["phases"][-1]["final_task_loss"])
     assert "HardSwish" in {n.op_type for n in onnx.load(str(out)).graph.node}
 
 
-def test_an_op_whose_gradient_crashes_is_refused_in_one_line(monkeypatch):
-    """ORT 1.19's AveragePool gradient dies with SIGFPE: without a stand-in, refuse instead of crashing."""
-    from onnxprune import standins
+def test_an_op_without_a_rule_is_refused_in_one_line_with_the_routes():
     from onnxprune.errors import OnnxPruneError
 
-    monkeypatch.delitem(standins.STANDINS, "AveragePool")
-    model = _model("AveragePool", attrs={"kernel_shape": [2, 2]})
+    model = _model("Round")
     model.graph.node.append(helper.make_node("Flatten", ["y"], ["f"], name="flat"))
     del model.graph.output[:]
-    model.graph.output.append(helper.make_tensor_value_info("f", TensorProto.FLOAT, ["N", 36]))
-    with pytest.raises(OnnxPruneError, match="cannot train through AveragePool node the_op: .*SIGFPE.*--mode layerwise"):
+    model.graph.output.append(helper.make_tensor_value_info("f", TensorProto.FLOAT, ["N", 64]))
+    with pytest.raises(OnnxPruneError, match="op Round \\(node the_op\\).*--mode layerwise.*--method magnitude"):
         onnxprune.prune(model, 0.5, data={"x": RNG.standard_normal((16, 3, 4, 4)).astype(np.float32)},
                         latency=False, schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1))
 
 
-@pytest.mark.parametrize("message,words", [
-    ("Type Error: Type 'tensor(float)' of input parameter (y) of operator (LSTMGrad) in node "
-     "(the_op_training_Grad/LSTMGrad_0) is invalid.", "no working CPU gradient for op LSTM (node the_op)"),
-    ("gradient builder has not been registered: HardSigmoid for node hs_1", "cannot differentiate op HardSigmoid (node hs_1)"),
-    ("Could not find an implementation for ConvTransposeGrad(1) node with name 'up_Grad/ConvTransposeGrad_0'",
-     "no working CPU gradient for op ConvTranspose (node up)"),
-])
-def test_graph_builder_errors_name_the_op_and_the_routes_without_gradients(message, words):
-    from onnxprune.training import _explain_gradient_error
-
-    text = _explain_gradient_error(message, small_model_graph(), ["w"])
-    assert words in text and "--method magnitude" in text and "--mode layerwise" in text
-
-
-def test_an_internal_assertion_names_the_ops_not_known_to_train():
-    from onnxprune.training import LOSS, _explain_gradient_error
-
-    m = _model("LRN", attrs={"size": 3})
-    m.graph.node.append(helper.make_node("ReduceMean", ["y"], [LOSS], name="loss", keepdims=0))
-    text = _explain_gradient_error("gradient_builder_base.h:123 OutputDefs().size() check failed", m, ["w"])
-    assert "not known to train LRN (node the_op)" in text and "Conv" not in text.split("train ")[1].split(";")[0]
-
-
-def small_model_graph():
-    return _model("Relu")
-
-
-def test_the_probe_table_agrees_with_known_trainable_ops():
-    """docs/gradients.md (made by benchmarks/probe_gradients.py) and standins.KNOWN_TRAINABLE agree."""
+def test_the_gradient_table_agrees_with_the_rules():
+    """docs/gradients.md (made by benchmarks/probe_gradients.py) lists what the rules and expansions cover."""
     from conftest import ROOT
-    from onnxprune import standins
 
     rows = [line.split("|") for line in (ROOT / "docs" / "gradients.md").read_text().splitlines()
             if line.startswith("| ") and not line.startswith("| op ")]
-    trains = {r[1].strip() for r in rows if r[2].strip() == "trains"}
-    assert trains and trains <= standins.KNOWN_TRAINABLE
-    standin_ops = {r[1].strip().split(" ")[0] for r in rows if r[3].strip() == "stand-in"}
-    assert standin_ops <= set(standins.STANDINS)
+    by_rule = {r[1].strip().split(" ")[0] for r in rows if r[2].strip() == "rule"}
+    expanded = {r[1].strip().split(" ")[0] for r in rows if r[2].strip() == "expansion"}
+    assert by_rule and by_rule <= set(autodiff.RULES)
+    assert expanded and expanded <= set(STANDINS)
 
 
 @pytest.mark.parametrize("attrs", [{}, {"strides": [2, 2], "pads": [1, 0, 1, 0], "output_padding": [1, 0]},
                                    {"strides": [2, 1], "group": 2}], ids=["plain", "stride-pads", "groups"])
-def test_conv_transpose_kernel_trains_through_its_stand_in(attrs, tmp_path):
+def test_conv_transpose_kernel_gets_its_gradient(attrs, tmp_path):
     """ConvTranspose is a prunable layer: its own kernel must get the right gradient."""
     k = (0.5 * RNG.standard_normal((4, 2 if attrs.get("group") else 3, 3, 3))).astype(np.float32)
     x = RNG.standard_normal((2, 4, 5, 5)).astype(np.float32)
@@ -229,15 +211,10 @@ def test_conv_transpose_kernel_trains_through_its_stand_in(attrs, tmp_path):
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     model = build(False)
     shapes = tensor_shapes(model, {"x": x})
-    replaced, notes = apply(model, shapes)
-    assert notes and "ConvTranspose" in notes[0]
     target = RNG.standard_normal(shapes["y"]).astype(np.float32)
-    graph = build_training_graph(replaced, {"k": k.shape}, set(), [MeanSquaredError("y", "y", "t", shapes["y"][1:])],
+    graph = build_training_graph(model, {"k": k.shape}, set(), [MeanSquaredError("y", "y", "t", shapes["y"][1:])],
                                  shapes)
-    tr = Trainer(graph, ["k"], [mask_name("k")], tmp_path, 1e-3)
-    tr.module.lazy_reset_grad()
-    tr.module(x, target)
-    grad = np.array(tr.state.parameters["k"].grad).reshape(k.shape)
+    grad = _grad(graph, "k", {"x": x, "t": target})
     probe = session(build(True))
     # the loss is quadratic in k: central differences are exact up to rounding
     fd = _finite_differences(lambda v: float(np.mean((probe.run(None, {"x": x, "k": v.astype(np.float32)})[0]
@@ -246,43 +223,25 @@ def test_conv_transpose_kernel_trains_through_its_stand_in(attrs, tmp_path):
 
 
 def test_layerwise_window_stops_before_an_op_without_gradient(monkeypatch):
-    """Without HardSigmoid's stand-in, the layer's window ends before it instead of refusing."""
+    """Without LRN's expansion, the layer's window ends before it instead of refusing."""
     from onnxprune import layerwise, standins
 
-    model = _model("HardSigmoid")
+    model = _model("LRN", attrs={"size": 3})
     shapes = tensor_shapes(model, {"x": X})
     conv = model.graph.node[0]
     assert layerwise.window_cut(model, conv, {"conv"}, shapes) == frozenset()
     small, out = layerwise.layer_model(model, conv, {"x": X}, {"conv"})
-    assert out == "y"  # with the stand-in, the window reaches the activation
-    monkeypatch.delitem(standins.STANDINS, "HardSigmoid")
+    assert out == "y"  # with the expansion, the window reaches the op
+    monkeypatch.delitem(standins.STANDINS, "LRN")
     cut = layerwise.window_cut(model, conv, {"conv"}, shapes)
     assert cut == {"the_op"}
     small, out = layerwise.layer_model(model, conv, {"x": X}, {"conv"}, cut)
     assert out == "h" and [n.op_type for n in small.graph.node] == ["Conv"]
 
 
-def test_a_native_crash_in_training_is_a_one_line_error(tmp_path):
-    """ORT 1.19's AveragePool gradient dies with SIGFPE. Built without its stand-in, the training
-    graph crashes the first step, which runs in a child process: this process gets one line."""
-    from onnxprune.errors import OnnxPruneError
-
-    model = _model("AveragePool", attrs={"kernel_shape": [2, 2]})
-    shapes = tensor_shapes(model, {"x": X})
-    graph = build_training_graph(model, {"w": W.shape}, set(), [MeanSquaredError("y", "y", "t", shapes["y"][1:])],
-                                 shapes)
-    probe = {"x": X, "t": np.zeros(shapes["y"], np.float32)}
-    with pytest.raises(OnnxPruneError, match=r"crashed \(SIGFPE\) taking a training step.*AveragePool \(node the_op\)"):
-        Trainer(graph, ["w"], [mask_name("w")], tmp_path, 1e-3, probe=probe)
-    fine = build_training_graph(apply(model, shapes)[0], {"w": W.shape}, set(),
-                                [MeanSquaredError("y", "y", "t", shapes["y"][1:])], shapes)
-    tr = Trainer(fine, ["w"], [mask_name("w")], tmp_path / "ok", 1e-3, probe=probe)
-    assert np.isfinite(tr.step(probe)[0])
-
-
 def test_stand_in_constants_are_not_trained_and_user_parameters_are(tmp_path):
-    """AveragePool's stand-in is a Conv whose kernel of ones must stay ones; PRelu's slope, now read
-    by a Mul, is still the user's trainable parameter."""
+    """No constant of the training graph's own is written; PRelu's slope is the user's trainable
+    parameter."""
     nodes = [helper.make_node("Conv", ["x", "w"], ["h"], name="conv"),
              helper.make_node("PRelu", ["h", "slope"], ["p"], name="act"),
              helper.make_node("AveragePool", ["p"], ["a"], name="pool", kernel_shape=[2, 2]),
@@ -301,7 +260,7 @@ def test_stand_in_constants_are_not_trained_and_user_parameters_are(tmp_path):
     assert not any(name.startswith("onnxprune_standin") for name in written)
     assert not np.allclose(written["slope"], 0.25)  # trained
     assert {"AveragePool", "PRelu"} <= {n.op_type for n in onnx.load(str(out)).graph.node}
-    assert any("AveragePool×1" in c for c in r.report["preparation"])
+    assert r.report["phases"][0]["steps"] > 0
 
 
 @pytest.mark.parametrize("op,direction,states,bias,extra", [
@@ -311,8 +270,8 @@ def test_stand_in_constants_are_not_trained_and_user_parameters_are(tmp_path):
     ("GRU", "bidirectional", False, False, {}), ("RNN", "forward", True, True, {}),
     ("RNN", "bidirectional", False, True, {}), ("RNN", "reverse", True, False, {})])
 def test_recurrent_unrolled_matches_and_its_weights_train(op, direction, states, bias, extra, tmp_path):
-    """ORT 1.19 crashes or refuses LSTM/GRU/RNN training; the unrolled stand-in gives the same outputs
-    and the right gradient for the input weights W (checked against finite differences)."""
+    """LSTM/GRU/RNN train unrolled into primitives: the same outputs, and the right gradient for the
+    input weights W (checked against finite differences)."""
     T, N, I, H = 4, 3, 5, 2
     D = 2 if direction == "bidirectional" else 1
     G = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
@@ -344,30 +303,8 @@ def test_recurrent_unrolled_matches_and_its_weights_train(op, direction, states,
     target = rng.standard_normal(shapes["Y"]).astype(np.float32)
     graph = build_training_graph(replaced, {"W": w.shape}, set(), [MeanSquaredError("Y", "Y", "t", shapes["Y"][1:])],
                                  shapes)
-    tr = Trainer(graph, ["W"], [mask_name("W")], tmp_path, 1e-3, probe={"x": x, "t": target})
-    tr.module.lazy_reset_grad()
-    tr.module(x, target)
-    grad = np.array(tr.state.parameters["W"].grad).reshape(w.shape)
+    grad = _grad(graph, "W", {"x": x, "t": target})
     probe = session(build(True))
     fd = _finite_differences(lambda v: float(np.mean((probe.run(["Y"], {"x": x, "W": v.astype(np.float32)})[0]
                                                       - target) ** 2)), w, 1e-3)
     assert np.linalg.norm(grad - fd) <= 0.02 * np.linalg.norm(fd)
-
-
-def test_a_crash_is_retried_once_with_the_fallback_stand_ins(tmp_path, monkeypatch):
-    """When ORT's own gradient of an op crashes the first step (here AveragePool's SIGFPE, its
-    stand-in moved to the fallbacks), training is built once more with the fallbacks and runs."""
-    from onnxprune import standins
-
-    monkeypatch.setitem(standins.FALLBACKS, "AveragePool", standins.STANDINS["AveragePool"])
-    monkeypatch.delitem(standins.STANDINS, "AveragePool")
-    monkeypatch.delitem(standins.CRASHES, "AveragePool")  # not refused up front: it really crashes
-    model = _model("AveragePool", attrs={"kernel_shape": [2, 2]})
-    model.graph.node.append(helper.make_node("Flatten", ["y"], ["f"], name="flat"))
-    del model.graph.output[:]
-    model.graph.output.append(helper.make_tensor_value_info("f", TensorProto.FLOAT, ["N", 36]))
-    r = onnxprune.prune(model, 0.5, data={"x": RNG.standard_normal((16, 3, 4, 4)).astype(np.float32)},
-                        out=tmp_path / "o.onnx", latency=False, simplify=False,
-                        schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1, batch_size=8))
-    prepared = " ".join(r.report["preparation"])
-    assert "AveragePool×1" in prepared and "crashed" in prepared
