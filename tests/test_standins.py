@@ -223,16 +223,16 @@ def test_conv_transpose_kernel_gets_its_gradient(attrs, tmp_path):
 
 
 def test_layerwise_window_stops_before_an_op_without_gradient(monkeypatch):
-    """Without LRN's expansion, the layer's window ends before it instead of refusing."""
-    from onnxprune import layerwise, standins
+    """Without Softplus's rule, the layer's window ends before it instead of refusing."""
+    from onnxprune import layerwise
 
-    model = _model("LRN", attrs={"size": 3})
+    model = _model("Softplus")
     shapes = tensor_shapes(model, {"x": X})
     conv = model.graph.node[0]
     assert layerwise.window_cut(model, conv, {"conv"}, shapes) == frozenset()
     small, out = layerwise.layer_model(model, conv, {"x": X}, {"conv"})
-    assert out == "y"  # with the expansion, the window reaches the op
-    monkeypatch.delitem(standins.STANDINS, "LRN")
+    assert out == "y"  # with the rule, the window reaches the op
+    monkeypatch.delitem(autodiff.RULES, "Softplus")
     cut = layerwise.window_cut(model, conv, {"conv"}, shapes)
     assert cut == {"the_op"}
     small, out = layerwise.layer_model(model, conv, {"x": X}, {"conv"}, cut)
