@@ -1,4 +1,15 @@
-"""Training speed by device: steps per second of onnxprune's training loop on the CPU and, where
+"""Training speed.
+
+`--step-time`: milliseconds per training step at batch 64 on this CPU, with 1 and 2 threads, for
+the shipped LeNet-5 and residual CNN: onnxprune's step graph (`stepgraph.Trainer`), ONNX Runtime's
+training API (where `onnxruntime-training` is installed: it stopped at 1.19.2) and PyTorch eager
+(where torch is installed), on the same training graph (masks, group penalty, cross-entropy,
+BatchNorm on batch statistics) and the same batches, interleaved in rounds; medians. `--memory`:
+the peak memory of a step of the residual CNN at several batch sizes, each in a fresh process.
+
+    python benchmarks/device.py --step-time [--memory]
+
+Otherwise: by device: steps per second of onnxprune's training loop on the CPU and, where
 ONNX Runtime's CUDA training build and a GPU are present, on the GPU, for the LeNet-5 example and
 a ResNet-18-sized CNN (11.2M parameters, 3x32x32 inputs, built here with random weights: only
 speed is measured), at batch 64 and 256.
@@ -15,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -118,12 +130,185 @@ def run(model, data, batch: int, device: str) -> dict:
             "get_s": t.seconds["get"], "other_s": train_s - t.seconds["step"] - t.seconds["set"] - t.seconds["get"]}
 
 
+# ---------------------------------------------------------------------------- step time
+
+SHIPPED = {"lenet5": "LeNet5", "resnet_mnist": "ResNetMNIST"}
+
+
+def training_setup(name: str, batch: int):
+    """The training graph onnxprune builds for the shipped model (masks and penalty on every
+    prunable weight, cross-entropy on labels, BatchNorm on batch statistics), its trainable and
+    frozen tensors, and one batch of MNIST."""
+    from onnxprune.layers import trainable_parameters
+    from onnxprune.loading import load
+    from onnxprune.losses import CrossEntropy
+    from onnxprune.plumbing import tensor_shapes
+    from onnxprune.training import build_training_graph, coef_name, mask_name
+
+    loaded = load(ROOT / "models" / f"{name}.onnx")
+    base = loaded.prepared.train_base
+    with np.load(ROOT / "models" / "mnist_train.npz") as z:
+        x, y = z["input"][:batch].astype(np.float32), z["labels"][:batch].astype(np.int64)
+    inp, out = base.graph.input[0].name, base.graph.output[0].name
+    shapes = tensor_shapes(base, {inp: x})
+    weights = {layer.weight: shapes[layer.weight] for layer in loaded.layers}
+    graph = build_training_graph(base, weights, set(weights), [CrossEntropy(out, out, "onnxprune_target0")], shapes,
+                                 norms="batch")
+    trainable = [t for t in trainable_parameters(base, loaded.layers)]
+    frozen = [mask_name(w) for w in weights] + [coef_name(w) for w in weights]
+    return graph, trainable, frozen, {inp: x, "onnxprune_target0": y}, inp
+
+
+def _ort_training_api():
+    """ORT's training API where its wheel is installed (torch-only helpers seated empty), else None."""
+    import types
+
+    for helper_name in ("onnxruntime.training.amp", "onnxruntime.training.optim"):
+        sys.modules.setdefault(helper_name, types.ModuleType(helper_name))
+    try:
+        from onnxruntime.training import artifacts
+        from onnxruntime.training.api import CheckpointState, Module, Optimizer
+    except ImportError:
+        return None
+    return artifacts, CheckpointState, Module, Optimizer
+
+
+def backends(name: str, batch: int, threads: int, tmp: Path) -> dict:
+    """name -> a function taking one step on the same batch."""
+    import onnxruntime as ort
+
+    from onnxprune.plumbing import session_options
+    from onnxprune.stepgraph import Trainer
+
+    graph, trainable, frozen, feed, inp = training_setup(name, batch)
+    out = {}
+    tr = Trainer(graph, trainable, frozen, tmp / "step", 1e-3, threads, probe=feed)
+    for w in frozen:
+        if w.endswith("_coef"):
+            tr.set(w, np.full(tr.get(w).shape, 1e-4, np.float32))
+    out[f"step graph (onnxruntime {ort.__version__})"] = lambda: tr.step(feed)
+    api = _ort_training_api()
+    if api is not None:
+        artifacts, CheckpointState, Module, Optimizer = api
+        d = tmp / "ort"
+        d.mkdir(parents=True, exist_ok=True)
+        cwd = os.getcwd()
+        os.chdir(d)  # onnxblock writes temp.onnx in the current folder
+        try:
+            artifacts.generate_artifacts(graph, requires_grad=trainable, frozen_params=frozen, loss=None,
+                                         optimizer=artifacts.onnxblock.optim.AdamW(eps=1e-8, weight_decay=0.0)
+                                         if hasattr(artifacts, "onnxblock") else artifacts.OptimType.AdamW,
+                                         artifact_directory=str(d))
+        finally:
+            os.chdir(cwd)
+        state = CheckpointState.load_checkpoint(str(d / "checkpoint"))
+        module = Module(str(d / "training_model.onnx"), state, str(d / "eval_model.onnx"),
+                        session_options=session_options(threads))
+        opt = Optimizer(str(d / "optimizer_model.onnx"), module)
+        names = module.input_names()
+        module.train()
+
+        def ort_step():
+            module.lazy_reset_grad()
+            module(*[feed[n] for n in names])
+            opt.step()
+        out["ORT training API (1.19.2)"] = ort_step
+    try:
+        import torch
+    except ImportError:
+        return out
+    sys.path.insert(0, str(ROOT / "models"))
+    import twins
+
+    torch.set_num_threads(threads)
+    net = getattr(twins, SHIPPED[name])()
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(ROOT / "models" / f"{name}.onnx")).graph.initializer}
+    twins.load_onnx_weights(net, weights)
+    net.train()
+    params = dict(net.named_parameters())
+    penalized = [params[twins.torch_key(c.rsplit("__", 1)[0])] for c in frozen if c.endswith("_coef")]
+    masks = [torch.ones_like(p) for p in penalized]
+    coefs = [torch.full_like(p, 1e-4) for p in penalized]
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, eps=1e-8, weight_decay=0.0)
+    tx, ty = torch.from_numpy(feed[inp]), torch.from_numpy(feed["onnxprune_target0"])
+
+    def torch_step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(tx), ty)
+        loss = loss + sum((c * (p * m) ** 2).sum() for p, m, c in zip(penalized, masks, coefs))
+        loss.backward()
+        opt.step()
+    out[f"PyTorch eager ({torch.__version__.split('+')[0]})"] = torch_step
+    return out
+
+
+def step_times(batch: int, threads_list: list[int], rounds: int, steps: int) -> list[dict]:
+    import tempfile
+
+    rows = []
+    for name in SHIPPED:
+        for threads in threads_list:
+            with tempfile.TemporaryDirectory() as tmp:
+                fns = backends(name, batch, threads, Path(tmp))
+                times = {k: [] for k in fns}
+                for fn in fns.values():  # warm up
+                    for _ in range(5):
+                        fn()
+                for _ in range(rounds):  # interleaved, so load on the machine hits all alike
+                    for k, fn in fns.items():
+                        for _ in range(steps):
+                            start = time.perf_counter()
+                            fn()
+                            times[k].append(time.perf_counter() - start)
+            med = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+            for k, ms in med.items():
+                rows.append({"model": name, "threads": threads, "backend": k, "ms": ms})
+                print(f"{name:<13} {threads} thread(s)  {k:<34} {ms:8.2f} ms/step", flush=True)
+    return rows
+
+
+def step_memory(batches: list[int]) -> list[dict]:
+    """Peak resident memory of the residual CNN's step graph after 3 steps, each batch size in a
+    fresh process (the baseline: the same process before the step graph is built)."""
+    import subprocess
+
+    code = ("import resource, sys, tempfile; from pathlib import Path; sys.path.insert(0, %r); "
+            "import device as d; from onnxprune.stepgraph import Trainer; b = int(sys.argv[1]); "
+            "g, tr, fr, feed, _ = d.training_setup('resnet_mnist', b); "
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            "t = Trainer(g, tr, fr, Path(tempfile.mkdtemp()), 1e-3, 2, probe=feed); [t.step(feed) for _ in range(3)]; "
+            "print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)") % str(ROOT / "benchmarks")
+    rows = []
+    for b in batches:
+        done = subprocess.run([sys.executable, "-c", code, str(b)], capture_output=True, text=True, check=True)
+        base, peak = (int(v) / 1024 for v in done.stdout.split()[-2:])
+        rows.append({"batch": b, "peak_mb": peak, "baseline_mb": base, "step_mb": peak - base})
+        print(f"resnet_mnist batch {b:>4}: peak {peak:.0f} MB, {peak - base:.0f} MB above the process before the "
+              f"step graph", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--step-time", action="store_true", help="ms per step: step graph vs ORT training vs PyTorch")
+    ap.add_argument("--memory", action="store_true", help="with --step-time: peak memory of a step by batch size")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--devices", default="cpu")
     ap.add_argument("--batches", default="64,256")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
+    if args.step_time:
+        import onnxruntime
+
+        rows = step_times(64, [1, 2], args.rounds, args.steps)
+        mem = step_memory([16, 64, 256]) if args.memory else []
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        tag = onnxruntime.__version__
+        meta = {"command": "python benchmarks/device.py " + " ".join(sys.argv[1:]), "onnxruntime": tag}
+        (args.out_dir / f"step_time-ort{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows,
+                                                                            "memory": mem}, indent=2) + "\n")
+        return
     lenet = (ROOT / "models" / "lenet5.onnx", ROOT / "models" / "mnist_train.npz")
     models = {"lenet5": lenet, "resnet18 (11.2M params, 3x32x32)": (resnet18(), None)}
     rows = []
