@@ -1,8 +1,8 @@
 """`--device cpu|cuda[:N]`: where a run trains and runs its models.
 
-CUDA needs ONNX Runtime's CUDA training build, `onnxruntime-training==1.19.2` (CUDA 11.8), in place
-of the CPU wheel: both own the `onnxruntime` module, so they cannot be installed side by side. Its
-libraries come from the `nvidia-*-cu11` wheels, cuDNN below 9. A run's device is set once, for the
+CUDA needs ONNX Runtime's CUDA build, `onnxruntime-gpu`, in place of the CPU wheel (both own the
+`onnxruntime` module). Training steps are plain ONNX graphs, so the GPU runs them as it runs any
+model. A run's device is set once, for the
 run (`using`), and read where sessions and training modules are made (`current`, `providers`).
 """
 from __future__ import annotations
@@ -13,8 +13,7 @@ import re
 
 from .errors import OnnxPruneError
 
-INSTALL_CUDA = ("pip uninstall -y onnxruntime-training-cpu && pip install onnxruntime-training==1.19.2 "
-                "'nvidia-cudnn-cu11<9' nvidia-cublas-cu11 nvidia-curand-cu11 nvidia-cufft-cu11 nvidia-cuda-runtime-cu11")
+INSTALL_CUDA = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
 _CURRENT = contextvars.ContextVar("onnxprune_device", default="cpu")
 
 
@@ -38,12 +37,12 @@ def check_available(device: str) -> None:
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         raise OnnxPruneError(f"--device {device}: this ONNX Runtime ({onnxruntime.__version__}, providers "
                              f"{', '.join(onnxruntime.get_available_providers())}) has no CUDA; install its CUDA "
-                             f"training build: {INSTALL_CUDA}")
+                             f"build: {INSTALL_CUDA}")
     why = _probe(device)
     if why:
         raise OnnxPruneError(f"--device {device}: ONNX Runtime's CUDA build is installed but cannot run on it ({why}); "
-                             "check `nvidia-smi` sees the GPU and that LD_LIBRARY_PATH holds the nvidia-*-cu11 "
-                             "wheels' lib folders (cuDNN below 9), as the README's GPU install sets it")
+                             "check `nvidia-smi` sees the GPU and that the CUDA and cuDNN libraries it names are "
+                             f"installed ({INSTALL_CUDA})")
 
 
 # run in a child: without an NVIDIA driver, loading the CUDA provider aborts the process

@@ -43,9 +43,14 @@ def _new(name: str) -> str:
     return f"{name}__onnxprune_next"
 
 
+def grad_name(w: str) -> str:
+    return f"{w}__onnxprune_grad"
+
+
 def build_step(graph: onnx.ModelProto, loss: str, trainable: list[str], frozen: list[str],
-               shapes: dict[str, tuple[int, ...]]) -> tuple[onnx.ModelProto, list[str]]:
-    """The step graph, and the trainable tensors the loss depends on (the others are left alone)."""
+               shapes: dict[str, tuple[int, ...]], update: bool = True) -> tuple[onnx.ModelProto, list[str]]:
+    """The step graph, and the trainable tensors the loss depends on (the others are left alone).
+    Without `update`, the graph stops at the gradients (outputs `grad_name(w)`), for evaluation."""
     model = onnx.ModelProto()
     model.CopyFrom(graph)
     g = model.graph
@@ -60,6 +65,13 @@ def build_step(graph: onnx.ModelProto, loss: str, trainable: list[str], frozen: 
         g.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
         return name
 
+    if not update:
+        for w in trained:
+            g.node.append(helper.make_node("Identity", [grads[w]], [grad_name(w)], name=grad_name(w)))
+            g.output.append(helper.make_tensor_value_info(grad_name(w), f32, None))
+        state = list(trainable) + list(frozen)
+        _state_as_inputs(g, state, inits)
+        return model, trained
     b1, b2, eps = scalar(1 - BETAS[0], "onnxprune_adam_1mb1"), scalar(1 - BETAS[1], "onnxprune_adam_1mb2"), \
         scalar(EPS, "onnxprune_adam_eps")
     g.input.extend([helper.make_tensor_value_info(STEP_SIZE, f32, []),
@@ -83,15 +95,20 @@ def build_step(graph: onnx.ModelProto, loss: str, trainable: list[str], frozen: 
     # state and frozen tensors become inputs; the moments start at zero
     state = [t for w in trained for t in (w, _moment(w, "m"), _moment(w, "v"))] + \
         [w for w in trainable if w not in trained] + list(frozen)
-    kept = [t for t in g.initializer if t.name not in set(state)]
-    for name in state:
-        shape = list(inits[name].dims) if name in inits else list(inits[name.split("__onnxprune_adam_")[0]].dims)
-        g.input.append(helper.make_tensor_value_info(name, f32, shape))
-    del g.initializer[:]
-    g.initializer.extend(kept)
+    _state_as_inputs(g, state, inits)
     for name in outputs:
         g.output.append(helper.make_tensor_value_info(name, f32, None))
     return model, trained
+
+
+def _state_as_inputs(g: onnx.GraphProto, state: list[str], inits: dict) -> None:
+    """The state tensors (initializers, or moments shaped as their weight) become graph inputs."""
+    kept = [t for t in g.initializer if t.name not in set(state)]
+    for name in state:
+        like = inits[name] if name in inits else inits[name.split("__onnxprune_adam_")[0]]
+        g.input.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(like.dims)))
+    del g.initializer[:]
+    g.initializer.extend(kept)
 
 
 class Trainer:
@@ -110,12 +127,11 @@ class Trainer:
                  if t.name in set(trainable) | set(frozen)}
         shapes = tensor_shapes(graph, probe)
         step_graph, self.trained = build_step(graph, LOSS, trainable, frozen, shapes)
-        self.names = {t: i for i, t in enumerate(trainable)}
-        try:
-            self.session = ort.InferenceSession(step_graph.SerializeToString(), session_options(threads),
-                                                providers=device.providers())
-        except Exception as e:  # ORT's own refusal of a graph onnxprune built: say which
-            raise OnnxPruneError(f"ONNX Runtime cannot run the training step graph: {first_line(e)}") from None
+        workdir.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(step_graph, workdir / "step_graph.onnx")  # for whoever wants to look at it (--workdir)
+        self._build = (graph, trainable, frozen, shapes, threads)
+        self._eval = None
+        self.session = _session(step_graph, threads)
         self.dev = device.current()
         kind, _, idx = self.dev.partition(":")
         self._where = (kind, int(idx or 0))
@@ -137,6 +153,16 @@ class Trainer:
                             if i.name not in state and i.name not in self._scalars]
         self._side = 0
         self._bindings = [self._binding(0), self._binding(1)]
+
+    def evaluate(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Loss, task loss, penalty and every trained tensor's gradient (`grad_name(w)`) on `feed`
+        at the current state, without a step."""
+        if self._eval is None:
+            graph, trainable, frozen, shapes, threads = self._build
+            self._eval = _session(build_step(graph, LOSS, trainable, frozen, shapes, update=False)[0], threads)
+        state = {n: self.get(n) for n in [*self._values, *self._fixed] if "__onnxprune_adam_" not in n}
+        names = [o.name for o in self._eval.get_outputs()]
+        return dict(zip(names, self._eval.run(names, {**state, **{n: feed[n] for n in self.input_names}})))
 
     def _ortvalue(self, a: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a, dtype=np.float32), *self._where)
@@ -191,6 +217,13 @@ class Trainer:
         Path(path).write_bytes(buf.getvalue())
 
 
+def _session(model: onnx.ModelProto, threads: int | None) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=device.providers())
+    except Exception as e:  # ORT's own refusal of a graph onnxprune built: say which
+        raise OnnxPruneError(f"ONNX Runtime cannot run the training step graph: {first_line(e)}") from None
+
+
 def _load(path: Path, state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -203,4 +236,4 @@ def _load(path: Path, state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarra
     return saved, step
 
 
-__all__ = ["Trainer", "build_step"]
+__all__ = ["Trainer", "build_step", "grad_name"]

@@ -131,7 +131,7 @@ def test_workdir_keeps_artifacts_and_report_lists_skips(digits, tmp_path):
                                    tmp_path / "o.onnx", "--workdir", wd, "--exclude", "dense2/*",
                                    "--report", tmp_path / "r.json", "--epochs", "1", "--finetune-epochs", "1")
     assert code == 0, stderr
-    assert {"training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint"} <= {p.name for p in wd.iterdir()}
+    assert {"step_graph.onnx", "resume.ckpt", "resume.json"} <= {p.name for p in wd.iterdir()}
     r = json.loads((tmp_path / "r.json").read_text())
     assert [s["name"] for s in r["skipped"]] == ["dense2/MatMul"] and len(r["layers"]) == 2
     assert "excluded by --exclude" in stdout
