@@ -442,14 +442,16 @@ def add(n):
 
 
 @rule("Sub")
-def sub(n):
+def sub(n):  # negated after the sum to b's shape, on the smaller tensor
     return [n.broadcast_grad(n.dy, 0) if n.need[0] else None,
-            n.broadcast_grad(n.op("Neg", [n.dy]), 1) if n.need[1] else None]
+            n.op("Neg", [n.broadcast_grad(n.dy, 1)]) if n.need[1] else None]
 
 
 @rule("Mul")
 def mul(n):
     a, b = n.node.input[:2]
+    if a == b:  # a square: 2·a·dy, one gradient instead of two summed
+        return [n.mul(n.mul(n.dy, a), n.f(2)), None]
     return [n.broadcast_grad(n.mul(n.dy, b), 0) if n.need[0] else None,
             n.broadcast_grad(n.mul(n.dy, a), 1) if n.need[1] else None]
 
@@ -458,7 +460,7 @@ def mul(n):
 def div(n):
     a, b = n.node.input[:2]
     da = n.broadcast_grad(n.div(n.dy, b), 0) if n.need[0] else None
-    db = n.broadcast_grad(n.op("Neg", [n.div(n.mul(n.dy, n.y), b)]), 1) if n.need[1] else None
+    db = n.op("Neg", [n.div(n.broadcast_grad(n.mul(n.dy, n.y), 1), b)]) if n.need[1] else None
     return [da, db]
 
 
@@ -608,8 +610,42 @@ def conv_input_grad(n: Node, g: str, w: str, x_shape, y_shape, k_shape, group: i
 
 
 def conv_weight_grad(n: Node, x: str, g: str, x_shape, y_shape, w_shape, group: int) -> str:
-    """d w of y = Conv(x, w): a Conv of the input, batch and channels swapped, with the output
-    gradient as its kernel (stride and dilation trade places), summing over the batch inside."""
+    """d w of y = Conv(x, w), in whichever of two forms suits the kernel on ORT's CPU kernels
+    (benchmarks/device.py --step-time): for kernels of 16 taps and more, a Conv of the input with
+    batch and channels swapped and the output gradient as its kernel; for smaller ones, whose
+    swapped Conv is a GEMM only Πk wide (3×3: 2.5× slower than the other form), the input unfolded
+    into its windows (im2col by strided Slices, or the input itself for a 1×1 kernel) and one
+    batched MatMul with the output gradient per group, summed over the batch."""
+    if int(np.prod(w_shape[2:])) >= 16:
+        return _weight_grad_swapped(n, x, g, x_shape, y_shape, w_shape, group)
+    N, C = x_shape[:2]
+    O, k = w_shape[0], list(w_shape[2:])
+    r = len(k)
+    s, d, pb, pe = conv_geometry(n, x_shape[2:], y_shape[2:], k)
+    ys = list(y_shape[2:])
+    length = int(np.prod(ys))
+    cg, og = C // group, O // group
+    if all(v == 1 for v in k + s) and not any(pb + pe):  # 1×1: the input is its own im2col
+        cols = n.reshape(x, (N, group, cg, length))
+    else:
+        if any(pb + pe):
+            x = n.op("Pad", [x, n.i64([0, 0] + pb + [0, 0] + pe)])
+        axes = n.i64(list(range(2, 2 + r)))
+        taps = []
+        for tap in np.ndindex(*k):  # window position `tap` of every output: a strided Slice
+            start = [t * d[i] for i, t in enumerate(tap)]
+            end = [start[i] + (ys[i] - 1) * s[i] + 1 for i in range(r)]
+            taps.append(n.op("Unsqueeze", [n.op("Slice", [x, n.i64(start), n.i64(end), axes, n.i64(s)]), n.i64([2])]))
+        cols = n.op("Concat", taps, axis=2) if len(taps) > 1 else taps[0]  # [N, C, Πk, out…]
+        cols = n.reshape(cols, (N, group, cg * int(np.prod(k)), length))  # [N, G, Cg·Πk, L]
+    gt = n.transpose(n.reshape(g, (N, group, og, length)), [0, 1, 3, 2])  # [N, G, L, Og]
+    dw = n.reduce_sum(n.op("MatMul", [cols, gt]), [0], keepdims=0)  # [G, Cg·Πk, Og]
+    return n.reshape(n.transpose(dw, [0, 2, 1]), w_shape)
+
+
+def _weight_grad_swapped(n: Node, x: str, g: str, x_shape, y_shape, w_shape, group: int) -> str:
+    """A Conv of the input, batch and channels swapped, with the output gradient as its kernel
+    (stride and dilation trade places), summing over the batch inside."""
     N, C = x_shape[:2]
     r = len(w_shape) - 2
     k = w_shape[2:]
@@ -633,6 +669,15 @@ def conv_weight_grad(n: Node, x: str, g: str, x_shape, y_shape, w_shape, group: 
     gt = n.transpose(g, [1, 0] + spatial)  # [O, N, …]
     dw = n.op("Conv", [xt, gt], strides=d, dilations=s, pads=pb + ends, group=group)  # [Cg, O, k…]
     return n.transpose(dw, [1, 0] + spatial)
+
+
+def _one_hot_kernels(n: Node, channels: int, k: list[int]) -> str:
+    """[channels·Πk, 1, *k]: output j of a Conv with group=channels copies tap j % Πk of its channel's window."""
+    kk = int(np.prod(k))
+    hot = np.zeros((channels * kk, 1, *k))
+    for j in range(channels * kk):
+        hot[(j, 0, *np.unravel_index(j % kk, k))] = 1
+    return n.f(hot)
 
 
 @rule("Conv")
@@ -759,11 +804,10 @@ def max_pool(n):
     k = list(n.attr("kernel_shape"))
     C, r, kk = xs[1], len(k), int(np.prod(k))
     s, d, pb, pe = conv_geometry(n, xs[2:], ys[2:], k)
+    if s == k and not any(pb + pe) and all(v == 1 for v in d) and list(xs[2:]) == [y * v for y, v in zip(ys[2:], k)]:
+        return [_tiled_max_pool_grad(n, xs, ys, k)]
     pe = [pe[i] + max(_extra_end(n, xs[2 + i], ys[2 + i], k[i], s[i], d[i], pb[i], pe[i]), 0) for i in range(r)]
-    onehot = np.zeros((C * kk, 1, *k))
-    for j in range(C * kk):
-        onehot[(j, 0, *np.unravel_index(j % kk, k))] = 1
-    onehot = n.f(onehot)
+    onehot = _one_hot_kernels(n, C, k)
     low = float(np.finfo(n.em.dtype).min)
     x = n.x
     if any(pb) or any(pe):
@@ -782,6 +826,17 @@ def max_pool(n):
         dx = n.op("Slice", [dx, n.i64(pb), n.i64([pb[i] + xs[2 + i] for i in range(r)]),
                             n.i64(list(range(2, 2 + r)))])
     return [dx]
+
+
+def _tiled_max_pool_grad(n: Node, xs, ys, k) -> str:
+    """Windows that tile the input exactly (2×2 stride 2): each window's gradient to its maxima
+    (split evenly among ties), by reshaping to [N, C, out₁, k₁, out₂, k₂, …]: no Conv needed."""
+    wide = [*xs[:2], *[v for pair in zip(ys[2:], k) for v in pair]]
+    narrow = [*xs[:2], *[v for y in ys[2:] for v in (y, 1)]]
+    taps = [3 + 2 * i for i in range(len(k))]
+    hit = n.op("Cast", [n.op("Equal", [n.reshape(n.x, wide), n.reshape(n.y, narrow)])], to=_float_type(n))
+    share = n.div(n.reshape(n.dy, narrow), n.reduce_sum(hit, taps, keepdims=1))
+    return n.reshape(n.mul(hit, share), xs)
 
 
 # --------------------------------------------------------------------------- layout

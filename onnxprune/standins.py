@@ -81,12 +81,17 @@ def _reduce(s: Sub, op: str, x: str, axes: list[int], what: str, output: str | N
     return s.op(op, [x], what, output=output, axes=axes, keepdims=1)
 
 
-def normalize(s: Sub, axes: list[int], eps: float) -> list:
-    """(x − mean) / √(var + ε) over `axes`, as ReduceMean, Sub, Mul, Sqrt and Div."""
-    return [_reduce(s, "ReduceMean", s.x, axes, "mean"), s.op("Sub", [s.x, s.name("mean")], "centered"),
-            s.op("Mul", [s.name("centered"), s.name("centered")], "sq"), _reduce(s, "ReduceMean", s.name("sq"), axes, "var"),
-            s.op("Add", [s.name("var"), s.const("eps", np.float32(eps))], "var_eps"),
-            s.op("Sqrt", [s.name("var_eps")], "std"), s.op("Div", [s.name("centered"), s.name("std")], "normed")]
+def normalize(s: Sub, axes: list[int], eps: float, folded: bool = False) -> list:
+    """(x − mean) / √(var + ε) over `axes`, as ReduceMean, Sub, Mul, Sqrt and Div. `folded`: stop
+    at `centered` and `inv_std` = 1/√(var + ε), for a caller that folds a scale into the latter."""
+    nodes = [_reduce(s, "ReduceMean", s.x, axes, "mean"), s.op("Sub", [s.x, s.name("mean")], "centered"),
+             s.op("Mul", [s.name("centered"), s.name("centered")], "sq"),
+             _reduce(s, "ReduceMean", s.name("sq"), axes, "var"),
+             s.op("Add", [s.name("var"), s.const("eps", np.float32(eps))], "var_eps"),
+             s.op("Sqrt", [s.name("var_eps")], "std")]
+    if folded:
+        return nodes + [s.op("Reciprocal", [s.name("std")], "inv_std")]
+    return nodes + [s.op("Div", [s.name("centered"), s.name("std")], "normed")]
 
 
 @standin("LayerNormalization")

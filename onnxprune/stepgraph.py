@@ -74,8 +74,12 @@ def build_step(graph: onnx.ModelProto, loss: str, trainable: list[str], frozen: 
         return model, trained
     b1, b2, eps = scalar(1 - BETAS[0], "onnxprune_adam_1mb1"), scalar(1 - BETAS[1], "onnxprune_adam_1mb2"), \
         scalar(EPS, "onnxprune_adam_eps")
-    g.input.extend([helper.make_tensor_value_info(STEP_SIZE, f32, []),
-                    helper.make_tensor_value_info(V_CORRECTION, f32, [])])
+    # the two scalars come in as [1] (ORT 1.19 makes an OrtValue of a 0-d array [1]) and are read as 0-d
+    g.input.extend([helper.make_tensor_value_info(STEP_SIZE, f32, [1]),
+                    helper.make_tensor_value_info(V_CORRECTION, f32, [1])])
+    g.initializer.append(numpy_helper.from_array(np.zeros(0, np.int64), "onnxprune_adam_scalar"))
+    for name in (STEP_SIZE, V_CORRECTION):
+        g.node.append(helper.make_node("Reshape", [name, "onnxprune_adam_scalar"], [f"{name}_0d"], name=f"{name}_0d"))
     outputs = []
     for w in trained:
         m, v, dw = _moment(w, "m"), _moment(w, "v"), grads[w]
@@ -88,8 +92,9 @@ def build_step(graph: onnx.ModelProto, loss: str, trainable: list[str], frozen: 
         m_new = node("Add", [m, node("Mul", [node("Sub", [dw, m], f"{p}/gm"), b1], f"{p}/gm1")], _new(m))
         sq = node("Mul", [dw, dw], f"{p}/g2")
         v_new = node("Add", [v, node("Mul", [node("Sub", [sq, v], f"{p}/g2v"), b2], f"{p}/g2v1")], _new(v))
-        den = node("Add", [node("Sqrt", [node("Mul", [v_new, V_CORRECTION], f"{p}/vc")], f"{p}/sqrt"), eps], f"{p}/den")
-        upd = node("Mul", [node("Div", [m_new, den], f"{p}/ratio"), STEP_SIZE], f"{p}/upd")
+        den = node("Add", [node("Sqrt", [node("Mul", [v_new, f"{V_CORRECTION}_0d"], f"{p}/vc")], f"{p}/sqrt"), eps],
+                   f"{p}/den")
+        upd = node("Mul", [node("Div", [m_new, den], f"{p}/ratio"), f"{STEP_SIZE}_0d"], f"{p}/upd")
         node("Sub", [w, upd], _new(w))
         outputs += [_new(w), _new(m), _new(v)]
     # state and frozen tensors become inputs; the moments start at zero
@@ -147,8 +152,7 @@ class Trainer:
         # two buffers per cycled tensor; frozen and untrained tensors have one, bound to both sides
         self._values = {n: [self._ortvalue(state[n]), self._ortvalue(state[n])] for n in self._cycle}
         self._fixed = {n: self._ortvalue(state[n]) for n in state if n not in self._values}
-        self._scalars = {n: self._ortvalue(np.zeros((), np.float32)) for n in (STEP_SIZE, V_CORRECTION)}
-        self._losses = [self._ortvalue(np.zeros((), np.float32)) for _ in range(3)]
+        self._scalars = {n: self._ortvalue(np.zeros(1, np.float32)) for n in (STEP_SIZE, V_CORRECTION)}
         self.input_names = [i.name for i in self.session.get_inputs()
                             if i.name not in state and i.name not in self._scalars]
         self._side = 0
@@ -174,8 +178,8 @@ class Trainer:
             b.bind_ortvalue_output(_new(n), pair[1 - side])
         for n, v in {**self._fixed, **self._scalars}.items():
             b.bind_ortvalue_input(n, v)
-        for n, v in zip((LOSS, TASK_LOSS, PENALTY), self._losses):
-            b.bind_ortvalue_output(n, v)
+        for n in (LOSS, TASK_LOSS, PENALTY):  # scalars ORT allocates (a bound 0-d OrtValue is [1] in ORT 1.19)
+            b.bind_output(n, "cpu")
         return b
 
     def _current(self, name: str) -> ort.OrtValue:
@@ -199,14 +203,15 @@ class Trainer:
 
     def step(self, feed: dict[str, np.ndarray]) -> tuple[float, float, float]:
         self.t += 1
-        self._scalars[STEP_SIZE].update_inplace(np.array(self.lr / (1 - BETAS[0] ** self.t), np.float32))
-        self._scalars[V_CORRECTION].update_inplace(np.array(1 / (1 - BETAS[1] ** self.t), np.float32))
+        self._scalars[STEP_SIZE].update_inplace(np.array([self.lr / (1 - BETAS[0] ** self.t)], np.float32))
+        self._scalars[V_CORRECTION].update_inplace(np.array([1 / (1 - BETAS[1] ** self.t)], np.float32))
         b = self._bindings[self._side]
         for n in self.input_names:
             b.bind_cpu_input(n, np.ascontiguousarray(feed[n]))
         self.session.run_with_iobinding(b)
         self._side = 1 - self._side
-        return tuple(float(v.numpy()) for v in self._losses)
+        losses = b.get_outputs()  # in the order bound: the state first, the three losses last
+        return tuple(float(np.asarray(v.numpy()).reshape(())) for v in list(losses)[-3:])
 
     def save(self, path: Path) -> None:
         """Every tensor of the state and the step count, as one .npz written to `path`."""

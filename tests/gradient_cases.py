@@ -142,3 +142,16 @@ CASES = [
     ("SoftmaxCrossEntropyLoss spatial", [node("SoftmaxCrossEntropyLoss", ["x", "l"], ["y", "lp"])], {"x": t(2, 3, 4)},
      {"l": np.array([[0, 2, 1, 1], [2, 2, 0, 1]])}),
 ]
+# kernels of 16 taps and more take the other weight-gradient form (a Conv with batch and channels swapped)
+CASES += [
+    ("Conv 5×5 (swapped form)", [node("Conv", ["x", "w", "b"], pads=[2, 1, 0, 1])], {"x": t(2, 3, 7, 6), "w": t(4, 3, 5, 4),
+                                                                                   "b": t(4)}, {}),
+    ("Conv 4×4 grouped, strided (swapped form)", [node("Conv", ["x", "w"], group=2, strides=[2, 2], pads=[1, 1, 1, 1])],
+     {"x": t(2, 4, 9, 9), "w": t(4, 2, 4, 4)}, {}),
+    ("Conv 1×1 strided", [node("Conv", ["x", "w"], strides=[2, 2])], {"x": t(2, 3, 5, 5), "w": t(4, 3, 1, 1)}, {}),
+]
+CASES += [
+    ("Mul of a tensor by itself", [node("Mul", ["a", "a"])], {"a": t(2, 3)}, {}),
+    ("MaxPool 1-D tiled", [node("MaxPool", ["x"], kernel_shape=[2], strides=[2])], {"x": distinct(2, 3, 6)}, {}),
+    ("MaxPool 3×3 tiled", [node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[3, 3])], {"x": distinct(1, 2, 6, 3)}, {}),
+]
