@@ -101,6 +101,13 @@ def build_step(graph: onnx.ModelProto, loss: str, trainable: list[str], frozen: 
     state = [t for w in trained for t in (w, _moment(w, "m"), _moment(w, "v"))] + \
         [w for w in trainable if w not in trained] + list(frozen)
     _state_as_inputs(g, state, inits)
+    # the losses leave as [1]: preallocated outputs, whose 0-d form ORT 1.19 reads as [1]
+    shape1 = "onnxprune_step_shape1"
+    g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), shape1))
+    del g.output[:]
+    for name in (LOSS, TASK_LOSS, PENALTY):
+        g.node.append(helper.make_node("Reshape", [name, shape1], [_new(name)], name=_new(name)))
+        outputs.append(_new(name))
     for name in outputs:
         g.output.append(helper.make_tensor_value_info(name, f32, None))
     return model, trained
@@ -153,6 +160,7 @@ class Trainer:
         self._values = {n: [self._ortvalue(state[n]), self._ortvalue(state[n])] for n in self._cycle}
         self._fixed = {n: self._ortvalue(state[n]) for n in state if n not in self._values}
         self._scalars = {n: self._ortvalue(np.zeros(1, np.float32)) for n in (STEP_SIZE, V_CORRECTION)}
+        self._losses = [ort.OrtValue.ortvalue_from_numpy(np.zeros(1, np.float32)) for _ in range(3)]  # host memory
         self.input_names = [i.name for i in self.session.get_inputs()
                             if i.name not in state and i.name not in self._scalars]
         self._side = 0
@@ -178,8 +186,8 @@ class Trainer:
             b.bind_ortvalue_output(_new(n), pair[1 - side])
         for n, v in {**self._fixed, **self._scalars}.items():
             b.bind_ortvalue_input(n, v)
-        for n in (LOSS, TASK_LOSS, PENALTY):  # scalars ORT allocates (a bound 0-d OrtValue is [1] in ORT 1.19)
-            b.bind_output(n, "cpu")
+        for n, v in zip((LOSS, TASK_LOSS, PENALTY), self._losses):
+            b.bind_ortvalue_output(_new(n), v)
         return b
 
     def _current(self, name: str) -> ort.OrtValue:
@@ -210,8 +218,7 @@ class Trainer:
             b.bind_cpu_input(n, np.ascontiguousarray(feed[n]))
         self.session.run_with_iobinding(b)
         self._side = 1 - self._side
-        losses = b.get_outputs()  # in the order bound: the state first, the three losses last
-        return tuple(float(np.asarray(v.numpy()).reshape(())) for v in list(losses)[-3:])
+        return tuple(float(v.numpy()[0]) for v in self._losses)
 
     def save(self, path: Path) -> None:
         """Every tensor of the state and the step count, as one .npz written to `path`."""
