@@ -6,8 +6,9 @@ training API (where `onnxruntime-training` is installed: it stopped at 1.19.2) a
 (where torch is installed), on the same training graph (masks, group penalty, cross-entropy,
 BatchNorm on batch statistics) and the same batches, interleaved in rounds; medians. `--memory`:
 the peak memory of a step of the residual CNN at several batch sizes, each in a fresh process.
+`--onnxsim`: the step graph against onnxsim's own ONNX training loop (`compile_training_loop`).
 
-    python benchmarks/device.py --step-time [--memory]
+    python benchmarks/device.py --step-time [--memory] [--onnxsim]
 
 Otherwise: by device: steps per second of onnxprune's training loop on the CPU and, where
 ONNX Runtime's CUDA training build and a GPU are present, on the GPU, for the LeNet-5 example and
@@ -267,6 +268,69 @@ def step_times(batch: int, threads_list: list[int], rounds: int, steps: int) -> 
     return rows
 
 
+def versus_onnxsim(rounds: int, steps: int) -> list[dict]:
+    """onnxprune's step graph against onnxsim's `compile_training_loop` (graph_grad's backward,
+    Adam) on the same training graph: masks and penalty on every prunable weight, mean squared
+    error to fixed targets (a loss both differentiate), BatchNorm frozen; batch 64, 1 thread."""
+    import tempfile
+
+    import onnxsim
+
+    from onnxprune.layers import trainable_parameters
+    from onnxprune.loading import load
+    from onnxprune.losses import LOSS, MeanSquaredError
+    from onnxprune.plumbing import tensor_shapes
+    from onnxprune.stepgraph import Trainer
+    from onnxprune.training import build_training_graph, coef_name, mask_name
+
+    rows = []
+    for name in SHIPPED:
+        loaded = load(ROOT / "models" / f"{name}.onnx")
+        base = loaded.prepared.train_base
+        with np.load(ROOT / "models" / "mnist_train.npz") as z:
+            x = z["input"][:64].astype(np.float32)
+        inp, out = base.graph.input[0].name, base.graph.output[0].name
+        shapes = tensor_shapes(base, {inp: x})
+        weights = {layer.weight: shapes[layer.weight] for layer in loaded.layers}
+        graph = build_training_graph(base, weights, set(weights), [MeanSquaredError(out, out, "t", (10,))], shapes,
+                                     norms="frozen")
+        trainable = trainable_parameters(base, loaded.layers)
+        frozen = [mask_name(w) for w in weights] + [coef_name(w) for w in weights]
+        feed = {inp: x, "t": np.random.default_rng(0).standard_normal((64, 10)).astype(np.float32)}
+        ours = Trainer(graph, trainable, frozen, Path(tempfile.mkdtemp()), 1e-3, 1, probe=feed)
+        static = onnx.ModelProto()
+        static.CopyFrom(graph)
+        for i in static.graph.input:  # onnxsim wants static shapes and one scalar output
+            if i.name in feed:
+                del i.type.tensor_type.shape.dim[:]
+                for v in feed[i.name].shape:
+                    i.type.tensor_type.shape.dim.add().dim_value = v
+        del static.graph.output[1:]
+        try:
+            loop = onnxsim.compile_training_loop(static, LOSS, trainable)
+            loop(feed, lr=1e-3)
+        except Exception as e:  # what onnxsim cannot differentiate, as it says it
+            rows.append({"model": name, "onnxsim": f"refused: {str(e).split(';')[0]}"})
+            print(f"{name}: onnxsim refuses: {str(e).split(';')[0]}", flush=True)
+            continue
+        fns = {"onnxprune": lambda: ours.step(feed), "onnxsim": lambda: loop(feed, lr=1e-3)}
+        times = {k: [] for k in fns}
+        for fn in fns.values():
+            for _ in range(3):
+                fn()
+        for _ in range(rounds):
+            for k, fn in fns.items():
+                for _ in range(steps):
+                    start = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - start)
+        ms = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+        rows.append({"model": name, **{f"{k}_ms": v for k, v in ms.items()}})
+        print(f"{name}: onnxprune {ms['onnxprune']:.1f} ms/step, onnxsim {ms['onnxsim']:.1f} ms/step "
+              f"({ms['onnxsim'] / ms['onnxprune']:.2f}x)", flush=True)
+    return rows
+
+
 def step_memory(batches: list[int]) -> list[dict]:
     """Peak resident memory of the residual CNN's step graph after 3 steps, each batch size in a
     fresh process (the baseline: the same process before the step graph is built)."""
@@ -292,6 +356,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--step-time", action="store_true", help="ms per step: step graph vs ORT training vs PyTorch")
     ap.add_argument("--memory", action="store_true", help="with --step-time: peak memory of a step by batch size")
+    ap.add_argument("--onnxsim", action="store_true", help="with --step-time: the step graph vs onnxsim's training loop")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--devices", default="cpu")
@@ -303,11 +368,12 @@ def main() -> None:
 
         rows = step_times(64, [1, 2], args.rounds, args.steps)
         mem = step_memory([16, 64, 256]) if args.memory else []
+        peer = versus_onnxsim(args.rounds, args.steps) if args.onnxsim else []
         args.out_dir.mkdir(parents=True, exist_ok=True)
         tag = onnxruntime.__version__
         meta = {"command": "python benchmarks/device.py " + " ".join(sys.argv[1:]), "onnxruntime": tag}
         (args.out_dir / f"step_time-ort{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows,
-                                                                            "memory": mem}, indent=2) + "\n")
+                                                                            "memory": mem, "onnxsim": peer}, indent=2) + "\n")
         return
     lenet = (ROOT / "models" / "lenet5.onnx", ROOT / "models" / "mnist_train.npz")
     models = {"lenet5": lenet, "resnet18 (11.2M params, 3x32x32)": (resnet18(), None)}
