@@ -30,6 +30,10 @@ from .errors import OnnxPruneError
 
 PREFIX = "onnxprune_grad"
 RULES: dict[str, Callable[["Node"], list]] = {}
+# ops of the training graph's own domain: a composite written as one node so that its gradient can
+# be one analytic rule, then replaced by its primitive forward once the backward pass is built
+PRIVATE_DOMAIN = "ai.onnxprune.training"
+EXPANSIONS: dict[str, Callable[[onnx.NodeProto, int], tuple[list, list]]] = {}  # (node, opset) -> nodes, constants
 # ops whose outputs carry no gradient (integer, boolean or piecewise-constant results, shapes)
 NO_GRADIENT = {"Shape", "Size", "Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or",
                "Xor", "ArgMax", "ArgMin", "NonZero", "ConstantOfShape", "Range", "OneHot", "IsNaN", "IsInf",
@@ -244,7 +248,7 @@ def backward(model: onnx.ModelProto, loss: str, wrt: list[str], shapes: dict[str
         dys = [total(o) if o else None for o in n.output]
         if all(d is None for d in dys):
             continue
-        if n.domain not in ("", "ai.onnx"):
+        if n.domain not in ("", "ai.onnx", PRIVATE_DOMAIN):
             raise OnnxPruneError(f"no gradient rule for op {n.domain}.{n.op_type} (node {n.name or n.output[0]}), "
                                  f"which lies between the weights and the loss; {ROUTES}")
         if n.op_type in FLAT:
@@ -260,6 +264,29 @@ def backward(model: onnx.ModelProto, loss: str, wrt: list[str], shapes: dict[str
             if g is not None and need[i]:
                 grads.setdefault(name, []).append(g)
     return em, {w: total(w) for w in wrt}
+
+
+def expand_private(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` with every node of the private domain replaced by its primitive forward
+    (`EXPANSIONS`), which names the same outputs; the private opset import is dropped."""
+    if not any(n.domain == PRIVATE_DOMAIN for n in model.graph.node):
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    body = []
+    for n in m.graph.node:
+        if n.domain == PRIVATE_DOMAIN:
+            nodes, consts = EXPANSIONS[n.op_type](n, _opset(m))
+            body.extend(nodes)
+            m.graph.initializer.extend(consts)
+        else:
+            body.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(body)
+    keep = [o for o in m.opset_import if o.domain != PRIVATE_DOMAIN]
+    del m.opset_import[:]
+    m.opset_import.extend(keep)
+    return m
 
 
 def _opset(model: onnx.ModelProto) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import standins
+from . import autodiff, standins
 from .errors import OnnxPruneError
 from .losses import PREFIX
 from .plumbing import default_opset, first_line, session, tensor_shapes
@@ -92,6 +92,79 @@ def _on_batch(n: onnx.NodeProto, shapes, opset: int, output: str) -> tuple[list,
     return nodes, s.consts, s.name("mean"), s.name("var")
 
 
+BATCH_NORM = "BatchStatNorm"  # the training graph's fused form: (x, scale, bias) -> (y, centered, 1/std)
+
+
+def _fused(n: onnx.NodeProto, output: str, rank: int) -> onnx.NodeProto:
+    """Batch-statistics normalization as one node of the training graph's own domain, whose
+    gradient is one analytic rule (`_batch_norm_grad`): the backward of its primitive form takes
+    about 13 full-size passes, this one 5. Expanded into primitives (`_expand`) once the backward
+    pass is built."""
+    p = f"{PREFIX}_bn/{output}/"
+    return helper.make_node(BATCH_NORM, list(n.input[:3]), [output, f"{p}centered", f"{p}inv_std"], name=f"{p}fused",
+                            domain=autodiff.PRIVATE_DOMAIN, epsilon=_epsilon(n), rank=rank)
+
+
+def _expand(n: onnx.NodeProto, opset: int) -> tuple[list, list]:
+    x, scale, bias = n.input
+    y, centered, inv_std = n.output
+    attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    rank, eps = attrs["rank"], attrs["epsilon"]
+    reduce_axes = [0, *range(2, rank)]
+    p = n.name.removesuffix("fused")
+    axes, per_channel = f"{p}axes", f"{p}per_channel"
+    consts = [numpy_helper.from_array(np.array(reduce_axes, np.int64), axes),
+              numpy_helper.from_array(np.array([-1] + [1] * (rank - 2), np.int64), per_channel),
+              numpy_helper.from_array(np.array(eps, np.float32), f"{p}eps")]
+    mk = helper.make_node
+
+    def mean(t, out):  # axes are an input from opset 18 on
+        return (mk("ReduceMean", [t, axes], [out], name=out, keepdims=1) if opset >= 18
+                else mk("ReduceMean", [t], [out], name=out, axes=reduce_axes, keepdims=1))
+    nodes = [mean(x, f"{p}mean"),
+             mk("Sub", [x, f"{p}mean"], [centered], name=centered),
+             mk("Mul", [centered, centered], [f"{p}sq"], name=f"{p}sq"),
+             mean(f"{p}sq", f"{p}var"),
+             mk("Add", [f"{p}var", f"{p}eps"], [f"{p}var_eps"], name=f"{p}var_eps"),
+             mk("Sqrt", [f"{p}var_eps"], [f"{p}std"], name=f"{p}std"),
+             mk("Reciprocal", [f"{p}std"], [inv_std], name=inv_std),
+             mk("Reshape", [scale, per_channel], [f"{p}scale"], name=f"{p}scale"),
+             mk("Reshape", [bias, per_channel], [f"{p}bias"], name=f"{p}bias"),
+             mk("Mul", [inv_std, f"{p}scale"], [f"{p}factor"], name=f"{p}factor"),
+             mk("Mul", [centered, f"{p}factor"], [f"{p}scaled"], name=f"{p}scaled"),
+             mk("Add", [f"{p}scaled", f"{p}bias"], [y], name=f"{p}y")]
+    return nodes, consts
+
+
+autodiff.EXPANSIONS[BATCH_NORM] = _expand
+
+
+@autodiff.rule(BATCH_NORM)
+def _batch_norm_grad(n):
+    """With x̂ = c·inv, y = γ·x̂ + β over m values per channel:
+    dβ = Σg, dγ = inv·Σ(g·c), dx = a·g − a·dβ/m − c·(a·inv²·Σ(g·c)/m), a = γ·inv."""
+    x, scale, _ = n.node.input
+    _, c, inv = n.node.output
+    xs = n.shape(x)
+    axes = [0, *range(2, len(xs))]
+    m = float(np.prod([xs[i] for i in axes]))
+    per_channel = [1, xs[1]] + [1] * (len(xs) - 2)
+    g = n.dy
+    dbeta = n.reduce_sum(g, axes, keepdims=1)
+    gc = n.reduce_sum(n.mul(g, c), axes, keepdims=1)
+    a = n.mul(inv, n.reshape(scale, per_channel))
+    out = [None, None, None]
+    if n.need[0]:
+        shift = n.mul(a, n.mul(dbeta, n.f(1 / m)))
+        slope = n.mul(n.mul(a, n.mul(inv, inv)), n.mul(gc, n.f(1 / m)))
+        out[0] = n.sub(n.sub(n.mul(g, a), shift), n.mul(c, slope))
+    if n.need[1]:
+        out[1] = n.reshape(n.mul(gc, inv), [xs[1]])
+    if n.need[2]:
+        out[2] = n.reshape(dbeta, [xs[1]])
+    return out
+
+
 def as_affine(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
     """In place: each BatchNorm trains with its inference semantics, statistics frozen (ORT's own
     op would train on batch statistics that nothing carries into the written model). scale and
@@ -104,11 +177,25 @@ def as_affine(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> Non
     _replace(model, replaced)
 
 
+def fused_batch_statistics(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                           owned: set[str] | None = None) -> None:
+    """In place, for the training graph: each BatchNorm (of `owned` statistics) normalizes with its
+    batch's statistics, as one fused node (`_fused`)."""
+    replaced = {n.output[0]: [_fused(n, n.output[0], _rank(n, shapes))] for n in trainable_norms(model, owned)}
+    _add_private_domain(model, replaced)
+    _replace(model, replaced)
+
+
+def _add_private_domain(model: onnx.ModelProto, replaced: dict) -> None:
+    if replaced and not any(o.domain == autodiff.PRIVATE_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(autodiff.PRIVATE_DOMAIN, 1))
+
+
 def on_batch_statistics(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
                         owned: set[str] | None = None) -> list[tuple[str, str, str, str]]:
-    """In place: each BatchNorm (of `owned` statistics) normalizes with its batch's statistics.
-    Returns, per BatchNorm, its running mean and variance initializers and the tensors that hold
-    the batch's."""
+    """In place: each BatchNorm (of `owned` statistics) normalizes with its batch's statistics, in
+    primitive ops. Returns, per BatchNorm, its running mean and variance initializers and the
+    tensors that hold the batch's."""
     opset = default_opset(model)
     replaced, stats = {}, []
     for n in trainable_norms(model, owned):
@@ -123,14 +210,13 @@ def switchable(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], owned
     """In place: each BatchNorm computes both forms, y = frozen + s·(batch − frozen), with s the
     frozen scalar SWITCH (0 at first): one set of training artifacts serves a phase that trains
     on frozen statistics and one on the batch's. Returns whether there was any BatchNorm."""
-    opset = default_opset(model)
     inits = {t.name: t for t in model.graph.initializer}
     replaced = {}
     for n in trainable_norms(model, owned):
         y = n.output[0]
         p = f"{PREFIX}_bn/{y}/"
         frozen, consts = _affine(n, inits, shapes, f"{p}frozen")
-        batch, more, _, _ = _on_batch(n, shapes, opset, f"{p}batch")
+        batch, more = [_fused(n, f"{p}batch", _rank(n, shapes))], []
         mix = [helper.make_node("Sub", [f"{p}batch", f"{p}frozen"], [f"{p}delta"], name=f"{p}delta"),
                helper.make_node("Mul", [f"{p}delta", SWITCH], [f"{p}step"], name=f"{p}step"),
                helper.make_node("Add", [f"{p}frozen", f"{p}step"], [y], name=f"{p}mix")]
@@ -138,6 +224,7 @@ def switchable(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], owned
         model.graph.initializer.extend(consts + more)
     if replaced:
         model.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), SWITCH))
+    _add_private_domain(model, replaced)
     _replace(model, replaced)
     return bool(replaced)
 

@@ -33,7 +33,9 @@ def _graph(nodes, params: dict[str, np.ndarray], consts: dict[str, np.ndarray], 
     inputs = [helper.make_tensor_value_info(k, ftype, v.shape) for k, v in params.items()]
     outs = [helper.make_tensor_value_info(o, ftype, None) for o in outputs]
     g = helper.make_graph(list(nodes), "check", inputs, outs, inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    domains = {n.domain for n in nodes} - {"", "ai.onnx"}  # the training graph's own fused ops
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]
+                             + [helper.make_opsetid(d, 1) for d in sorted(domains)], ir_version=8)
 
 
 def _with_loss(model: onnx.ModelProto, outputs: list[str], weights: dict[str, np.ndarray], dtype):
@@ -58,8 +60,9 @@ def check(nodes, params: dict[str, np.ndarray], consts: dict[str, np.ndarray] | 
     rng = np.random.default_rng(seed)
     p64 = {k: v.astype(np.float64) for k, v in params.items()}
     base = _graph(nodes, p64, consts, outputs, np.float64, opset)
-    values = _reference(_all_outputs(base)).run(None, p64)
-    names = [o.name for o in _all_outputs(base).graph.output]
+    expanded = _widen(autodiff.expand_private(base))
+    values = _reference(_all_outputs(expanded)).run(None, p64)
+    names = [o.name for o in _all_outputs(expanded).graph.output]
     shapes = {k: np.shape(v) for k, v in zip(names, values)}
     shapes.update({k: v.shape for k, v in p64.items()})
     shapes.update({k: v.shape for k, v in consts.items()})
@@ -73,6 +76,9 @@ def check(nodes, params: dict[str, np.ndarray], consts: dict[str, np.ndarray] | 
         em, g = autodiff.backward(m, "loss", list(params), shapes, dtype=dtype)
         m.graph.node.extend(em.nodes)
         m.graph.initializer.extend(em.consts)
+        m = autodiff.expand_private(m)
+        if dtype is np.float64:
+            m = _widen(m)
         del m.graph.output[:]
         ftype = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
         for k in params:
@@ -90,7 +96,7 @@ def check(nodes, params: dict[str, np.ndarray], consts: dict[str, np.ndarray] | 
             sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
             ort_grads = dict(zip(params, sess.run(None, {k: v.astype(np.float32) for k, v in params.items()})))
 
-    loss_model = _with_loss(base, outputs, weights, np.float64)
+    loss_model = _with_loss(expanded, outputs, weights, np.float64)
     ref = _reference(loss_model)
 
     def loss(feed):
@@ -141,6 +147,15 @@ def _reference(model: onnx.ModelProto):
             return (np.concatenate(parts, axis=1),)
 
     return ReferenceEvaluator(model, new_ops=[Erf, Gelu, ConvTranspose])
+
+
+def _widen(model: onnx.ModelProto) -> onnx.ModelProto:
+    """float32 constants (an expansion writes the training graph's type) as float64, in place."""
+    for i, t in enumerate(model.graph.initializer):
+        if t.data_type == TensorProto.FLOAT:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64),
+                                                                        t.name))
+    return model
 
 
 def _rel(a, b) -> float:

@@ -59,6 +59,8 @@ def build_step(graph: onnx.ModelProto, loss: str, trainable: list[str], frozen: 
     trained = [w for w in trainable if grads[w] is not None]
     g.node.extend(em.nodes)
     g.initializer.extend(em.consts)
+    model = autodiff.expand_private(model)  # fused nodes whose rule was used become primitives
+    g = model.graph
     f32 = onnx.TensorProto.FLOAT
 
     def scalar(value: float, name: str) -> str:
@@ -137,7 +139,7 @@ class Trainer:
             raise ValueError("the step graph is built for the shapes of a probe batch")
         inits = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer
                  if t.name in set(trainable) | set(frozen)}
-        shapes = tensor_shapes(graph, probe)
+        shapes = tensor_shapes(autodiff.expand_private(graph), probe)
         step_graph, self.trained = build_step(graph, LOSS, trainable, frozen, shapes)
         workdir.mkdir(parents=True, exist_ok=True)
         onnx.save_model(step_graph, workdir / "step_graph.onnx")  # for whoever wants to look at it (--workdir)

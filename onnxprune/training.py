@@ -61,7 +61,7 @@ def build_training_graph(base: onnx.ModelProto, tensors: dict[str, tuple[int, ..
     model = copy.deepcopy(base)
     graph = model.graph
     if norms != "frozen":
-        {"batch": batchnorm.on_batch_statistics, "switch": batchnorm.switchable}[norms](model, shapes, owned)
+        {"batch": batchnorm.fused_batch_statistics, "switch": batchnorm.switchable}[norms](model, shapes, owned)
     batchnorm.as_affine(model, shapes)  # the rest
     weights = set(tensors)
     b = Builder(graph)

@@ -155,3 +155,9 @@ CASES += [
     ("MaxPool 1-D tiled", [node("MaxPool", ["x"], kernel_shape=[2], strides=[2])], {"x": distinct(2, 3, 6)}, {}),
     ("MaxPool 3×3 tiled", [node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[3, 3])], {"x": distinct(1, 2, 6, 3)}, {}),
 ]
+# BatchNorm on batch statistics, the training graph's fused op (onnxprune/batchnorm.py)
+CASES += [
+    ("BatchStatNorm (onnxprune's fused BatchNorm on batch statistics)",
+     [helper.make_node("BatchStatNorm", ["x", "s", "b"], ["y", "c", "inv"], domain="ai.onnxprune.training",
+                       epsilon=1e-5, rank=4)], {"x": t(4, 3, 2, 3), "s": t(3), "b": t(3)}, {}),
+]

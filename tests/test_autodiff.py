@@ -3,7 +3,7 @@ against the float64 rule (onnxprune.gradcheck)."""
 import pytest
 
 from gradient_cases import CASES
-from onnxprune import autodiff, gradcheck
+from onnxprune import autodiff, batchnorm, gradcheck  # noqa: F401 (batchnorm registers its fused rule)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
