@@ -178,6 +178,7 @@ def backends(name: str, batch: int, threads: int, tmp: Path) -> dict:
     """name -> a function taking one step on the same batch."""
     import onnxruntime as ort
 
+    from onnxprune import autodiff
     from onnxprune.plumbing import session_options
     from onnxprune.stepgraph import Trainer
 
@@ -196,7 +197,8 @@ def backends(name: str, batch: int, threads: int, tmp: Path) -> dict:
         cwd = os.getcwd()
         os.chdir(d)  # onnxblock writes temp.onnx in the current folder
         try:
-            artifacts.generate_artifacts(graph, requires_grad=trainable, frozen_params=frozen, loss=None,
+            # ORT differentiates the primitive form of onnxprune's fused ops itself
+            artifacts.generate_artifacts(autodiff.expand_private(graph), requires_grad=trainable, frozen_params=frozen, loss=None,
                                          optimizer=artifacts.onnxblock.optim.AdamW(eps=1e-8, weight_decay=0.0)
                                          if hasattr(artifacts, "onnxblock") else artifacts.OptimType.AdamW,
                                          artifact_directory=str(d))
@@ -332,23 +334,34 @@ def versus_onnxsim(rounds: int, steps: int) -> list[dict]:
 
 
 def step_memory(batches: list[int]) -> list[dict]:
-    """Peak resident memory of the residual CNN's step graph after 3 steps, each batch size in a
-    fresh process (the baseline: the same process before the step graph is built)."""
+    """Peak resident memory of the residual CNN's step graph: the training graph and one batch are
+    written to a folder, and a fresh process that loads them resets its high-water mark
+    (/proc/self/clear_refs), reads its resident memory, builds the step graph, takes 3 steps and
+    reads the high-water mark."""
     import subprocess
+    import tempfile
 
-    code = ("import resource, sys, tempfile; from pathlib import Path; sys.path.insert(0, %r); "
-            "import device as d; from onnxprune.stepgraph import Trainer; b = int(sys.argv[1]); "
-            "g, tr, fr, feed, _ = d.training_setup('resnet_mnist', b); "
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-            "t = Trainer(g, tr, fr, Path(tempfile.mkdtemp()), 1e-3, 2, probe=feed); [t.step(feed) for _ in range(3)]; "
-            "print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)") % str(ROOT / "benchmarks")
+    child = ("import sys, numpy as np, onnx; from pathlib import Path; sys.path.insert(0, %r); "
+             "from onnxprune.stepgraph import Trainer; import onnxprune.batchnorm; d = Path(sys.argv[1]); "
+             "g = onnx.load(str(d / 'graph.onnx')); z = np.load(d / 'feed.npz'); feed = {k: z[k] for k in z.files}; "
+             "names = (d / 'names.txt').read_text().split('\\n'); tr = names[:names.index('--')]; "
+             "fr = names[names.index('--') + 1:]; open('/proc/self/clear_refs', 'w').write('5'); "
+             "kb = lambda key: int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1]); "
+             "base = kb('VmRSS'); t = Trainer(g, tr, fr, d / 'work', 1e-3, 2, probe=feed); "
+             "[t.step(feed) for _ in range(3)]; print(base, kb('VmHWM'))") % str(ROOT)
     rows = []
     for b in batches:
-        done = subprocess.run([sys.executable, "-c", code, str(b)], capture_output=True, text=True, check=True)
+        graph, trainable, frozen, feed, _ = training_setup("resnet_mnist", b)
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            onnx.save(graph, str(d / "graph.onnx"))
+            np.savez(d / "feed.npz", **feed)
+            (d / "names.txt").write_text("\n".join([*trainable, "--", *frozen]))
+            done = subprocess.run([sys.executable, "-c", child, tmp], capture_output=True, text=True, check=True)
         base, peak = (int(v) / 1024 for v in done.stdout.split()[-2:])
         rows.append({"batch": b, "peak_mb": peak, "baseline_mb": base, "step_mb": peak - base})
-        print(f"resnet_mnist batch {b:>4}: peak {peak:.0f} MB, {peak - base:.0f} MB above the process before the "
-              f"step graph", flush=True)
+        print(f"resnet_mnist batch {b:>4}: peak {peak:.0f} MB, {peak - base:.0f} MB for the step graph "
+              f"({(peak - base) / b:.2f} MB per sample)", flush=True)
     return rows
 
 
