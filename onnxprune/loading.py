@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
@@ -21,12 +22,10 @@ from .binding import static_dims, bind, branch_hint, fold_ifs, parse_inputs
 from .errors import OnnxPruneError
 from .layers import STORED_VIEWS, PrunableLayer, Skipped, find_prunable, made_at_run_time
 from .optimize import optimize as ort_basic
-from .plumbing import default_opset, first_line, initializer_map, names_used_in_subgraphs, session
+from .plumbing import default_opset, first_line, initializer_map, names_used_in_subgraphs, runtime_limits, session
 from .quantize import check_not_quantized
 
 MIN_TRAIN_OPSET = 13  # SoftmaxCrossEntropyLoss needs 12; 13 gives ReduceSum's axes input
-MAX_TRAIN_OPSET = 21  # the newest opset ORT 1.19 implements
-MAX_IR_VERSION = 10  # ORT 1.19 refuses IR 11
 
 
 @dataclass
@@ -64,6 +63,7 @@ def load(model, exclude: tuple[str, ...] = (), simplify: bool = True, optimize: 
     original = read_model(source) if source else checked_proto(model)
     check_not_quantized(original)
     _check_not_bfloat16(original)
+    _check_runtime_runs(original)
     bound, folded = fold_ifs(bind(original, parse_inputs(inputs, original)))
     fixed_by_shape = 0
     if any(n.op_type == "If" for n in bound.graph.node):  # Ifs decided by dims the graph fixes fold for good
@@ -87,6 +87,14 @@ def load(model, exclude: tuple[str, ...] = (), simplify: bool = True, optimize: 
         raise OnnxPruneError(f"no prunable weights in the model ({branch_hint(prepared.export_base) or why})")
     dense, base = _runnable(prepared)
     return Loaded(source, original, prepared, base, dense, layers, skipped)
+
+
+def _check_runtime_runs(model: onnx.ModelProto) -> None:
+    """A model stamped with an opset newer than the installed runtime runs is refused, naming both."""
+    opset, newest = default_opset(model), runtime_limits()[1]
+    if opset > newest:
+        raise OnnxPruneError(f"the model uses opset {opset}, newer than the installed onnxruntime {ort.__version__} "
+                             f"runs (up to {newest}); upgrade it: pip install -U onnxruntime")
 
 
 def _check_not_bfloat16(model: onnx.ModelProto) -> None:
@@ -124,7 +132,7 @@ def _runnable(prepared: PreparedModel):
             dense = session(converted)
         except OnnxPruneError:
             raise first from None
-        prepared.changes.append(f"ONNX Runtime 1.19 cannot run the graph at opset "
+        prepared.changes.append(f"onnxruntime {ort.__version__} cannot run the graph at opset "
                                 f"{default_opset(prepared.export_base)}; the output uses opset "
                                 f"{default_opset(prepared.train_base)}")
         return dense, converted
@@ -185,9 +193,6 @@ def prepare(model: onnx.ModelProto, simplify: bool = True, optimize: bool = Fals
     _untie_norm_parameters(work, changes)
     _name_nodes(work)
     _expose_float_sources(work, changes)
-    if work.ir_version > MAX_IR_VERSION and default_opset(work) <= MAX_TRAIN_OPSET:
-        changes.append(f"IR version {work.ir_version} lowered to {MAX_IR_VERSION} so ONNX Runtime 1.19 loads it")
-        work.ir_version = MAX_IR_VERSION
     train = in_float32(_trainable_opset(work, changes), changes)
     return PreparedModel(original=model, export_base=work, train_base=train, changes=changes, computed=computed)
 
@@ -486,7 +491,7 @@ def _restore_weight_names(before: onnx.ModelProto, after: onnx.ModelProto) -> No
 
 def _trainable_opset(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
     opset = default_opset(model)
-    target = min(max(opset, MIN_TRAIN_OPSET), MAX_TRAIN_OPSET)
+    target = max(opset, MIN_TRAIN_OPSET)
     if target == opset:
         return copy.deepcopy(model)
     from onnx import version_converter
@@ -495,9 +500,9 @@ def _trainable_opset(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelPr
         converted = version_converter.convert_version(model, target)
     except Exception as e:
         raise OnnxPruneError(
-            f"opset {opset} cannot be trained by ONNX Runtime 1.19 and onnx's version converter "
+            f"opset {opset} cannot be trained (it needs {MIN_TRAIN_OPSET} or newer) and onnx's version converter "
             f"could not convert it to {target}: {first_line(e)}") from None
-    converted.ir_version = min(max(converted.ir_version, 7), MAX_IR_VERSION)
+    converted.ir_version = max(converted.ir_version, 7)
     changes.append(f"trained at opset {target} (the output keeps opset {opset})")
     return converted
 

@@ -4,6 +4,7 @@ graph outputs, and the one-line form of an error. Nothing here knows about pruni
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 
 import numpy as np
@@ -50,11 +51,45 @@ def session_options(threads: int | None = None, *, denormal_as_zero: bool = True
     return so
 
 
+@functools.lru_cache(maxsize=None)
+def runtime_limits() -> tuple[int, int]:
+    """The newest IR version and default-domain opset the installed ONNX Runtime loads, probed once
+    with a one-node model (ORT publishes neither; 1.19 stops at IR 10 and opset 21)."""
+    def loads(ir: int, opset: int) -> bool:
+        x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+        m = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", opset)], ir_version=ir)
+        try:
+            ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception:  # ORT's refusal is the answer
+            return False
+        return True
+    ir = next((v for v in range(onnx.IR_VERSION, 7, -1) if loads(v, 13)), 7)
+    opset = next((v for v in range(onnx.defs.onnx_opset_version(), 13, -1) if loads(ir, v)), 13)
+    return ir, opset
+
+
+def serialized(model: onnx.ModelProto) -> bytes:
+    """The model's bytes for ONNX Runtime: an IR version newer than the installed runtime reads is
+    stamped down to the newest it does (the container changed, not the graph; opsets are checked
+    where models are loaded)."""
+    newest = runtime_limits()[0]
+    if model.ir_version <= newest:
+        return model.SerializeToString()
+    stamped = model.ir_version
+    model.ir_version = newest
+    try:
+        return model.SerializeToString()
+    finally:
+        model.ir_version = stamped
+
+
 def session(model: onnx.ModelProto | str, what: str = "the model", options: ort.SessionOptions | None = None
             ) -> ort.InferenceSession:
     """An inference session on the run's device (`device.using`); any ORT failure becomes a
     one-line OnnxPruneError about `what`."""
-    source = model if isinstance(model, str) else model.SerializeToString()
+    source = model if isinstance(model, str) else serialized(model)
     try:
         return ort.InferenceSession(source, options or session_options(), providers=device.providers())
     except Exception as e:

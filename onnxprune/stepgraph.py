@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 from . import autodiff, device
 from .errors import OnnxPruneError
 from .losses import LOSS, PENALTY, TASK_LOSS
-from .plumbing import first_line, session_options, tensor_shapes
+from .plumbing import first_line, serialized, session_options, tensor_shapes
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # PyTorch's AdamW defaults (no weight decay: the penalty is the regularizer)
 STEP_SIZE, V_CORRECTION = "onnxprune_adam_step_size", "onnxprune_adam_v_correction"
@@ -233,7 +233,7 @@ class Trainer:
 
 def _session(model: onnx.ModelProto, threads: int | None) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=device.providers())
+        return ort.InferenceSession(serialized(model), session_options(threads), providers=device.providers())
     except Exception as e:  # ORT's own refusal of a graph onnxprune built: say which
         raise OnnxPruneError(f"ONNX Runtime cannot run the training step graph: {first_line(e)}") from None
 
