@@ -1,0 +1,84 @@
+"""Where users already are: the installed onnxruntime and onnx, whatever their versions, and models
+written by the current onnx."""
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxprune
+from conftest import MODELS, ROOT, run_cli
+from onnxprune.plumbing import runtime_limits
+
+
+def _current_exporter_model(path):
+    """A two-layer MLP as the installed onnx writes it today: its own IR version, and the newest
+    opset the installed runtime runs."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", runtime_limits()[1])])
+    assert model.ir_version == onnx.IR_VERSION
+    onnx.save(model, str(path))
+    return model
+
+
+def test_a_model_from_the_current_onnx_trains_and_keeps_its_ir_and_opset(tmp_path):
+    model = _current_exporter_model(tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    x = np.random.default_rng(1).standard_normal((64, 8)).astype(np.float32)
+    r = onnxprune.prune(tmp_path / "m.onnx", 0.5, data={"x": x}, out=out, latency=False,
+                        schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1, batch_size=16))
+    written = onnx.load(str(out))
+    assert written.ir_version == model.ir_version
+    assert written.opset_import[0].version == model.opset_import[0].version
+    assert r.report["phases"][0]["steps"] > 0 and r.report["totals"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_model_newer_than_the_runtime_is_refused_naming_both(tmp_path, monkeypatch):
+    from onnxprune import loading
+
+    _current_exporter_model(tmp_path / "m.onnx")
+    ir, newest = runtime_limits()
+    monkeypatch.setattr(loading, "runtime_limits", lambda: (ir, newest - 1))
+    code, _, stderr = run_cli(tmp_path / "m.onnx", "--rate", "0.5", "-o", tmp_path / "o.onnx")
+    assert code == 2 and stderr.count("\n") == 1
+    assert f"opset {newest}" in stderr and f"onnxruntime {onnxruntime.__version__}" in stderr
+    assert f"up to {newest - 1}" in stderr and "pip install -U onnxruntime" in stderr
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_installed_beside_the_users_runtime_it_keeps_it_and_prunes(tmp_path):
+    """A user's venv that already has onnxruntime and onnx (this environment's versions, installed
+    first); installing onnxprune there keeps them, adds no other runtime, and a prune runs."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+
+    def pip(*args):
+        done = subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", *args],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    pip(f"onnxruntime=={onnxruntime.__version__}", f"onnx=={onnx.__version__}")
+    pip(str(ROOT))
+    installed = subprocess.run([py, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True,
+                               check=True).stdout.lower().split()
+    runtimes = [p for p in installed if p.startswith("onnxruntime")]
+    assert runtimes == [f"onnxruntime=={onnxruntime.__version__}"], runtimes  # kept, and no second wheel
+    assert f"onnx=={onnx.__version__}" in installed and any(p.startswith("onnxprune==") for p in installed)
+    seen = subprocess.run([py, "-c", "import onnx, onnxruntime; print(onnxruntime.__version__, onnx.__version__)"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert seen == [onnxruntime.__version__, onnx.__version__]
+    out = tmp_path / "o.onnx"
+    run = subprocess.run([str(venv / "bin" / "onnxprune"), str(MODELS / "digits_mlp.onnx"), "--rate", "0.5",
+                          "--data", str(MODELS / "digits_train.npz"), "--epochs", "1", "--finetune-epochs", "1",
+                          "--no-latency", "-q", "-o", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert out.exists()
