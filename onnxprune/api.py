@@ -82,6 +82,9 @@ def _run(model, data, eval_data, cfg: PruneConfig, progress, source: Path | None
     warnings: list[str] = []
     out = cfg.output.out
     rng = np.random.default_rng(cfg.data.seed)
+    conflict = device.runtime_conflict()
+    if conflict:
+        warn(warnings, conflict)
 
     stage.info("loading %s", source or "the model")
     loaded = loading.load(model, cfg.pruning.exclude, cfg.preparation.simplify, cfg.preparation.optimize,

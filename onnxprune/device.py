@@ -93,6 +93,29 @@ def probe_verdict(returncode: int, stdout: str, stderr: str) -> str | None:
     return None
 
 
+# the wheels that install the `onnxruntime` module: two of them overwrite each other's files
+RUNTIME_WHEELS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-qnn",
+                  "onnxruntime-training", "onnxruntime-training-cpu")
+
+
+def runtime_conflict() -> str | None:
+    """Why the installed ONNX Runtime is ambiguous (two wheels of the one `onnxruntime` module, as
+    `pip install onnxprune` leaves beside an `onnxruntime-gpu`), or None."""
+    from importlib import metadata
+
+    found = []
+    for name in RUNTIME_WHEELS:
+        try:
+            found.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            continue
+    if len(found) < 2:
+        return None
+    keep = next((n for n, _ in found if n != "onnxruntime"), found[0][0])
+    return (f"{' and '.join(f'{n} {v}' for n, v in found)} are installed together and overwrite each other's "
+            f"`onnxruntime` module; keep one: pip uninstall -y {' '.join(n for n, _ in found)} && pip install {keep}")
+
+
 def current() -> str:
     return _CURRENT.get()
 

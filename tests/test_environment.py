@@ -82,3 +82,30 @@ def test_installed_beside_the_users_runtime_it_keeps_it_and_prunes(tmp_path):
                           "--no-latency", "-q", "-o", str(out)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert out.exists()
+
+
+def test_two_runtime_wheels_of_one_module_are_named_with_the_fix(monkeypatch):
+    """`pip install onnxprune` beside onnxruntime-gpu adds the CPU wheel (both install `onnxruntime`):
+    a run says so in one line, with the commands that keep one."""
+    from importlib import metadata
+
+    from onnxprune import device
+
+    versions = {"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.31.1"}
+    real = metadata.version
+
+    def version(name):  # the runtime wheels as listed, every other package as installed
+        if name not in device.RUNTIME_WHEELS:
+            return real(name)
+        if name in versions:
+            return versions[name]
+        raise metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(metadata, "version", version)
+    why = device.runtime_conflict()
+    assert why and "onnxruntime 1.32.0 and onnxruntime-gpu 1.31.1" in why and "\n" not in why
+    assert why.endswith("pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
+    r = onnxprune.prune(MODELS / "digits_mlp.onnx", 0.5, data=MODELS / "digits_train.npz", latency=False,
+                        schedule=onnxprune.Schedule(epochs=1, finetune_epochs=1))
+    assert why in r.report["warnings"]
+    del versions["onnxruntime-gpu"]
+    assert device.runtime_conflict() is None
