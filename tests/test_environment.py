@@ -109,3 +109,11 @@ def test_two_runtime_wheels_of_one_module_are_named_with_the_fix(monkeypatch):
     assert why in r.report["warnings"]
     del versions["onnxruntime-gpu"]
     assert device.runtime_conflict() is None
+
+
+def test_without_onnx_runtime_the_command_says_so_in_one_line():
+    code = ("import sys; sys.modules['onnxruntime'] = None; sys.argv = ['onnxprune', '--help']; "
+            "from onnxprune._launch import entry; entry()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "pip install onnxruntime" in done.stderr and "onnxruntime-gpu" in done.stderr
