@@ -804,7 +804,7 @@ def average_pool(n):
     k = list(n.attr("kernel_shape"))
     C, r = xs[1], len(k)
     s, d, pb, pe = conv_geometry(n, xs[2:], ys[2:], k)
-    pe = [pe[i] + max(_extra_end(n, xs[2 + i], ys[2 + i], k[i], s[i], d[i], pb[i], pe[i]), 0) for i in range(r)]
+    pe = [pe[i] + max(_extra_end(xs[2 + i], ys[2 + i], k[i], s[i], d[i], pb[i], pe[i]), 0) for i in range(r)]
     counts = _window_counts(xs[2:], ys[2:], k, s, d, pb, n.attr("count_include_pad", 0), pe)
     scaled = n.mul(n.dy, n.f(1 / counts))
     ones = n.f(np.ones((C, 1, *k)))
@@ -812,7 +812,7 @@ def average_pool(n):
     return [conv_input_grad(Node(view, [], [], n.shapes, n.em, n.values), scaled, ones, xs[2:], ys[2:], k, C)]
 
 
-def _extra_end(n, x_len, y_len, k, s, d, pb, pe) -> int:
+def _extra_end(x_len, y_len, k, s, d, pb, pe) -> int:
     """How far ceil_mode's last window reaches past the end pad."""
     return (y_len - 1) * s + (k - 1) * d + 1 - (x_len + pb + pe)
 
@@ -846,7 +846,7 @@ def max_pool(n):
     s, d, pb, pe = conv_geometry(n, xs[2:], ys[2:], k)
     if s == k and not any(pb + pe) and all(v == 1 for v in d) and list(xs[2:]) == [y * v for y, v in zip(ys[2:], k)]:
         return [_tiled_max_pool_grad(n, xs, ys, k)]
-    pe = [pe[i] + max(_extra_end(n, xs[2 + i], ys[2 + i], k[i], s[i], d[i], pb[i], pe[i]), 0) for i in range(r)]
+    pe = [pe[i] + max(_extra_end(xs[2 + i], ys[2 + i], k[i], s[i], d[i], pb[i], pe[i]), 0) for i in range(r)]
     onehot = _one_hot_kernels(n, C, k)
     low = float(np.finfo(n.em.dtype).min)
     x = n.x
@@ -1050,16 +1050,13 @@ def depth_space(n):
     b = n.attr("blocksize")
     if n.node.op_type == "DepthToSpace":
         crd = n.attr("mode", "DCR") == "CRD"
-        mid = (N, C // (b * b), b, b, H, W) if crd else (N, b, b, C // (b * b), H, W)
         perm = [0, 1, 4, 2, 5, 3] if crd else [0, 3, 4, 1, 5, 2]
         shuffled = (N, C // (b * b), H, b, W, b)
     else:
-        mid = (N, C, H // b, b, W // b, b)
         perm = [0, 3, 5, 1, 2, 4]
         shuffled = (N, b, b, C, H // b, W // b)
     g = n.reshape(n.dy, shuffled)
     g = n.transpose(g, list(np.argsort(perm)))
-    del mid
     return [n.reshape(g, xs)]
 
 
@@ -1071,7 +1068,7 @@ def cumsum(n):
 
 # --------------------------------------------------------------------------- reductions
 
-def _reduce_axes(n: Node) -> tuple[list[int], bool]:
+def _reduce_axes(n: Node) -> list[int]:
     rank = len(n.shape(n.x))
     axes = n.attr("axes")
     if axes is None and n.input(1):
@@ -1080,7 +1077,7 @@ def _reduce_axes(n: Node) -> tuple[list[int], bool]:
             n.fail("its axes are computed")
     if axes is None or len(axes) == 0:
         axes = [] if n.attr("noop_with_empty_axes", 0) else list(range(rank))
-    return sorted(int(a) % rank for a in axes), bool(n.attr("keepdims", 1))
+    return sorted(int(a) % rank for a in axes)  # the gradient's shape does not depend on keepdims
 
 
 def _kept(n: Node, g: str, axes) -> str:
@@ -1091,7 +1088,7 @@ def _kept(n: Node, g: str, axes) -> str:
 
 @rule("ReduceSum", "ReduceMean")
 def reduce_sum(n):
-    axes, _ = _reduce_axes(n)
+    axes = _reduce_axes(n)
     xs = n.shape(n.x)
     g = _kept(n, n.dy, axes)
     if n.node.op_type == "ReduceMean":
@@ -1101,13 +1098,13 @@ def reduce_sum(n):
 
 @rule("ReduceSumSquare")
 def reduce_sum_square(n):
-    axes, _ = _reduce_axes(n)
+    axes = _reduce_axes(n)
     return [n.mul(n.mul(n.x, n.f(2)), _kept(n, n.dy, axes))] + [None] * (len(n.node.input) - 1)
 
 
 @rule("ReduceL2")
 def reduce_l2(n):
-    axes, _ = _reduce_axes(n)
+    axes = _reduce_axes(n)
     y = _kept(n, n.y, axes)
     positive = n.op("Greater", [y, n.f(0)])
     safe = n.add(y, n.cast(n.op("Not", [positive])))  # the norm, or 1 where it is 0
@@ -1116,14 +1113,14 @@ def reduce_l2(n):
 
 @rule("ReduceLogSumExp")
 def reduce_log_sum_exp(n):
-    axes, _ = _reduce_axes(n)
+    axes = _reduce_axes(n)
     return [n.mul(n.op("Exp", [n.sub(n.x, _kept(n, n.y, axes))]), _kept(n, n.dy, axes))] + \
         [None] * (len(n.node.input) - 1)
 
 
 @rule("ReduceMax", "ReduceMin")
 def reduce_max(n):
-    axes, _ = _reduce_axes(n)
+    axes = _reduce_axes(n)
     return [_to_extremes(n, n.x, _kept(n, n.y, axes), _kept(n, n.dy, axes), axes)] + \
         [None] * (len(n.node.input) - 1)
 

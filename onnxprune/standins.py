@@ -121,18 +121,6 @@ def instance_norm(s: Sub):
         s.op("Add", [s.name("scaled"), s.name("bias")], "y", output=s.y)]
 
 
-def _axes(s: Sub, shape) -> list[int] | None:
-    """A reduction's axes, from its attribute or its constant second input; None when computed."""
-    axes = s.attrs.get("axes")
-    if axes is None and len(s.node.input) > 1 and s.node.input[1]:
-        if s.node.input[1] not in s.small:
-            return None
-        axes = s.small[s.node.input[1]].reshape(-1).tolist()
-    if not axes:
-        return [] if s.attrs.get("noop_with_empty_axes", 0) else list(range(len(shape)))
-    return sorted(a % len(shape) for a in axes)
-
-
 class _Unrolled:
     """What the recurrent stand-ins share: per direction, the input projection x·Wᵀ for all steps
     in one MatMul (with the biases folded in where the cell allows), split into steps; the steps

@@ -146,8 +146,7 @@ class Trainer:
         self._build = (graph, trainable, frozen, shapes, threads)
         self._eval = None
         self.session = _session(step_graph, threads)
-        self.dev = device.current()
-        kind, _, idx = self.dev.partition(":")
+        kind, _, idx = device.current().partition(":")
         self._where = (kind, int(idx or 0))
         state = {**inits}
         for w in self.trained:
