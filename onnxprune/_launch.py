@@ -3,7 +3,7 @@
 import sys
 
 MISSING = ("onnxprune: error: ONNX Runtime is not installed; install it: pip install onnxruntime "
-           "(or pip install onnxruntime-gpu for CUDA)\n")
+           "(or pip install onnxruntime-gpu for CUDA; 'onnxprune[cpu]' and 'onnxprune[gpu]' bring them)\n")
 
 
 def entry() -> None:

@@ -39,10 +39,27 @@ def check_available(device: str) -> None:
                              f"{', '.join(onnxruntime.get_available_providers())}) has no CUDA; install its CUDA "
                              f"build: {INSTALL_CUDA}")
     why = _probe(device)
+    if not why:
+        preload_cuda_libraries()
     if why:
         raise OnnxPruneError(f"--device {device}: ONNX Runtime's CUDA build is installed but cannot run on it ({why}); "
                              "check `nvidia-smi` sees the GPU and that the CUDA and cuDNN libraries it names are "
-                             f"installed ({INSTALL_CUDA})")
+                             "installed (pip install 'onnxruntime-gpu[cuda,cudnn]' brings them as wheels)")
+
+
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that `pip install 'onnxruntime-gpu[cuda,cudnn]'` brings as
+    wheels: ORT (1.21 and later) finds them there only when asked to. Quietly: a library still
+    missing shows in the probe's verdict, and ORT prints its own notes."""
+    import contextlib
+    import io
+
+    import onnxruntime
+
+    preload = getattr(onnxruntime, "preload_dlls", None)
+    if preload:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(OSError):
+            preload()
 
 
 # run in a child: without an NVIDIA driver, loading the CUDA provider aborts the process
@@ -50,6 +67,9 @@ _PROBE = r"""
 import sys
 import onnxruntime
 from onnx import TensorProto, helper
+from onnxprune.device import preload_cuda_libraries
+
+preload_cuda_libraries()
 
 x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
 y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
@@ -100,7 +120,7 @@ RUNTIME_WHEELS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onn
 
 def runtime_conflict() -> str | None:
     """Why the installed ONNX Runtime is ambiguous (two wheels of the one `onnxruntime` module, as
-    `pip install onnxprune` leaves beside an `onnxruntime-gpu`), or None."""
+    `pip install onnxruntime` leaves beside an `onnxruntime-gpu`), or None."""
     from importlib import metadata
 
     found = []

@@ -84,6 +84,41 @@ def test_installed_beside_the_users_runtime_it_keeps_it_and_prunes(tmp_path):
     assert out.exists()
 
 
+def _metadata_only_wheel(folder, name: str, version: str):
+    """A wheel that installs nothing but `name`'s dist-info: pip then counts `name` as installed."""
+    import zipfile
+
+    dist = f"{name.replace('-', '_')}-{version}"
+    path = folder / f"{dist}-py3-none-any.whl"
+    files = {f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{dist}.dist-info/RECORD"] = "".join(f"{f},,\n" for f in [*files, f"{dist}.dist-info/RECORD"])
+    with zipfile.ZipFile(path, "w") as z:
+        for f, text in files.items():
+            z.writestr(f, text)
+    return path
+
+
+def test_installed_beside_onnxruntime_gpu_it_adds_no_cpu_wheel(tmp_path):
+    """Where onnxruntime-gpu is installed, `pip install onnxprune` must not bring the CPU wheel, which
+    would overwrite its `onnxruntime` module (pip resolves the install, the GPU wheel stood in by its
+    metadata: the resolution is what is checked)."""
+    import json
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, str(_metadata_only_wheel(tmp_path, "onnxruntime-gpu", "1.31.1"))], check=True)
+    for extra, runtime in (("", None), ("[gpu]", None), ("[cpu]", "onnxruntime")):
+        done = subprocess.run([*pip, "--dry-run", "--report", "-", f"onnxprune{extra} @ {ROOT.as_uri()}"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        names = {i["metadata"]["name"].lower() for i in json.loads(done.stdout)["install"]}
+        assert "onnxprune" in names and "onnxruntime-gpu" not in names
+        assert ("onnxruntime" in names) == (runtime is not None), (extra, sorted(names))
+
+
 def test_two_runtime_wheels_of_one_module_are_named_with_the_fix(monkeypatch):
     """`pip install onnxprune` beside onnxruntime-gpu adds the CPU wheel (both install `onnxruntime`):
     a run says so in one line, with the commands that keep one."""
