@@ -114,6 +114,7 @@ def _run(model, data, eval_data, cfg: PruneConfig, progress, source: Path | None
         warn(warnings, scores["final"]["note"])
     collapsed = _gate(dataset, compressed.outputs, scores["final"], cfg.output.max_drop, warnings,
                       lambda: dataset.outputs(compressed.model, "the pruned model", dataset.train))
+    _refuse_unsound(dataset, compressed.outputs, trained)
     written = export.write(final, Path(out), loaded.prepared.original) if out is not None else None
 
     measured = costs.measure(loaded.base, rewritten.model, compressed.model, dataset.model_feed(dataset.probe),
@@ -159,6 +160,25 @@ def _gate(dataset, outputs, score: dict, max_drop: float | None, warnings: list[
                                f"(--max-drop {max_drop:g})" + (f" and looks collapsed: {collapsed}" if collapsed else "")
                                + "; nothing was written")
     return collapsed
+
+
+def _refuse_unsound(dataset, outputs, trained) -> None:
+    """Nothing is written that is not a model: every trained weight finite and zero where its mask
+    says so (NaN·0 is NaN, so a diverged weight would also undo the sparsity), and every output
+    finite wherever the dense model's is, on the held-out samples."""
+    for w, m in trained.masks.items():
+        got = trained.weights[w]
+        if not np.isfinite(got).all():
+            raise OnnxPruneError(f"the pruned weight {w} holds non-finite values; nothing was written")
+        if np.count_nonzero(got[m == 0]):
+            raise OnnxPruneError(f"the pruned weight {w} is non-zero where its mask removed it; nothing was written")
+    got = dict(zip(dataset.output_names, outputs))
+    for name, dense in dataset.dense_val.items():
+        if name in got and dense.dtype.kind == "f":
+            bad = ~np.isfinite(got[name]) & np.isfinite(dense)
+            if bad.any():
+                raise OnnxPruneError(f"the pruned model's output {name} is non-finite in {int(bad.sum())} of "
+                                     f"{bad.size} values where the dense model's is finite; nothing was written")
 
 
 def _compare_with_cutting(trained_out, loaded, dataset, plan, warnings) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import batchnorm
 from .config import Schedule
+from .errors import Diverged
 from .groups import GroupPlan
 from .plumbing import log
 from .training import Trainer, coef_name, correction_name, mask_name
@@ -69,6 +70,8 @@ def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr:
                 # cosine decay lets fine-tuning settle into the masked minimum
                 trainer.set_learning_rate(lr * 0.5 * (1 + math.cos(math.pi * phase.steps / total)) if cosine else lr)
                 _, task, penalty = trainer.step({k: arrays[k][idx] for k in trainer.input_names})
+                if not (math.isfinite(task) and math.isfinite(penalty)):  # NaN weights follow: stop now
+                    raise Diverged(phase.name, phase.steps + 1)
                 if every and phase.steps % every == 0:
                     phase.history.append((phase.steps, task, penalty, said))
                 phase.steps += 1

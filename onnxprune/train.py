@@ -17,6 +17,7 @@ import onnx
 
 from . import batchnorm, layerwise, standins
 from .config import PruneConfig, Schedule
+from .errors import Diverged, OnnxPruneError
 from .data import LABELS, Dataset
 from .layers import trainable_parameters
 from .loading import Loaded
@@ -66,7 +67,8 @@ def train(loaded: Loaded, data: Dataset, plan: Plan, cfg: PruneConfig, rng: np.r
         masks, weights, phases = _layerwise(loaded, data, plan, cfg, sched, rng, progress)
         loss = "mean squared error to each layer's dense output (layer-wise reconstruction)"
     elif cfg.pruning.trains:
-        masks, weights, phases, loss, notes = _end_to_end(loaded, data, plan, cfg, sched, rng, progress)
+        masks, weights, phases, loss, notes, sched = _end_to_end(loaded, data, plan, cfg, sched, rng, progress,
+                                                                   warnings)
     else:
         masks = plan.select(plan.dense_weights)
         weights = {w: plan.dense_weights[w] * masks[w] for w in plan.dense_weights}
@@ -79,7 +81,7 @@ def train(loaded: Loaded, data: Dataset, plan: Plan, cfg: PruneConfig, rng: np.r
     return Trained(masks, weights, phases, loss, sched, notes)
 
 
-def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
+def _end_to_end(loaded, data, plan, cfg, sched, rng, progress, warnings):
     groups, quantizer = plan.groups, plan.quantizer
     # training sees samples first, whatever the model's layout (constant inputs bound)
     original, shapes, folded = training_graph(data.layout.view(loaded.prepared.train_base),
@@ -107,40 +109,51 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     on_batches = sched.batch_size >= batchnorm.MIN_BATCH
     form = "frozen" if not on_batches else "switch" if penalized_phase and norms else "batch"
     frozen += [batchnorm.SWITCH] if form == "switch" else []
-    with workdir(out.workdir) as wd:
-        ckpt = None
-        options = cfg.training_options()
-        if out.workdir is not None:  # a kept work folder gets a checkpoint after every epoch
-            ckpt = Checkpoints(wd, fingerprint(loaded.original.SerializeToString(), arrays, options), out.resume)
-        elif cfg.search.shared is not None and penalized_phase:  # a search's trial: one reweighted phase for all
-            options["pruning"] = {k: v for k, v in options["pruning"].items() if k != "rate"}
-            options["groups"] = {"tensors": sorted(groups.tensors), "penalized": sorted(groups.penalized)}
-            ckpt = SharedPhase(Path(cfg.search.shared), fingerprint(loaded.original.SerializeToString(), arrays,
-                                                                    options), sched.epochs)
+    expanded, notes = standins.apply(original, shapes)
+    graph = build_training_graph(expanded, groups.tensors, set(groups.penalized), terms, shapes, corrected,
+                                 norms=form, owned=stored)
+    if folded:
+        notes.append(f"{folded} If node(s) decided by tensor shapes trained as the branch they take at the "
+                     "training shapes (the written model keeps them)")
+    if easy:
+        notes.append(f"hard pruning the dense weights alone kept {easy} with the dense model on training "
+                     "samples, so the reweighted phase was skipped (λ = 0) and its epochs fine-tune instead "
+                     "(--always-reweight runs it)")
 
-        expanded, notes = standins.apply(original, shapes)
-        graph = build_training_graph(expanded, groups.tensors, set(groups.penalized), terms, shapes, corrected,
-                                     norms=form, owned=stored)
-        trainer = Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
-                          probe=first_batch(arrays, sched.batch_size))
-        if folded:
-            notes.append(f"{folded} If node(s) decided by tensor shapes trained as the branch they take at the "
-                         "training shapes (the written model keeps them)")
-        if easy:
-            notes.append(f"hard pruning the dense weights alone kept {easy} with the dense model on training "
-                         "samples, so the reweighted phase was skipped (λ = 0) and its epochs fine-tune instead "
-                         "(--always-reweight runs it)")
-        if isinstance(ckpt, SharedPhase) and ckpt.reused:
-            notes.append("the reweighted phase was trained once for every trial of this search (it does not depend "
-                         "on the rate); this trial started from its checkpoint")
-        if penalized_phase:
-            masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt)
-        else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
-            masks = plan.select(plan.dense_weights)
-            phases = [finetune(trainer, arrays, masks, Phase("fine-tune", sched.epochs + sched.finetune_epochs),
-                               sched, rng, progress, quantizer, ckpt)]
-        weights = {n: trainer.get(n) for n in trainable}
-        weights.update(current_weights(trainer, groups))  # fold W·M: pruned weights exactly zero
+    def attempt(sched, keep_checkpoints: bool):
+        with workdir(out.workdir) as wd:
+            ckpt = _checkpoints(wd, loaded, arrays, cfg, sched, groups, penalized_phase) if keep_checkpoints else None
+            trainer = Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
+                              probe=first_batch(arrays, sched.batch_size))
+            if isinstance(ckpt, SharedPhase) and ckpt.reused:
+                notes.append("the reweighted phase was trained once for every trial of this search (it does not "
+                             "depend on the rate); this trial started from its checkpoint")
+            if penalized_phase:
+                masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt)
+            else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
+                masks = plan.select(plan.dense_weights)
+                phases = [finetune(trainer, arrays, masks, Phase("fine-tune", sched.epochs + sched.finetune_epochs),
+                                   sched, rng, progress, quantizer, ckpt)]
+            weights = {n: trainer.get(n) for n in trainable}
+            weights.update(current_weights(trainer, groups))  # fold W·M: pruned weights exactly zero
+        bad = sorted(n for n, w in weights.items() if not np.isfinite(w).all())
+        if bad:
+            raise Diverged(phases[-1].name, phases[-1].steps, f"weight {bad[0]}")
+        return masks, weights, phases
+
+    try:
+        masks, weights, phases = attempt(sched, True)
+    except Diverged as first:
+        # a learning rate too large for this model's weights: once more from the dense weights, 10× smaller
+        slower = dataclasses.replace(sched, lr=sched.lr * RETRY_LR, finetune_lr=sched.finetune_lr * RETRY_LR)
+        warn(warnings, f"{first}; retrying from the dense weights at a 10× smaller learning rate "
+                       f"(--lr {slower.lr:g}, --finetune-lr {slower.finetune_lr:g})")
+        try:
+            masks, weights, phases = attempt(slower, False)
+        except Diverged as again:
+            raise OnnxPruneError(f"{again} again at the 10× smaller learning rate ({slower.lr:g}); nothing was "
+                                 "written (try a smaller --lr, or --method magnitude for the cut alone)") from None
+        sched = slower
     if norms and on_batches:  # the running statistics of the weights as written (Q(W·M) when quantized)
         seen = {n: quantizer(n, weights[n], masks[n]) for n in quantizer.names} if quantizer else {}
         written = with_weights(original, {**weights, **seen})
@@ -153,7 +166,24 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress):
     elif norms:
         notes.append(f"BatchNormalization×{norms} trained with its running statistics frozen (batches of "
                      f"{sched.batch_size} are under {batchnorm.MIN_BATCH} samples)")
-    return masks, weights, phases, "; ".join(t.describe() for t in terms), notes
+    return masks, weights, phases, "; ".join(t.describe() for t in terms), notes, sched
+
+
+RETRY_LR = 0.1  # after a divergence, the learning rates are scaled by this for the one retry
+
+
+def _checkpoints(wd, loaded, arrays, cfg, sched, groups, penalized_phase):
+    """A kept work folder gets a checkpoint after every epoch; a search's trial shares one
+    reweighted phase with every other trial; otherwise none."""
+    options = cfg.training_options()
+    if cfg.output.workdir is not None:
+        return Checkpoints(wd, fingerprint(loaded.original.SerializeToString(), arrays, options), cfg.output.resume)
+    if cfg.search.shared is not None and penalized_phase:
+        options["pruning"] = {k: v for k, v in options["pruning"].items() if k != "rate"}
+        options["groups"] = {"tensors": sorted(groups.tensors), "penalized": sorted(groups.penalized)}
+        return SharedPhase(Path(cfg.search.shared), fingerprint(loaded.original.SerializeToString(), arrays, options),
+                           sched.epochs)
+    return None
 
 
 HARMLESS_AGREEMENT, HARMLESS_ERROR = 0.995, 0.05

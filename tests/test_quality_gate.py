@@ -169,3 +169,65 @@ def test_agreement_with_a_dense_model_that_picks_one_class_is_not_the_headline()
     mixed[0] = [0, 9]  # one sample of another class: agreement means something again
     assert metric("y", None, mixed, constant, "held-out", True)["name"] == "top-1 agreement"
     assert metric("y", np.zeros(26, np.int64), dense, constant, "held-out", True)["name"] == "accuracy"
+
+
+def _diverging(monkeypatch, steps_that_diverge):
+    """Trainer.step reports a NaN loss for its first `steps_that_diverge` calls in this process,
+    as a model whose training blows up would; returns the learning rates each Trainer was made with."""
+    from onnxprune import stepgraph
+
+    real_step, real_init, made = stepgraph.Trainer.step, stepgraph.Trainer.__init__, []
+    calls = {"n": 0}
+
+    def step(self, feed):
+        got = real_step(self, feed)
+        calls["n"] += 1
+        return (float("nan"), float("nan"), got[2]) if calls["n"] <= steps_that_diverge else got
+
+    def init(self, graph, trainable, frozen, workdir, lr, *a, **k):
+        made.append(lr)
+        real_init(self, graph, trainable, frozen, workdir, lr, *a, **k)
+    monkeypatch.setattr(stepgraph.Trainer, "step", step)
+    monkeypatch.setattr(stepgraph.Trainer, "__init__", init)
+    return made
+
+
+def test_a_diverged_phase_is_retried_once_at_a_smaller_learning_rate_and_said(monkeypatch, tmp_path):
+    made = _diverging(monkeypatch, 1)
+    out = tmp_path / "o.onnx"
+    r = onnxprune.prune(ROOT / "models" / "digits_mlp.onnx", 0.5, data=ROOT / "models" / "digits_train.npz",
+                        latency=False, out=out, epochs=1, finetune_epochs=1, lr=1e-3, finetune_lr=5e-4)
+    assert np.allclose(made, [1e-3, 1e-4])  # the retry starts a fresh trainer at 10× smaller
+    assert any("diverged" in w and "10× smaller learning rate" in w for w in r.report["warnings"])
+    assert np.isclose(r.report["schedule"]["lr"], 1e-4) and np.isclose(r.report["schedule"]["finetune_lr"], 5e-5)
+    assert out.exists() and r.report["masked_sparsity"] > 0.45
+
+
+def test_training_that_diverges_twice_writes_nothing_and_says_so_in_one_line(monkeypatch, tmp_path):
+    _diverging(monkeypatch, 10 ** 9)
+    out = tmp_path / "o.onnx"
+    code, stdout, stderr = run_cli(ROOT / "models" / "digits_mlp.onnx", "--rate", "0.5", "--data",
+                                   ROOT / "models" / "digits_train.npz", "--epochs", "1", "--finetune-epochs", "1",
+                                   "--no-latency", "-o", out)
+    assert code == 2 and not out.exists(), stderr
+    said, refused = stderr.splitlines()  # the retry, then the refusal, a line each
+    assert "retrying" in said and "diverged" in refused and "again" in refused and "nothing was written" in refused
+
+
+def test_a_model_with_non_finite_outputs_is_never_written(monkeypatch, tmp_path):
+    """Whatever training returned, a model whose weights are non-finite (or, NaN·0 being NaN, not
+    zero where masked) is refused before writing."""
+    from onnxprune import train
+
+    real = train.train
+
+    def poisoned(*a, **k):
+        t = real(*a, **k)
+        w = next(iter(t.masks))
+        t.weights[w] = np.full_like(t.weights[w], np.nan)
+        return t
+    monkeypatch.setattr(train, "train", poisoned)
+    out = tmp_path / "o.onnx"
+    code, _, stderr = run_cli(ROOT / "models" / "digits_mlp.onnx", "--rate", "0.5", "--method", "magnitude",
+                              "--data", ROOT / "models" / "digits_train.npz", "--no-latency", "-o", out)
+    assert code == 2 and not out.exists() and "non-finite" in stderr and "nothing was written" in stderr
