@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from . import compress as C
-from . import costs, device, export, loading, planning, plots, report, rewrite, search, train
+from . import costs, device, export, loading, planning, plots, report, rewrite, search, tasks, train
 from .config import PruneConfig
 from .data import prepare as prepare_data
 from .data import feed
@@ -137,6 +137,10 @@ def _where(arrays) -> str | None:
     return "arrays given in memory"
 
 
+WARN_DROP = 5.0  # points of a share (accuracy, agreement, a task's score) lost: a loud warning without --max-drop
+WARN_ERROR = 25.0  # points of relative error, where an output has no task metric
+
+
 def _gate(dataset, outputs, score: dict, max_drop: float | None, warnings: list[str], on_train) -> str | None:
     """A collapsed model (on any output it was trained on) is a loud warning; with --max-drop, it
     or a larger loss writes nothing. Judged on the training samples too when the held-out ones
@@ -153,8 +157,13 @@ def _gate(dataset, outputs, score: dict, max_drop: float | None, warnings: list[
     for name, why in found.items():
         if why:
             warn(warnings, f"the pruned model looks collapsed on {name}: {why}")
+    drop = drop_points(score)
+    loud = WARN_ERROR if score["name"] == "relative error" else WARN_DROP
+    if max_drop is None and not collapsed and drop > loud:
+        warn(warnings, f"the pruned model lost {drop:.1f} points of {score['name']} on {score['samples']} "
+                       f"{score['split']} samples (over {loud:g}; {score['dense']:.1%} -> {score['pruned']:.1%}): "
+                       "check it on the task before using it; --max-drop refuses such a model")
     if max_drop is not None:
-        drop = drop_points(score)
         if collapsed or drop > max_drop:
             raise QualityError(f"the pruned model lost {drop:.2f} points of {score['name']} "
                                f"(--max-drop {max_drop:g})" + (f" and looks collapsed: {collapsed}" if collapsed else "")
@@ -202,8 +211,14 @@ def score(dataset, outputs) -> dict:
     """The headline metric, and every trained output's fidelity in its own terms."""
     got = dict(zip(dataset.output_names, outputs))
     name = dataset.selected[0]
-    m = metric(name, dataset.val_labels, dataset.dense_val[name], got[name], dataset.split, name in dataset.classes)
-    m["outputs"] = {k: output_fidelity(dataset.dense_val[k], got[k], k in dataset.classes) for k in dataset.selected}
+    dense = dataset.dense_val
+    if dataset.val_labels is None and name in dataset.tasks:  # the task's own terms make the headline
+        m = tasks.headline(dataset.tasks[name], dense[name], got[name], dataset.split, name)
+    else:
+        m = metric(name, dataset.val_labels, dense[name], got[name], dataset.split, name in dataset.classes)
+    m["outputs"] = {k: output_fidelity(dense[k], got[k], k in dataset.classes) for k in dataset.selected}
+    for k, kind in dataset.tasks.items():
+        m["outputs"][k]["task"] = {"kind": kind, **tasks.score(kind, dense[k], got[k])}
     return m
 
 

@@ -15,6 +15,7 @@ import onnx
 from onnx import numpy_helper
 import onnxruntime as ort
 
+from . import tasks
 from .errors import OnnxPruneError
 from .layout import Layout, LayoutSession, input_axes, output_axes
 from .metrics import class_outputs
@@ -331,6 +332,7 @@ class Dataset:
     layout: Layout = field(default_factory=lambda: Layout({}))
     dense: object = None  # the dense model's session, samples first
     classes: frozenset = frozenset()  # the selected outputs that hold class scores (see metrics.class_outputs)
+    tasks: dict = field(default_factory=dict)  # selected output -> the task it serves (see tasks.kind_of)
 
     @cached_property
     def dense_train(self) -> dict[str, np.ndarray]:
@@ -390,8 +392,9 @@ def prepare(dense: ort.InferenceSession, model: onnx.ModelProto, data, eval_data
     selected = _select_outputs(cfg.output_name, output_names, dense_val, LABELS in train, len(val[names[0]]))
     probe = feed(val, names, fixed or 1)
     classes = frozenset(class_outputs(model, {k: dense_val[k] for k in selected}))
+    chosen = {k: dense_val[k] for k in selected}
     return Dataset(train, val, split_name, names, output_names, dense_val, selected, fixed, probe, layout, dense,
-                   classes)
+                   classes, tasks.kinds(model, chosen, classes))
 
 
 def feed(arrays: dict[str, np.ndarray], names: list[str], batch: int) -> dict[str, np.ndarray]:

@@ -1,7 +1,8 @@
 """Task-loss blocks, in the manner of ORT's onnxblock: each term is a small class whose `build()`
 adds its nodes to the training graph and returns the scalar it computes. `loss_terms()` picks
 them: cross-entropy with labels; without, the dense model teaches the pruned one (KL divergence
-to its softmax for [N, C] outputs, mean squared error for any other output).
+to its softmax over the class axis, for [N, C] scores and at every position of an output under a
+final Softmax such as a CTC head's [N, T, C]; mean squared error for any other output).
 """
 from __future__ import annotations
 
@@ -59,16 +60,23 @@ class CrossEntropy(LossTerm):
                       [f"{PREFIX}_ce{i}", f"{PREFIX}_logp{i}"], reduction="mean")
 
 
+@dataclass
 class KLDivergence(LossTerm):
-    what = "KL divergence to the dense model's softmax"
+    axis: int = -1  # the class axis; every other axis after the first holds positions (time steps, pixels)
+
+    what: ClassVar[str] = "KL divergence to the dense model's softmax"
+
+    def describe(self) -> str:
+        return super().describe() + (f", over axis {self.axis} at every position" if len(self.target_dims) > 1 else "")
 
     def build(self, b, i):
-        # Σ_c p_teacher·log p_student, averaged over the batch; KL up to the teacher's (constant) entropy
-        b.const(CLASS_AXIS, np.array([-1], np.int64))
-        logp = b.node("LogSoftmax", [self.tensor], [f"{PREFIX}_logp{i}"], axis=-1)
+        # Σ_c p_teacher·log p_student, averaged over samples and positions; KL up to the teacher's
+        # (constant) entropy
+        axes = b.const(f"{CLASS_AXIS}{i}", np.array([self.axis], np.int64))
+        logp = b.node("LogSoftmax", [self.tensor], [f"{PREFIX}_logp{i}"], axis=self.axis)
         prod = b.node("Mul", [logp, self.target], [f"{PREFIX}_plogp{i}"])
-        per_sample = b.node("ReduceSum", [prod, CLASS_AXIS], [f"{PREFIX}_plogp_sum{i}"], keepdims=0)
-        mean = b.node("ReduceMean", [per_sample], [f"{PREFIX}_kl_mean{i}"], keepdims=0)
+        per_position = b.node("ReduceSum", [prod, axes], [f"{PREFIX}_plogp_sum{i}"], keepdims=0)
+        mean = b.node("ReduceMean", [per_position], [f"{PREFIX}_kl_mean{i}"], keepdims=0)
         return b.node("Neg", [mean], [f"{PREFIX}_kl{i}"])
 
 
@@ -108,15 +116,24 @@ def relative_scale(out: np.ndarray) -> np.ndarray:
     return scale.reshape(shape).astype(np.float32)
 
 
-def logits_of(model: onnx.ModelProto, output: str) -> str:
-    """A classifier that ends in Softmax/LogSoftmax over the last axis is trained on the
-    logits under it: softmax-cross-entropy on probabilities would be wrong."""
+def class_axis(model: onnx.ModelProto, output: str, rank: int) -> int | None:
+    """The axis a final Softmax/LogSoftmax normalizes `output` over (as a negative index), or
+    None. Before opset 13 Softmax flattens from its axis on, which means one class axis only
+    when that axis is the last or the output is [N, C]."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     for node in model.graph.node:
         if output in node.output and node.op_type in ("Softmax", "LogSoftmax"):
-            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-            if axis in (-1, 1):
-                return node.input[0]
-    return output
+            axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1) % rank
+            return axis - rank if opset >= 13 or axis == rank - 1 else None
+    return None
+
+
+def logits_of(model: onnx.ModelProto, output: str, rank: int = 2) -> str:
+    """An output under a final Softmax/LogSoftmax is trained on the logits under it:
+    softmax-cross-entropy (or KL) on probabilities would be wrong."""
+    if class_axis(model, output, rank) is None:
+        return output
+    return next(n.input[0] for n in model.graph.node if output in n.output)
 
 
 def loss_terms(model: onnx.ModelProto, selected: list[str], labels: np.ndarray | None,
@@ -130,7 +147,8 @@ def loss_terms(model: onnx.ModelProto, selected: list[str], labels: np.ndarray |
     for i, name in enumerate(selected):
         out = dense[name]
         target = f"{PREFIX}_target{i}"
-        tensor = logits_of(model, name)
+        tensor = logits_of(model, name, out.ndim)
+        axis = class_axis(model, name, out.ndim)
         if labels is not None:
             labels = labels.astype(np.int64)
             if out.ndim < 2 or labels.shape != (out.shape[0], *out.shape[2:]):
@@ -144,6 +162,9 @@ def loss_terms(model: onnx.ModelProto, selected: list[str], labels: np.ndarray |
                 targets[soft] = _as_probabilities(model, name, tensor, out)
         elif is_classifier(out) if classes is None else name in classes:
             terms.append(KLDivergence(name, tensor, target, out.shape[1:]))
+            targets[target] = _as_probabilities(model, name, tensor, out)
+        elif axis is not None and out.ndim > 2:  # per-position classes: [N, T, C] (CTC), [N, C, H, W]
+            terms.append(KLDivergence(name, tensor, target, out.shape[1:], axis=axis))
             targets[target] = _as_probabilities(model, name, tensor, out)
         else:
             terms.append(MeanSquaredError(name, name, target, out.shape[1:], scale=relative_scale(out)))

@@ -77,3 +77,30 @@ def test_penalty_shrinks_weights_with_large_coefficients(tmp_path):
         tr.step({"x": x, "t": np.zeros((16, 3), np.float32)})
     after = np.abs(tr.get("w"))
     assert after[0].max() < 0.05 * before[0].max()
+
+
+def test_distill_weighs_the_kl_term_in_the_loss_itself(tmp_path):
+    """With labels and --distill W, the task loss is cross-entropy + W·(−Σ p_dense·log p): checked on
+    the graph's own loss value, for W = 1 and 10."""
+    from onnxprune.losses import loss_terms
+    from onnxprune.metrics import softmax
+
+    m = small_model()
+    layers, _ = find_prunable(m)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 8)
+    dense = {"y": (x @ rng.standard_normal((4, 3))).astype(np.float32)}  # another model's scores: KL ≠ 0
+    got = {}
+    for w in (1.0, 10.0):
+        terms, targets = loss_terms(m, ["y"], labels, dense, distill=w)
+        graph = build_training_graph(m, {l.weight: l.shape for l in layers}, set(), terms, {})
+        feed = {"x": x, **targets}
+        tr = Trainer(graph, ["w"], [mask_name("w")], tmp_path / str(w), 1e-3, probe=feed)
+        got[w] = float(_losses(tr, feed)[1])
+        logits = x @ tr.get("w")
+        logp = np.log(softmax(logits))
+        ce = -np.mean(logp[np.arange(8), labels])
+        kl = -np.mean(np.sum(softmax(dense["y"]) * logp, 1))
+        assert np.isclose(got[w], ce + w * kl, rtol=1e-5), (w, got[w], ce, kl)
+    assert got[10.0] > got[1.0]
