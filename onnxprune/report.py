@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 from .compress import storage_report
 from .costs import FLOATS, param_count
+from . import memory
 from .export import atomic_path
 from .plumbing import warn
 from .version import __version__
@@ -74,6 +75,7 @@ def build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, c
         "warnings": warnings,
         "workdir": str(out.workdir) if out.workdir is not None and p.trains else None,
         "wall_time_s": seconds,
+        "peak_memory_mb": None if memory.peak() is None else memory.peak() / 2 ** 20,  # of this process, so far
     }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import batchnorm, layerwise, standins
+from . import batchnorm, layerwise, memory, standins
 from .config import PruneConfig, Schedule
 from .errors import Diverged, OnnxPruneError
 from .data import LABELS, Dataset
@@ -84,9 +84,9 @@ def train(loaded: Loaded, data: Dataset, plan: Plan, cfg: PruneConfig, rng: np.r
 def _end_to_end(loaded, data, plan, cfg, sched, rng, progress, warnings):
     groups, quantizer = plan.groups, plan.quantizer
     # training sees samples first, whatever the model's layout (constant inputs bound)
-    original, shapes, folded = training_graph(data.layout.view(loaded.prepared.train_base),
-                                              data.inputs(data.train), sched.batch_size, data.fixed_batch,
-                                              data.layout.view_shapes(plan.shapes))
+    view, view_shapes = data.layout.view(loaded.prepared.train_base), data.layout.view_shapes(plan.shapes)
+    original, shapes, folded = training_graph(view, data.inputs(data.train), sched.batch_size, data.fixed_batch,
+                                              view_shapes)
     terms, targets = loss_terms(original, data.selected, data.train.get(LABELS), data.dense_train, data.classes,
                                 sched.distill)
     arrays = as_float32({**data.inputs(data.train), **targets})
@@ -103,15 +103,41 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress, warnings):
     if cfg.pruning.method == "reweighted" and not sched.always_reweight:
         easy = _hard_pruning_is_harmless(loaded, data, plan)
     penalized_phase = cfg.pruning.method == "reweighted" and not easy
-    # BatchNorm: frozen statistics while the penalty shrinks weights (on batch statistics a filter's
-    # scale is free, so the penalty could shrink it at no cost), the batch's for fine-tuning
     norms = len(batchnorm.trainable_norms(original, stored))
+
+    def form_at(batch):
+        # BatchNorm: frozen statistics while the penalty shrinks weights (on batch statistics a filter's
+        # scale is free, so the penalty could shrink it at no cost), the batch's for fine-tuning
+        return "frozen" if batch < batchnorm.MIN_BATCH else "switch" if penalized_phase and norms else "batch"
+
+    def step_graph(batch, original, shapes):
+        expanded, notes = standins.apply(original, shapes)
+        graph = build_training_graph(expanded, groups.tensors, set(groups.penalized), terms, shapes, corrected,
+                                     norms=form_at(batch), owned=stored)
+        return graph, frozen + ([batchnorm.SWITCH] if form_at(batch) == "switch" else []), notes
+
+    def one_step_at(batch):  # for memory.fit: a throwaway trainer at `batch`, one step
+        small, small_shapes, _ = training_graph(view, data.inputs(data.train), batch, None, view_shapes)
+        graph, fixed, _ = step_graph(batch, small, small_shapes)
+        with workdir(None) as wd:
+            Trainer(graph, trainable, fixed, wd, sched.lr, out.threads, probe=first_batch(arrays, batch)).step(
+                first_batch(arrays, batch))
+
+    measured = None
+    if not data.fixed_batch:
+        kept = {t.name for t in original.graph.initializer}
+        forward = 4 * sum(float(np.prod(d)) for t, d in shapes.items() if t not in kept and len(d)
+                          and d[0] == sched.batch_size) / sched.batch_size
+        batch, measured, why = memory.fit(sched.batch_size, forward, one_step_at)
+        if why:
+            warn(warnings, why)
+            sched = dataclasses.replace(sched, batch_size=batch)
+            original, shapes, folded = training_graph(view, data.inputs(data.train), batch, None, view_shapes)
     on_batches = sched.batch_size >= batchnorm.MIN_BATCH
-    form = "frozen" if not on_batches else "switch" if penalized_phase and norms else "batch"
-    frozen += [batchnorm.SWITCH] if form == "switch" else []
-    expanded, notes = standins.apply(original, shapes)
-    graph = build_training_graph(expanded, groups.tensors, set(groups.penalized), terms, shapes, corrected,
-                                 norms=form, owned=stored)
+    form = form_at(sched.batch_size)
+    graph, frozen, notes = step_graph(sched.batch_size, original, shapes)
+    if measured:
+        notes.append(f"a training step measured {measured / 2 ** 20:.0f} MB per sample")
     if folded:
         notes.append(f"{folded} If node(s) decided by tensor shapes trained as the branch they take at the "
                      "training shapes (the written model keeps them)")

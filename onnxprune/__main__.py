@@ -1,0 +1,4 @@
+"""`python -m onnxprune`: the same command as `onnxprune`."""
+from ._launch import entry
+
+entry()
