@@ -28,6 +28,7 @@ from .metrics import drop_points
 from .plumbing import warn
 
 log = logging.getLogger("onnxprune")
+stage = logging.getLogger("onnxprune.stage")  # shown in a terminal: a search's trials take minutes each
 FINE_ENOUGH = math.log(1.05)  # stop when the gap is under 5% of compression
 COARSE = 10  # a budget worth fewer evaluation samples than this gets a warning
 
@@ -56,8 +57,9 @@ def run(model, data, eval_data, cfg: PruneConfig, progress, prune):
         with progress(s.max_trials, "trials") as bar:  # a trial's "loss": the points it lost
             rates = [s.min_rate, s.max_rate]
             while rates:
-                log.info("search: trying rate%s %s", "s" if len(rates) > 1 else "",
-                         ", ".join(f"{r:.4g}" for r in rates))
+                stage.info("search: trial %d of at most %d: rate%s %s (%.0f s so far)", len(trials) + 1,
+                           s.max_trials, "s" if len(rates) > 1 else "", ", ".join(f"{r:.4g}" for r in rates),
+                           time.perf_counter() - started)
                 specs = [(prune, model, data, eval_data, dataclasses.replace(trial_cfg, pruning=dataclasses.replace(
                     cfg.pruning, rate=r))) for r in rates]
                 for r, got in zip(rates, ex.map(run_trial, specs)):
@@ -66,8 +68,8 @@ def run(model, data, eval_data, cfg: PruneConfig, progress, prune):
                     if got["within"] and (result is None or r > result[0]):
                         result = (r, kept)
                     trials.append(got)
-                    log.info("search: rate %.4g: %s lost %.2f points%s (%.1fx)", r, got["metric"]["name"],
-                             got["drop"], ", collapsed" if got["collapse"] else "", got["compression"])
+                    stage.info("search: rate %.4g: %s lost %.2f points%s (%.1fx)", r, got["metric"]["name"],
+                               got["drop"], ", collapsed" if got["collapse"] else "", got["compression"])
                     bar.update(1, got["drop"])
                 rates = next_rates(trials, s)
     finally:

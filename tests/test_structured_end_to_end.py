@@ -50,7 +50,8 @@ def test_filter_shrinks_the_resnet(tmp_path):
 def test_filter_shrinks_concat_and_depthwise():
     result = onnxprune.prune(MODELS / "concat_dw_mnist.onnx", 0.4, structure="filter", data=_small_data(),
                              schedule=QUICK, latency=False)
-    assert not result.report["warnings"]
+    # nothing went wrong in the rewrite (the quick budget's accuracy drop is its own, loud, warning)
+    assert not [w for w in result.report["warnings"] if "check it on the task" not in w]
     model = result.model
     w = weights_of(model)
     dw = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[1] == "branch_b.dw.weight")
