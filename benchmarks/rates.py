@@ -9,7 +9,7 @@ scored on models/mnist_test.npz (1,000 images, never trained on). The trained me
 same data (models/mnist_train.npz), the same epoch budget (onnxprune's reweighted + fine-tuning
 epochs, default 10 + 10) and the same augmentation policy (none):
   reweighted            onnxprune's default
-  magnitude-ft          onnxprune --method magnitude --finetune
+  magnitude-ft          onnxprune --method magnitude --finetune --no-reconstruct
   torch-oneshot-ft      PyTorch: global magnitude pruning of the converged weights, then masked
                         fine-tuning (SGD, momentum 0.9, cosine from --torch-lr)
   torch-gmp             PyTorch: gradual magnitude pruning (Zhu & Gupta 2017): sparsity rises as
@@ -50,7 +50,7 @@ TRAIN = ROOT / "models" / "mnist_train.npz"
 TEST = ROOT / "models" / "mnist_test.npz"
 METHODS = ["reweighted", "magnitude-ft", "torch-oneshot-ft", "torch-gmp", "onnxsim-magnitude", "onnxsim-blockft",
            "onnxsim-wanda", "onnxsim-sparsegpt"]
-LABEL = {"reweighted": "onnxprune reweighted", "magnitude-ft": "onnxprune magnitude + fine-tune",
+LABEL = {"reweighted": "onnxprune reweighted", "magnitude-ft": "onnxprune magnitude + fine-tune (no refit)",
          "torch-oneshot-ft": "PyTorch one-shot + fine-tune", "torch-gmp": "PyTorch gradual magnitude (GMP)",
          "onnxsim-magnitude": "onnxsim magnitude", "onnxsim-blockft": "onnxsim magnitude + block fine-tune",
          "onnxsim-wanda": "onnxsim Wanda",
@@ -61,7 +61,7 @@ SEEDLESS = {"onnxsim-magnitude"}
 def run_onnxprune(path: Path, method: str, rate: float, seed: int) -> onnx.ModelProto:
     result = onnxprune.prune(path, rate, data=TRAIN, eval_data=TEST, seed=seed, latency=False,
                              method="reweighted" if method == "reweighted" else "magnitude",
-                             finetune_baseline=method == "magnitude-ft")
+                             finetune_baseline=method == "magnitude-ft", reconstruct=method != "magnitude-ft")
     return result.model
 
 

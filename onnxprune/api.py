@@ -53,7 +53,8 @@ def prune(model, rate: float | None = None, *, data=None, eval_data=None, config
         config: a whole `PruneConfig`; otherwise `options` are its fields by their flat names,
             as the CLI spells them: structure, block, nm, scope, layer_floor, rate_of,
             channel_multiple, layer_rates, exclude, method, finetune_baseline, mode, shrink (what to prune);
-            schedule or epochs, finetune_epochs, lam, eps, reweight_every, distill, always_reweight, lr, finetune_lr,
+            schedule or epochs, finetune_epochs, lam, eps, reweight_every, distill, always_reweight, reconstruct, lr,
+            finetune_lr,
             batch_size; val_fraction, output_name, input_shapes, synth_samples, seed (data);
             quantize, target, qat, bits, storage (compression); simplify, optimize, inputs (preparation);
             out, workdir, resume, latency, threads, max_drop, plot, device (output); max_loss,

@@ -23,7 +23,7 @@ SECTIONS = {
     "Data": ["data", "eval_data", "val_fraction", "output_name", "input_shape", "fixed_input", "synth_samples"],
     "What to prune": ["rate", "structure", "block", "nm", "channel_multiple", "rate_of", "no_shrink", "scope",
                       "layer_floor", "layer_rates", "exclude", "method", "mode", "finetune"],
-    "Schedule": ["epochs", "finetune_epochs", "lam", "eps", "reweight_every", "always_reweight", "distill", "lr",
+    "Schedule": ["epochs", "finetune_epochs", "lam", "eps", "reweight_every", "always_reweight", "reconstruct", "distill", "lr",
                  "finetune_lr", "batch_size", "seed"],
     "Compression": ["quantize", "target", "qat", "bits", "storage"],
     "Search (the tool chooses the rate)": ["max_loss", "min_rate", "max_rate", "max_trials", "jobs", "ray"],
@@ -174,6 +174,10 @@ class SectionedCommand(click.Command):
               help="Run the reweighted phase even when cutting the smallest groups of the dense weights alone keeps "
                    "≥ 99.5% top-1 agreement (or ≤ 5% relative error) on training samples; by default such a run "
                    "spends the whole budget fine-tuning from the dense weights, which keeps more accuracy.")
+@click.option("--reconstruct/--no-reconstruct", default=_D.reconstruct, show_default=True,
+              help="After the cut, refit the kept weights (and biases) of Conv, Gemm and MatMul layers so each layer's "
+                   "output stays closest to the dense model's on training samples (least squares, two passes), then "
+                   "fine-tune from there.")
 @click.option("--distill", type=float, default=_D.distill, show_default=True,
               help="With labels: weight of distillation from the dense model (KL divergence to its softmax) "
                    "beside cross-entropy; 0 trains on the labels alone.")
@@ -224,7 +228,7 @@ class SectionedCommand(click.Command):
 def main(model, rate, out, data, eval_data, val_fraction, output_name, method, mode, finetune, structure, block, nm,
          channel_multiple, rate_of, no_shrink, quantize, target, qat, bits, storage, max_loss, min_rate, max_rate,
          max_trials, jobs, ray, optimize, scope, layer_floor, exclude, epochs, finetune_epochs, lam, eps, reweight_every,
-         always_reweight, distill, lr, finetune_lr, batch_size, input_shape, fixed_input, synth_samples, seed, no_simplify, workdir, resume, threads, no_latency,
+         always_reweight, reconstruct, distill, lr, finetune_lr, batch_size, input_shape, fixed_input, synth_samples, seed, no_simplify, workdir, resume, threads, no_latency,
          max_drop, report_path, plot, layer_rates, device, quiet, verbose):
     """Prune an ONNX model to --rate with reweighted group-lasso training in ONNX Runtime,
     and write it back as the same graph: pruned weights exactly zero, or (filter/channel)
@@ -257,7 +261,7 @@ def main(model, rate, out, data, eval_data, val_fraction, output_name, method, m
             channel_multiple=channel_multiple, rate_of=rate_of, shrink=not no_shrink, quantize=quantize,
             target=target, qat=qat, bits=bits, storage=storage, optimize=optimize, latency=not no_latency,
             exclude=exclude, epochs=epochs, finetune_epochs=finetune_epochs, lam=lam, eps=eps,
-            reweight_every=reweight_every, always_reweight=always_reweight, distill=distill, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size,
+            reweight_every=reweight_every, always_reweight=always_reweight, reconstruct=reconstruct, distill=distill, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size,
             val_fraction=val_fraction, input_shapes=input_shape, synth_samples=synth_samples, seed=seed,
             simplify=not no_simplify, inputs=fixed_input, workdir=workdir, max_drop=max_drop, resume=resume, threads=threads,
             max_loss=max_loss, min_rate=min_rate, max_rate=max_rate, max_trials=max_trials, jobs=jobs, ray=ray,

@@ -158,6 +158,8 @@ class Schedule:
     batch_size: int = 64
     distill: float = 1.0  # with labels, the weight of distillation from the dense model beside cross-entropy
     always_reweight: bool = False  # run the reweighted phase even when hard pruning alone is harmless
+    # after the cut, refit the kept weights to the dense model's layer outputs (onnxprune/reconstruct.py)
+    reconstruct: bool = True
 
     def __post_init__(self):
         if self.distill < 0:

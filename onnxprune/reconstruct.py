@@ -30,7 +30,7 @@ from .plumbing import initializer_map, session, with_outputs
 
 CHUNK = 16  # samples per capture: one chunk's activations of every layer are in memory at once
 BUDGET = 2 ** 24  # values of one chunk's columns a layer's statistics use, rows sampled beyond (128 MB in float64)
-RIDGE = 1e-3  # the ridge, in units of the mean diagonal of the row's Gram matrix (keeps a fit near the data's span)
+RIDGE = 1e-2  # the ridge, in units of the mean diagonal of the row's Gram matrix (keeps a fit near the data's span)
 PASSES = 2
 
 
@@ -90,7 +90,7 @@ class _Layer:
         dense = self._with_bias(self.rows_of(w_dense), b_dense)
         now = self._with_bias(self.rows_of(w_now * mask), b_now)
         keep = np.concatenate([self.rows_of(mask) != 0, np.full(dense.shape[:2] + (1,), self.has_bias)], axis=2)
-        out = np.zeros_like(now, dtype=np.float64)
+        out = now.astype(np.float64)  # rows with nothing kept (a cut filter) keep their bias
         for g in range(self.groups):
             gram, target = self.gram[g], self.cross[g] @ dense[g].T.astype(np.float64)  # [cols+1, rows]
             ridge = RIDGE * max(float(np.mean(np.diag(gram)[:-1])), 1e-12)
@@ -99,7 +99,7 @@ class _Layer:
                 patterns.setdefault(keep[g, r].tobytes(), []).append(r)
             for key, rows in patterns.items():
                 k = keep[g, rows[0]]
-                if not k.any():
+                if not k[:-1].any():
                     continue
                 a = gram[np.ix_(k, k)] + ridge * np.eye(int(k.sum()))
                 rhs = target[k][:, rows] + ridge * now[g][rows][:, k].T.astype(np.float64)
@@ -171,7 +171,7 @@ def covered(model: onnx.ModelProto, layers: list[PrunableLayer]) -> list[tuple[o
 
 def reconstruct(model: onnx.ModelProto, layers: list[PrunableLayer], dense: dict[str, np.ndarray],
                 weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], arrays: dict[str, np.ndarray],
-                input_names: list[str], rng: np.random.Generator, samples: int = 256) -> dict[str, np.ndarray]:
+                input_names: list[str], rng: np.random.Generator, samples: int = 2048) -> dict[str, np.ndarray]:
     """New values for the kept weights (and biases) of `layers` of `model` (the dense graph, whose
     initializers `dense` holds), starting from `weights` under `masks`; `arrays`: training inputs.
     Returns the changed tensors by name."""

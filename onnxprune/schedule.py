@@ -44,10 +44,10 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr: float, batch_size: int,
               rng: np.random.Generator, progress, every: int = 0, on_refresh=None, cosine: bool = False,
-              after_step=None, ckpt=None) -> Phase:
+              after_step=None, ckpt=None, after_epoch=None) -> Phase:
     """Train `phase.epochs` epochs; calls `on_refresh()` every `every` steps (and at step 0; what it
     returns goes into the phase's history),
-    and `after_step(step)` after every optimizer step. `ckpt` (resume.Checkpoints): skip the
+    `after_step(step)` after every optimizer step and `after_epoch(epoch)` after every epoch. `ckpt` (resume.Checkpoints): skip the
     epochs a checkpoint already holds, and save one after every epoch."""
     n = len(next(iter(arrays.values())))
     total = phase.epochs * steps_per_epoch(n, batch_size)
@@ -83,6 +83,8 @@ def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr:
             if ckpt:
                 phase.seconds, phase.final_task_loss = time.perf_counter() - start, task
                 ckpt.save(trainer, phase, epoch + 1, rng)
+            if after_epoch:
+                after_epoch(epoch + 1)
     phase.seconds = time.perf_counter() - start
     if first < phase.epochs:
         phase.final_task_loss = task
@@ -94,9 +96,9 @@ def current_weights(trainer: Trainer, plan: GroupPlan) -> dict[str, np.ndarray]:
 
 
 def reweighted(trainer: Trainer, arrays, plan: GroupPlan, select, sched: Schedule, rng,
-               progress, quantizer=None, ckpt=None) -> tuple[dict, list[Phase]]:
+               progress, quantizer=None, ckpt=None, restart=None, keeper=None) -> tuple[dict, list[Phase]]:
     """`select(weights) -> masks`: the hard-pruning rule applied after the reweighted phase;
-    `quantizer`: what masked fine-tuning trains against (see `finetune`)."""
+    `quantizer`, `restart`: what masked fine-tuning trains against and starts from (see `finetune`)."""
     penalized = plan.penalized
 
     def norms():
@@ -129,22 +131,34 @@ def reweighted(trainer: Trainer, arrays, plan: GroupPlan, select, sched: Schedul
         if ckpt:
             ckpt.save_masks(masks)
     phases.append(finetune(trainer, arrays, masks, Phase("fine-tune", sched.finetune_epochs), sched, rng, progress,
-                           quantizer, ckpt))
+                           quantizer, ckpt, restart, keeper))
     return masks, phases
 
 
 def finetune(trainer: Trainer, arrays, masks: dict[str, np.ndarray], phase: Phase, sched: Schedule, rng,
-             progress, quantizer=None, ckpt=None) -> Phase:
-    """Masked fine-tuning. With a `quantizer` (quantization-aware: `quantize.FakeInt8` or
-    `cluster.Codebooks`), the forward pass uses Q(W·M): the correction Q(W·M) − W·M is refreshed
-    after every step, and the quantizer itself (codebooks) every `reweight_every` steps."""
+             progress, quantizer=None, ckpt=None, restart=None, keeper=None) -> Phase:
+    """Masked fine-tuning. `restart(trainer, masks) -> {name: value}`: the weights it starts from
+    (reconstruction), unless a checkpoint already holds fine-tuned epochs. `keeper`
+    (train.BestOnHeldOut): scores the start and every epoch on held-out samples and leaves the
+    trainer at the best of them. With a `quantizer`
+    (quantization-aware: `quantize.FakeInt8` or `cluster.Codebooks`), the forward pass uses Q(W·M):
+    the correction Q(W·M) − W·M is refreshed after every step, and the quantizer itself
+    (codebooks) every `reweight_every` steps."""
     for w, m in masks.items():
         trainer.set(mask_name(w), m)
+    if restart and not (ckpt and ckpt.epochs_done(phase.name)):
+        for name, value in restart(trainer, masks).items():
+            trainer.set(name, value)
     if trainer.has(batchnorm.SWITCH):  # BatchNorm on batch statistics from here on
         trainer.set(batchnorm.SWITCH, np.ones(1, np.float32))
     if quantizer is None:
-        return run_phase(trainer, arrays, phase, sched.finetune_lr, sched.batch_size, rng, progress, cosine=True,
-                         ckpt=ckpt)
+        if keeper:
+            keeper.start(trainer)
+        done = run_phase(trainer, arrays, phase, sched.finetune_lr, sched.batch_size, rng, progress, cosine=True,
+                         ckpt=ckpt, after_epoch=keeper.after_epoch if keeper else None)
+        if keeper:
+            keeper.finish(trainer, done)
+        return done
     names = [n for n in quantizer.names if n in masks]
     quantizer.start({n: trainer.get(n) * masks[n] for n in names}, masks)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import batchnorm, layerwise, memory, standins
+from . import batchnorm, layerwise, memory, reconstruct, standins, tasks
 from .config import PruneConfig, Schedule
 from .errors import Diverged, OnnxPruneError
 from .data import LABELS, Dataset
@@ -72,6 +72,8 @@ def train(loaded: Loaded, data: Dataset, plan: Plan, cfg: PruneConfig, rng: np.r
     else:
         masks = plan.select(plan.dense_weights)
         weights = {w: plan.dense_weights[w] * masks[w] for w in plan.dense_weights}
+        if sched.reconstruct:
+            weights.update(_refit(loaded, data, plan, cfg)(weights, masks))
         phases, loss = [], "none (no training)"
         if quantizer:
             quantizer.start({n: weights[n] for n in quantizer.names}, masks)
@@ -146,6 +148,19 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress, warnings):
                      "samples, so the reweighted phase was skipped (λ = 0) and its epochs fine-tune instead "
                      "(--always-reweight runs it)")
 
+    refit = _refit(loaded, data, plan, cfg) if sched.reconstruct else None
+    held = held_out_rows(len(arrays[data.input_names[0]]), sched.batch_size, cfg.data.seed)
+    keeper = None
+    if held is not None and not quantizer:  # best fine-tuning epoch on samples training never sees
+        rest = np.setdiff1d(np.arange(len(arrays[data.input_names[0]])), held)
+        keeper = BestOnHeldOut(loaded, data, held, trainable, groups,
+                               (original, stored, sched.batch_size, cfg.data.seed) if norms and on_batches else None)
+        arrays = {k: v[rest] for k, v in arrays.items()}
+
+    def restart(trainer, masks):  # fine-tuning starts from the kept weights refitted to the dense layer outputs
+        changed = refit({w: trainer.get(w) for w in masks if trainer.has(w)}, masks)
+        return {n: v for n, v in changed.items() if trainer.has(n)}
+
     def attempt(sched, keep_checkpoints: bool):
         with workdir(out.workdir) as wd:
             ckpt = _checkpoints(wd, loaded, arrays, cfg, sched, groups, penalized_phase) if keep_checkpoints else None
@@ -155,11 +170,12 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress, warnings):
                 notes.append("the reweighted phase was trained once for every trial of this search (it does not "
                              "depend on the rate); this trial started from its checkpoint")
             if penalized_phase:
-                masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt)
+                masks, phases = reweighted(trainer, arrays, groups, plan.select, sched, rng, progress, quantizer, ckpt,
+                                           restart if refit else None, keeper)
             else:  # magnitude + fine-tune: the same total budget, all of it masked fine-tuning
                 masks = plan.select(plan.dense_weights)
                 phases = [finetune(trainer, arrays, masks, Phase("fine-tune", sched.epochs + sched.finetune_epochs),
-                                   sched, rng, progress, quantizer, ckpt)]
+                                   sched, rng, progress, quantizer, ckpt, restart if refit else None, keeper)]
             weights = {n: trainer.get(n) for n in trainable}
             weights.update(current_weights(trainer, groups))  # fold W·M: pruned weights exactly zero
         bad = sorted(n for n, w in weights.items() if not np.isfinite(w).all())
@@ -180,6 +196,8 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress, warnings):
             raise OnnxPruneError(f"{again} again at the 10× smaller learning rate ({slower.lr:g}); nothing was "
                                  "written (try a smaller --lr, or --method magnitude for the cut alone)") from None
         sched = slower
+    if keeper and keeper.said:
+        notes.append(keeper.said)
     if norms and on_batches:  # the running statistics of the weights as written (Q(W·M) when quantized)
         seen = {n: quantizer(n, weights[n], masks[n]) for n in quantizer.names} if quantizer else {}
         written = with_weights(original, {**weights, **seen})
@@ -196,6 +214,88 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress, warnings):
 
 
 RETRY_LR = 0.1  # after a divergence, the learning rates are scaled by this for the one retry
+
+
+HELD_OUT_SHARE, HELD_OUT_MAX, HELD_OUT_MIN = 0.1, 512, 32
+
+
+def held_out_rows(n: int, batch: int, seed: int) -> np.ndarray | None:
+    """The training rows set aside to choose the best fine-tuning epoch: a seeded 10% (at most
+    512), where at least 32 can go and a full batch is left to train on; else None."""
+    k = min(HELD_OUT_MAX, int(n * HELD_OUT_SHARE))
+    if k < HELD_OUT_MIN or n - k < batch:
+        return None
+    return np.sort(np.random.default_rng([seed, 7]).permutation(n)[:k])
+
+
+class BestOnHeldOut:
+    """Fine-tuning's keeper: the start (the cut, refitted) and every epoch are scored on held-out
+    training samples against the dense model, in the task's own terms where it has one (lines
+    read, detections matched…), else top-1 agreement, ties broken by relative error; the trainer
+    ends at the best. Fine-tuning from a good start on few samples can lose what it started with."""
+
+    def __init__(self, loaded, data, rows, trainable, groups, norms=None):
+        self.loaded, self.data, self.trainable, self.groups, self.norms = loaded, data, trainable, groups, norms
+        self.name = data.selected[0]
+        self.sub = {k: v[rows] for k, v in data.train.items()}
+        self.dense = data.dense_train[self.name][rows]
+        self.kind = data.tasks.get(self.name)
+        self.best, self.said, self.trainer = None, "", None
+
+    def score(self) -> tuple[float, float]:
+        t = self.trainer
+        weights = {n: t.get(n) for n in self.trainable}
+        weights.update(current_weights(t, self.groups))
+        if self.norms:  # BatchNorm trains on batch statistics: score with running statistics of these weights
+            original, owned, batch, seed = self.norms
+            sub = as_float32(self.data.inputs({k: v[:1024] for k, v in self.data.train.items()}))
+            weights.update(batchnorm.recalibrate(with_weights(original, weights), sub, batch, seed=seed, owned=owned))
+        model = with_weights(self.loaded.base, weights)
+        got = dict(zip(self.data.output_names, self.data.outputs(model, "the model being fine-tuned", self.sub)))
+        got = got[self.name]
+        f = fidelity(got, self.dense, self.name in self.data.classes)
+        rel = float(np.linalg.norm((got - self.dense).ravel()) / max(np.linalg.norm(self.dense.ravel()), 1e-12))
+        if not np.isfinite(got).all():
+            return (-np.inf, -np.inf)
+        if self.kind:
+            return (float(tasks.score(self.kind, self.dense, got)["value"]), -rel)
+        return (f.get("top1_agreement", -rel), -rel)
+
+    def _snapshot(self) -> dict[str, np.ndarray]:
+        return {n: self.trainer.get(n) for n in self.trainable}
+
+    def start(self, trainer) -> None:
+        self.trainer = trainer
+        self.best = self.first = (self.score(), 0, self._snapshot())
+
+    def after_epoch(self, epoch: int) -> None:
+        s = self.score()
+        if s > self.best[0]:
+            self.best = (s, epoch, self._snapshot())
+
+    def finish(self, trainer, phase) -> None:
+        (value, rel), epoch, weights = self.best
+        if epoch != phase.epochs:
+            for n, w in weights.items():
+                trainer.set(n, w)
+        what = "its start" if epoch == 0 else f"epoch {epoch} of {phase.epochs}"
+        unit = (tasks.HEADLINE[self.kind] if self.kind else "top-1 agreement" if self.name in self.data.classes
+                else "relative error")
+        show = (lambda v: f"{-v[1]:.3f}") if unit == "relative error" else (lambda v: f"{v[0]:.1%}")
+        self.said = (f"fine-tuning kept {what}, the best on {len(self.dense)} held-out training samples: {unit} "
+                     f"{show((value, rel))} (its start: {show(self.first[0])})")
+
+
+def _refit(loaded, data, plan, cfg):
+    """`(weights, masks) -> changed tensors`: reconstruction of the kept weights against the dense
+    model's layer outputs on training samples (its own seeded generator: the training order stays)."""
+    view = data.layout.view(loaded.prepared.train_base)
+    arrays = as_float32(data.inputs(data.train))
+
+    def refit(weights, masks):
+        return reconstruct.reconstruct(view, loaded.layers, plan.dense_weights, weights, masks, arrays,
+                                       data.input_names, np.random.default_rng(cfg.data.seed))
+    return refit
 
 
 def _checkpoints(wd, loaded, arrays, cfg, sched, groups, penalized_phase):
