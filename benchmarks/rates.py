@@ -100,11 +100,14 @@ def onnxsim_blockft(model: onnx.ModelProto, rate: float, seed: int, train: dict)
     pruned = P.apply_magnitude_pruning(model, sparsity=rate, global_sparsity=True)
     best = None
     for lr in BLOCKFT_LRS:
-        tuned, _ = apply_block_finetune_all_blocks(model, pruned, calibration_data=calib, num_samples=len(calib),
-                                                   seed=seed, batch_seed=seed, learning_rate=lr,
-                                                   preserve_sparsity=True)
+        tuned, results = apply_block_finetune_all_blocks(model, pruned, calibration_data=calib,
+                                                         num_samples=len(calib), seed=seed, batch_seed=seed,
+                                                         learning_rate=lr, preserve_sparsity=True)
         acc = accuracy(run_model(session(tuned), val, ["input"])[0], val["labels"])
-        print(f"    onnxsim block fine-tune lr {lr:g}: validation accuracy {100 * acc:.2f}%", flush=True)
+        skipped = [r.skipped_reason for r in results if getattr(r, "skipped_reason", None)]
+        print(f"    onnxsim block fine-tune lr {lr:g}: validation accuracy {100 * acc:.2f}%; "
+              f"{len(results) - len(skipped)} of {len(results)} blocks trained"
+              + (f" (first skipped: {skipped[0]})" if skipped else ""), flush=True)
         if best is None or acc > best[0]:
             best = (acc, tuned)
     return best[1]

@@ -19,6 +19,9 @@ MatMul with the weight as second input. Others keep their weights.
 """
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import onnx
 from onnx import helper
@@ -29,9 +32,12 @@ from .layers import PrunableLayer
 from .plumbing import initializer_map, session, with_outputs
 
 CHUNK = 16  # samples per capture: one chunk's activations of every layer are in memory at once
-BUDGET = 2 ** 24  # values of one chunk's columns a layer's statistics use, rows sampled beyond (128 MB in float64)
+# rows (samples × positions) a layer's statistics draw over all chunks: enough for a Gram matrix of
+# its columns to be well estimated, few enough that a wide early layer is not a pass over every pixel
+ROWS_PER_COLUMN, MIN_ROWS = 32, 16384
 RIDGE = 1e-2  # the ridge, in units of the mean diagonal of the row's Gram matrix (keeps a fit near the data's span)
 PASSES = 2
+stage = logging.getLogger("onnxprune.stage")  # shown in a terminal: on a large model a pass takes minutes
 
 
 class _Layer:
@@ -62,27 +68,36 @@ class _Layer:
         rows = rows[0]
         return rows.T if self.node.op_type == "MatMul" or not self.attrs.get("transB", 0) else rows
 
-    def columns(self, x: np.ndarray) -> np.ndarray:
-        """The layer's input as [groups, rows, cols + 1] (im2col for Conv, a trailing 1 for the bias)."""
+    def views(self, x: np.ndarray) -> np.ndarray:
+        """The layer's input as [N, positions…, cols…] without copying (windows for Conv)."""
         if self.node.op_type == "Conv":
-            cols = _im2col(x, self.shape, self.attrs)
-        else:
-            cols = x.reshape(-1, x.shape[-1])[None]
+            win = _windows(x, self.shape, self.attrs)  # [N, C, *O, *K]
+            spatial = len(self.shape) - 2
+            return win.transpose(0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial))
+        return x
+
+    def columns(self, view: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` (flat over samples and positions) of the layer's columns as
+        [groups, rows, cols + 1] (a trailing 1 for the bias)."""
+        lead = view.ndim - (1 + len(self.shape) - 2 if self.node.op_type == "Conv" else 1)
+        picked = view[np.unravel_index(rows, view.shape[:lead])]  # [rows, C, *K] or [rows, features]
+        cols = picked.reshape(len(rows), self.groups, -1).transpose(1, 0, 2)
         ones = np.ones(cols.shape[:2] + (1,), cols.dtype)
         return np.concatenate([cols, ones], axis=2)
 
-    def add(self, x_in: np.ndarray, x_ref: np.ndarray, rng: np.random.Generator) -> None:
-        a, b = self.columns(x_in), self.columns(x_ref) if x_ref is not x_in else None
-        cap = max(256, BUDGET // (a.shape[0] * a.shape[2]))
-        if a.shape[1] > cap:
-            pick = np.sort(rng.choice(a.shape[1], cap, replace=False))
-            a = a[:, pick]
-            b = b[:, pick] if b is not None else None
-        a64 = a.astype(np.float64)
-        at = a64.transpose(0, 2, 1)
-        gram = at @ a64
+    def add(self, x_in: np.ndarray, x_ref: np.ndarray, rng: np.random.Generator, chunks: int) -> None:
+        """Adds one chunk of samples (`chunks` of them in all) to the statistics: the Gram matrix of
+        the inputs this layer gets, and its cross-product with the dense model's inputs."""
+        v_in = self.views(x_in)
+        lead = v_in.ndim - (1 + len(self.shape) - 2 if self.node.op_type == "Conv" else 1)
+        total = int(np.prod(v_in.shape[:lead]))
+        cap = -(-max(MIN_ROWS, ROWS_PER_COLUMN * (self.cols + 1)) // chunks)
+        rows = np.sort(rng.choice(total, cap, replace=False)) if total > cap else np.arange(total)
+        a = self.columns(v_in, rows)
+        at = a.transpose(0, 2, 1)
+        gram = at @ a  # float32 products, float64 sums over chunks
         self.gram += gram
-        self.cross += gram if b is None else at @ b.astype(np.float64)
+        self.cross += gram if x_ref is x_in else at @ self.columns(self.views(x_ref), rows)
 
     def solve(self, w_dense: np.ndarray, b_dense: np.ndarray | None, w_now: np.ndarray, mask: np.ndarray,
               b_now: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -120,8 +135,9 @@ class _Layer:
         return np.concatenate([rows, col.astype(rows.dtype)], axis=2)
 
 
-def _im2col(x: np.ndarray, shape: tuple[int, ...], attrs: dict) -> np.ndarray:
-    """[N, C, *S] → [groups, N·positions, C/groups·prod(kernel)], in the weight's (C, *kernel) order."""
+def _windows(x: np.ndarray, shape: tuple[int, ...], attrs: dict) -> np.ndarray:
+    """A Conv's input windows as a view [N, C, *positions, *kernel] (pads applied, strides and
+    dilations by slicing)."""
     spatial = len(shape) - 2
     kernel = shape[2:]
     strides = list(attrs.get("strides", [1] * spatial))
@@ -138,17 +154,22 @@ def _im2col(x: np.ndarray, shape: tuple[int, ...], attrs: dict) -> np.ndarray:
             pads[i], pads[i + spatial] = lo, total - lo
     elif auto == "VALID":
         pads = [0] * 2 * spatial
-    x = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + spatial]) for i in range(spatial)])
+    if any(pads):
+        x = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + spatial]) for i in range(spatial)])
     span = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
     win = np.lib.stride_tricks.sliding_window_view(x, span, axis=tuple(range(2, 2 + spatial)))
-    win = win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)
-              + tuple(slice(None, None, d) for d in dil)]
-    n, c = x.shape[:2]
+    return win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)
+               + tuple(slice(None, None, d) for d in dil)]
+
+
+def _im2col(x: np.ndarray, shape: tuple[int, ...], attrs: dict) -> np.ndarray:
+    """[N, C, *S] → [groups, N·positions, C/groups·prod(kernel)], in the weight's (C, *kernel) order."""
+    spatial = len(shape) - 2
+    win = _windows(x, shape, attrs)
+    n, c = win.shape[:2]
     positions = int(np.prod(win.shape[2:2 + spatial]))
-    # [N, C, *O, *K] → [N, *O, C, *K] → [N·O, groups, C/g·K]
     order = [0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial)]
-    groups = c // shape[1]
-    cols = np.ascontiguousarray(win.transpose(order)).reshape(n * positions, groups, -1)
+    cols = np.ascontiguousarray(win.transpose(order)).reshape(n * positions, c // shape[1], -1)
     return cols.transpose(1, 0, 2)
 
 
@@ -187,7 +208,9 @@ def reconstruct(model: onnx.ModelProto, layers: list[PrunableLayer], dense: dict
     dense_session = session(with_outputs(model, names, only=True), "the dense model to capture layer inputs")
     current = {k: v for k, v in weights.items()}
     changed: dict[str, np.ndarray] = {}
+    chunks = -(-len(rows) // CHUNK)
     for p in range(PASSES):
+        started = time.perf_counter()
         state = {node.name: _Layer(node, layer, layer.shape, len(node.input) > 2 and node.input[2] in inits)
                  for node, layer in fit}
         student = None if p == 0 else session(
@@ -201,7 +224,7 @@ def reconstruct(model: onnx.ModelProto, layers: list[PrunableLayer], dense: dict
             for node, layer in fit:
                 x_ref = ref[node.input[0]].astype(np.float32)
                 x_in = got[node.input[0]].astype(np.float32) if student is not None else x_ref
-                state[node.name].add(x_in, x_ref, rng)
+                state[node.name].add(x_in, x_ref, rng, chunks)
         for node, layer in fit:
             st = state[node.name]
             bias = node.input[2] if st.has_bias else None
@@ -211,4 +234,6 @@ def reconstruct(model: onnx.ModelProto, layers: list[PrunableLayer], dense: dict
             changed[layer.weight] = w
             if bias:
                 changed[bias] = b
+        stage.info("refit: pass %d of %d: the kept weights of %d layers fitted to the dense model's layer outputs on "
+                   "%d samples (%.0f s)", p + 1, PASSES, len(fit), len(rows), time.perf_counter() - started)
     return changed
