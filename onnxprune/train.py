@@ -73,7 +73,9 @@ def train(loaded: Loaded, data: Dataset, plan: Plan, cfg: PruneConfig, rng: np.r
         masks = plan.select(plan.dense_weights)
         weights = {w: plan.dense_weights[w] * masks[w] for w in plan.dense_weights}
         if sched.reconstruct:
-            weights.update(_refit(loaded, data, plan, cfg)(weights, masks))
+            held = held_out_rows(len(data.train[data.input_names[0]]), 1, cfg.data.seed)
+            held = None if held is None else HeldOut(loaded, data, held)
+            weights.update(_refit(loaded, data, plan, cfg, held, notes)(weights, masks))
         phases, loss = [], "none (no training)"
         if quantizer:
             quantizer.start({n: weights[n] for n in quantizer.names}, masks)
@@ -148,18 +150,18 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress, warnings):
                      "samples, so the reweighted phase was skipped (λ = 0) and its epochs fine-tune instead "
                      "(--always-reweight runs it)")
 
-    refit = _refit(loaded, data, plan, cfg) if sched.reconstruct else None
     held = held_out_rows(len(arrays[data.input_names[0]]), sched.batch_size, cfg.data.seed)
     keeper = None
     if held is not None and not quantizer:  # best fine-tuning epoch on samples training never sees
-        rest = np.setdiff1d(np.arange(len(arrays[data.input_names[0]])), held)
-        keeper = BestOnHeldOut(loaded, data, held, trainable, groups,
-                               (original, stored, sched.batch_size, cfg.data.seed) if norms and on_batches else None)
-        arrays = {k: v[rest] for k, v in arrays.items()}
+        keeper = BestOnHeldOut(HeldOut(loaded, data, held, (original, stored, sched.batch_size, cfg.data.seed)
+                                       if norms and on_batches else None), trainable, groups)
+        arrays = {k: np.delete(v, held, axis=0) for k, v in arrays.items()}
+    # the refit judges its passes on the held-out rows with the model's own (inference) statistics
+    refit = _refit(loaded, data, plan, cfg, keeper and keeper.held.plain(), notes) if sched.reconstruct else None
 
     def restart(trainer, masks):  # fine-tuning starts from the kept weights refitted to the dense layer outputs
-        changed = refit({w: trainer.get(w) for w in masks if trainer.has(w)}, masks)
-        return {n: v for n, v in changed.items() if trainer.has(n)}
+        now = {n: trainer.get(n) * masks[n] if n in masks else trainer.get(n) for n in trainable}
+        return {n: v for n, v in refit(now, masks).items() if trainer.has(n)}
 
     def attempt(sched, keep_checkpoints: bool):
         with workdir(out.workdir) as wd:
@@ -228,73 +230,101 @@ def held_out_rows(n: int, batch: int, seed: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng([seed, 7]).permutation(n)[:k])
 
 
-class BestOnHeldOut:
-    """Fine-tuning's keeper: the start (the cut, refitted) and every epoch are scored on held-out
-    training samples against the dense model, in the task's own terms where it has one (lines
-    read, detections matched…), else top-1 agreement, ties broken by relative error; the trainer
-    ends at the best. Fine-tuning from a good start on few samples can lose what it started with."""
+class HeldOut:
+    """Training rows set aside to choose between candidate weights: scored against the dense
+    model in the task's own terms where it has one (lines read, detections matched…), else top-1
+    agreement, ties broken by relative error (higher is better)."""
 
-    def __init__(self, loaded, data, rows, trainable, groups, norms=None):
-        self.loaded, self.data, self.trainable, self.groups, self.norms = loaded, data, trainable, groups, norms
+    def __init__(self, loaded, data, rows: np.ndarray, norms=None):
+        self.loaded, self.data, self.norms = loaded, data, norms
         self.name = data.selected[0]
+        self.rows = rows
         self.sub = {k: v[rows] for k, v in data.train.items()}
         self.dense = data.dense_train[self.name][rows]
         self.kind = data.tasks.get(self.name)
-        self.best, self.said, self.trainer = None, "", None
+        self.unit = (tasks.HEADLINE[self.kind] if self.kind else "top-1 agreement" if self.name in data.classes
+                     else "relative error")
 
-    def score(self) -> tuple[float, float]:
-        t = self.trainer
-        weights = {n: t.get(n) for n in self.trainable}
-        weights.update(current_weights(t, self.groups))
+    def score(self, weights: dict[str, np.ndarray]) -> tuple[float, float]:
         if self.norms:  # BatchNorm trains on batch statistics: score with running statistics of these weights
             original, owned, batch, seed = self.norms
             sub = as_float32(self.data.inputs({k: v[:1024] for k, v in self.data.train.items()}))
-            weights.update(batchnorm.recalibrate(with_weights(original, weights), sub, batch, seed=seed, owned=owned))
+            weights = {**weights, **batchnorm.recalibrate(with_weights(original, weights), sub, batch, seed=seed,
+                                                          owned=owned)}
         model = with_weights(self.loaded.base, weights)
-        got = dict(zip(self.data.output_names, self.data.outputs(model, "the model being fine-tuned", self.sub)))
-        got = got[self.name]
-        f = fidelity(got, self.dense, self.name in self.data.classes)
-        rel = float(np.linalg.norm((got - self.dense).ravel()) / max(np.linalg.norm(self.dense.ravel()), 1e-12))
+        got = dict(zip(self.data.output_names, self.data.outputs(model, "the model being pruned", self.sub)))[self.name]
         if not np.isfinite(got).all():
             return (-np.inf, -np.inf)
+        rel = -float(np.linalg.norm((got - self.dense).ravel()) / max(np.linalg.norm(self.dense.ravel()), 1e-12))
         if self.kind:
-            return (float(tasks.score(self.kind, self.dense, got)["value"]), -rel)
-        return (f.get("top1_agreement", -rel), -rel)
+            return (float(tasks.score(self.kind, self.dense, got)["value"]), rel)
+        f = fidelity(got, self.dense, self.name in self.data.classes)
+        return (f.get("top1_agreement", rel), rel)
+
+    def plain(self) -> "HeldOut":
+        """The same rows, scored with the model's running statistics as they are."""
+        return HeldOut(self.loaded, self.data, self.rows)
+
+    def show(self, value: tuple[float, float]) -> str:
+        return f"{self.unit} " + (f"{-value[1]:.3f}" if self.unit == "relative error" else f"{value[0]:.1%}")
+
+
+class BestOnHeldOut:
+    """Fine-tuning's keeper: the start (the cut, refitted) and every epoch are scored on held-out
+    training samples (`HeldOut`) and the trainer ends at the best. Fine-tuning from a good start on
+    few samples can lose what it started with."""
+
+    def __init__(self, held: HeldOut, trainable, groups):
+        self.held, self.trainable, self.groups = held, trainable, groups
+        self.best = self.first = None
+        self.said, self.trainer = "", None
+
+    def _weights(self) -> dict[str, np.ndarray]:
+        weights = {n: self.trainer.get(n) for n in self.trainable}
+        return {**weights, **current_weights(self.trainer, self.groups)}
 
     def _snapshot(self) -> dict[str, np.ndarray]:
         return {n: self.trainer.get(n) for n in self.trainable}
 
     def start(self, trainer) -> None:
         self.trainer = trainer
-        self.best = self.first = (self.score(), 0, self._snapshot())
+        self.best = self.first = (self.held.score(self._weights()), 0, self._snapshot())
 
     def after_epoch(self, epoch: int) -> None:
-        s = self.score()
+        s = self.held.score(self._weights())
         if s > self.best[0]:
             self.best = (s, epoch, self._snapshot())
 
     def finish(self, trainer, phase) -> None:
-        (value, rel), epoch, weights = self.best
+        value, epoch, weights = self.best
         if epoch != phase.epochs:
             for n, w in weights.items():
                 trainer.set(n, w)
         what = "its start" if epoch == 0 else f"epoch {epoch} of {phase.epochs}"
-        unit = (tasks.HEADLINE[self.kind] if self.kind else "top-1 agreement" if self.name in self.data.classes
-                else "relative error")
-        show = (lambda v: f"{-v[1]:.3f}") if unit == "relative error" else (lambda v: f"{v[0]:.1%}")
-        self.said = (f"fine-tuning kept {what}, the best on {len(self.dense)} held-out training samples: {unit} "
-                     f"{show((value, rel))} (its start: {show(self.first[0])})")
+        self.said = (f"fine-tuning kept {what}, the best on {len(self.held.rows)} held-out training samples: "
+                     f"{self.held.show(value)} (its start: {self.held.show(self.first[0])})")
 
 
-def _refit(loaded, data, plan, cfg):
+def _refit(loaded, data, plan, cfg, held: HeldOut | None, notes: list[str]):
     """`(weights, masks) -> changed tensors`: reconstruction of the kept weights against the dense
-    model's layer outputs on training samples (its own seeded generator: the training order stays)."""
+    model's layer outputs on training samples (its own seeded generator: the training order stays);
+    with `held`, the start and each pass are scored on those held-out rows and the best is kept."""
     view = data.layout.view(loaded.prepared.train_base)
     arrays = as_float32(data.inputs(data.train))
+    if held is not None:
+        arrays = {k: np.delete(v, held.rows, axis=0) for k, v in arrays.items()}
 
     def refit(weights, masks):
-        return reconstruct.reconstruct(view, loaded.layers, plan.dense_weights, weights, masks, arrays,
-                                       data.input_names, np.random.default_rng(cfg.data.seed))
+        changed, scores = reconstruct.reconstruct(view, loaded.layers, plan.dense_weights, weights, masks, arrays,
+                                                  data.input_names, np.random.default_rng(cfg.data.seed),
+                                                  score=held.score if held else None)
+        if scores:
+            (kept, value), rest = scores[0], scores[1:]
+            others = ", ".join(f"{'the cut' if p == 0 else f'pass {p}'} {held.show(v)}" for p, v in rest)
+            notes.append(f"refit of the kept weights to the dense model's layer outputs: kept "
+                         f"{'the cut as it was' if kept == 0 else f'pass {kept} of {reconstruct.PASSES}'} "
+                         f"({held.show(value)} on {len(held.rows)} held-out training samples; {others})")
+        return changed
     return refit
 
 
