@@ -153,7 +153,7 @@ def finetune(trainer: Trainer, arrays, masks: dict[str, np.ndarray], phase: Phas
         trainer.set(batchnorm.SWITCH, np.ones(1, np.float32))
     if quantizer is None:
         if keeper:
-            keeper.start(trainer)
+            keeper.start(trainer, resumed=bool(ckpt and ckpt.epochs_done(phase.name)))
         done = run_phase(trainer, arrays, phase, sched.finetune_lr, sched.batch_size, rng, progress, cosine=True,
                          ckpt=ckpt, after_epoch=keeper.after_epoch if keeper else None)
         if keeper:

@@ -168,6 +168,8 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress, warnings):
             ckpt = _checkpoints(wd, loaded, arrays, cfg, sched, groups, penalized_phase) if keep_checkpoints else None
             trainer = Trainer(graph, trainable, frozen, wd, sched.lr, out.threads, ckpt.checkpoint if ckpt else None,
                               probe=first_batch(arrays, sched.batch_size))
+            if keeper:  # a kept work folder keeps the keeper's choice too: a resumed run ends where a whole one does
+                keeper.folder = wd if isinstance(ckpt, Checkpoints) else None
             if isinstance(ckpt, SharedPhase) and ckpt.reused:
                 notes.append("the reweighted phase was trained once for every trial of this search (it does not "
                              "depend on the rate); this trial started from its checkpoint")
@@ -269,6 +271,9 @@ class HeldOut:
         return f"{self.unit} " + (f"{-value[1]:.3f}" if self.unit == "relative error" else f"{value[0]:.1%}")
 
 
+KEEPER_FILE = "resume_best.npz"
+
+
 class BestOnHeldOut:
     """Fine-tuning's keeper: the start (the cut, refitted) and every epoch are scored on held-out
     training samples (`HeldOut`) and the trainer ends at the best. Fine-tuning from a good start on
@@ -277,7 +282,7 @@ class BestOnHeldOut:
     def __init__(self, held: HeldOut, trainable, groups):
         self.held, self.trainable, self.groups = held, trainable, groups
         self.best = self.first = None
-        self.said, self.trainer = "", None
+        self.said, self.trainer, self.folder = "", None, None
 
     def _weights(self) -> dict[str, np.ndarray]:
         weights = {n: self.trainer.get(n) for n in self.trainable}
@@ -286,14 +291,28 @@ class BestOnHeldOut:
     def _snapshot(self) -> dict[str, np.ndarray]:
         return {n: self.trainer.get(n) for n in self.trainable}
 
-    def start(self, trainer) -> None:
+    def start(self, trainer, resumed: bool = False) -> None:
         self.trainer = trainer
+        if resumed and self.folder and (self.folder / KEEPER_FILE).exists():
+            with np.load(self.folder / KEEPER_FILE) as z:
+                weights = {n: z[f"w{i}"] for i, n in enumerate(self.trainable)}
+                self.first = (tuple(z["first"]), 0, None)
+                self.best = (tuple(z["best"]), int(z["epoch"]), weights)
+            return
         self.best = self.first = (self.held.score(self._weights()), 0, self._snapshot())
+        self._save()
 
     def after_epoch(self, epoch: int) -> None:
         s = self.held.score(self._weights())
         if s > self.best[0]:
             self.best = (s, epoch, self._snapshot())
+            self._save()
+
+    def _save(self) -> None:
+        if self.folder:
+            (value, epoch, weights), first = self.best, self.first[0]
+            np.savez(self.folder / KEEPER_FILE, best=np.array(value), first=np.array(first), epoch=np.array(epoch),
+                     **{f"w{i}": weights[n] for i, n in enumerate(self.trainable)})
 
     def finish(self, trainer, phase) -> None:
         value, epoch, weights = self.best

@@ -239,7 +239,7 @@ def test_each_stage_says_what_it_does_as_it_starts(caplog):
     with caplog.at_level(logging.INFO, logger="onnxprune.stage"):
         onnxprune.prune(small_model(op_after="Relu"), 0.5, data={"x": x}, method="magnitude", latency=False)
     said = [r.getMessage() for r in caplog.records if r.name == "onnxprune.stage"]
-    assert [s.split()[0] for s in said] == ["loading", "data:", "planning", "checking"]
+    assert [s.split()[0] for s in said] == ["loading", "data:", "planning", "refit:", "refit:", "checking"]
 
 
 def test_top_level_cli_py_runs_from_a_checkout(tmp_path):

@@ -195,9 +195,11 @@ def test_training_leaves_the_current_folder_alone(tmp_path, monkeypatch):
 def test_a_run_trained_into_something_worse_than_cutting_alone_says_so():
     """Adam moves each weight by about the learning rate whatever its scale; where training leaves
     the model worse on the evaluation samples than the dense weights cut to the same rate (here
-    forced with a learning rate of 1), a warning says so and what to try."""
-    kw = dict(data=MODELS / "digits_train.npz", latency=False, epochs=1, finetune_epochs=1)
-    r = onnxprune.prune(MODELS / "digits_mlp.onnx", 0.3, lr=1.0, finetune_lr=1.0, **kw)
+    forced with a learning rate of 1), a warning says so and what to try. (300 samples: too few to
+    hold 32 out, so no keeper ends fine-tuning at its best epoch.)"""
+    few = {k: v[:300] for k, v in np.load(MODELS / "digits_train.npz").items()}
+    kw = dict(data=few, latency=False, epochs=1, finetune_epochs=1)
+    r = onnxprune.prune(MODELS / "digits_mlp.onnx", 0.3, lr=1.0, finetune_lr=1.0, reconstruct=False, **kw)
     assert any("worse than cutting the dense weights alone" in w and "--lr" in w for w in r.report["warnings"])
     sane = onnxprune.prune(MODELS / "digits_mlp.onnx", 0.3, **kw)  # the default schedule helps, or ties
     assert not any("worse than cutting" in w for w in sane.report["warnings"])
