@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--rates", default="0.5,0.9,0.95,0.98,0.99,0.995")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--headline", default="0.9,0.98", help="rates run with every seed (the others: the first seed)")
+    ap.add_argument("--headline", default="0.9,0.98", help="rates run with every seed (the others: the first seed); none: all with the first")
     ap.add_argument("--torch-lr", type=float, default=0.01, help="PyTorch baselines' starting learning rate")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--merge", action="store_true",
@@ -188,7 +188,7 @@ def main() -> None:
     path = ROOT / "models" / f"{args.model}.onnx"
     rates, methods = [float(r) for r in args.rates.split(",")], args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    headline = {float(r) for r in args.headline.split(",")}
+    headline = {float(r) for r in args.headline.split(",") if r not in ("", "none")}
     sched = onnxprune.Schedule()
     epochs = sched.epochs + sched.finetune_epochs  # the same budget for every trained method
     train, test = load_npz(TRAIN), load_npz(TEST)

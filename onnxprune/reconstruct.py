@@ -47,8 +47,8 @@ stage = logging.getLogger("onnxprune.stage")  # shown in a terminal: on a large 
 class _Layer:
     """One node's weight seen as rows over its input columns (+1 for the bias)."""
 
-    def __init__(self, node: onnx.NodeProto, layer: PrunableLayer, shape: tuple[int, ...], has_bias: bool):
-        self.node, self.layer, self.shape, self.has_bias = node, layer, shape, has_bias
+    def __init__(self, node: onnx.NodeProto, shape: tuple[int, ...], has_bias: bool):
+        self.node, self.shape, self.has_bias = node, shape, has_bias
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         self.attrs = attrs
         if node.op_type == "Conv":
@@ -166,17 +166,6 @@ def _windows(x: np.ndarray, shape: tuple[int, ...], attrs: dict) -> np.ndarray:
                + tuple(slice(None, None, d) for d in dil)]
 
 
-def _im2col(x: np.ndarray, shape: tuple[int, ...], attrs: dict) -> np.ndarray:
-    """[N, C, *S] → [groups, N·positions, C/groups·prod(kernel)], in the weight's (C, *kernel) order."""
-    spatial = len(shape) - 2
-    win = _windows(x, shape, attrs)
-    n, c = win.shape[:2]
-    positions = int(np.prod(win.shape[2:2 + spatial]))
-    order = [0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial)]
-    cols = np.ascontiguousarray(win.transpose(order)).reshape(n * positions, c // shape[1], -1)
-    return cols.transpose(1, 0, 2)
-
-
 def covered(model: onnx.ModelProto, layers: list[PrunableLayer]) -> list[tuple[onnx.NodeProto, PrunableLayer]]:
     """The layers reconstruction can fit: their node reads the weight as its second input."""
     nodes = {n.name: n for n in model.graph.node}
@@ -223,7 +212,7 @@ def reconstruct(model: onnx.ModelProto, layers: list[PrunableLayer], dense: dict
         dense_session = session(with_outputs(model, names, only=True), "the dense model to capture layer inputs")
         student_session = None if student is None else session(
             with_outputs(with_weights(model, student), names, only=True), "the pruned model to capture layer inputs")
-        state = {node.name: _Layer(node, layer, layer.shape, len(node.input) > 2 and node.input[2] in inits)
+        state = {node.name: _Layer(node, layer.shape, len(node.input) > 2 and node.input[2] in inits)
                  for node, layer in group}
         for start in range(0, len(rows), CHUNK):
             chunk = {k: v[start:start + CHUNK] for k, v in calib.items()}

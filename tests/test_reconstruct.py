@@ -10,14 +10,14 @@ import onnxprune
 from onnxprune.data import load_npz, run_model
 from onnxprune.layers import find_prunable
 from onnxprune.plumbing import session
-from onnxprune.reconstruct import _im2col, reconstruct
+from onnxprune.reconstruct import _Layer, reconstruct
 from onnxprune.train import held_out_rows
 
 
 @pytest.mark.parametrize("attrs", [dict(strides=[2, 1], pads=[1, 0, 1, 2], dilations=[1, 2], group=2),
                                    dict(auto_pad="SAME_UPPER", strides=[2, 2], group=1),
                                    dict(group=4)])
-def test_im2col_times_the_weight_rows_is_the_convolution(attrs):
+def test_a_conv_layers_columns_times_its_weight_rows_is_the_convolution(attrs):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 4, 9, 11)).astype(np.float32)
     w = rng.standard_normal((8, 4 // attrs["group"], 3, 3)).astype(np.float32)
@@ -25,10 +25,12 @@ def test_im2col_times_the_weight_rows_is_the_convolution(attrs):
     g = helper.make_graph([node], "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
     want = session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])).run(None, {"x": x})[0]
-    cols = _im2col(x, w.shape, {k: (v.encode() if isinstance(v, str) else v) for k, v in attrs.items()})
-    groups = attrs["group"]
-    rows = w.reshape(groups, 8 // groups, -1)
-    got = np.concatenate([cols[g] @ rows[g].T for g in range(groups)], axis=1)  # [N·positions, O]
+    layer = _Layer(node, w.shape, has_bias=False)
+    view = layer.views(x)
+    cols = layer.columns(view, np.arange(int(np.prod(view.shape[:3]))))  # every row: [groups, N·positions, cols + 1]
+    assert np.all(cols[..., -1] == 1)
+    rows = layer.rows_of(w)
+    got = np.concatenate([cols[g, :, :-1] @ rows[g].T for g in range(attrs["group"])], axis=1)  # [N·positions, O]
     n, o, h, wd = want.shape
     assert np.allclose(got.reshape(n, h, wd, o).transpose(0, 3, 1, 2), want, atol=1e-4)
 
