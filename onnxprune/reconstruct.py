@@ -97,11 +97,11 @@ class _Layer:
         total = int(np.prod(v_in.shape[:lead]))
         cap = -(-max(MIN_ROWS, ROWS_PER_COLUMN * (self.cols + 1)) // chunks)
         rows = np.sort(rng.choice(total, cap, replace=False)) if total > cap else np.arange(total)
-        a = self.columns(v_in, rows)
+        a = self.columns(v_in, rows).astype(np.float64)  # float32 products overflow on large activations
         at = a.transpose(0, 2, 1)
-        gram = at @ a  # float32 products, float64 sums over chunks
+        gram = at @ a
         self.gram += gram
-        self.cross += gram if x_ref is x_in else at @ self.columns(self.views(x_ref), rows)
+        self.cross += gram if x_ref is x_in else at @ self.columns(self.views(x_ref), rows).astype(np.float64)
 
     def solve(self, w_dense: np.ndarray, b_dense: np.ndarray | None, w_now: np.ndarray, mask: np.ndarray,
               b_now: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
