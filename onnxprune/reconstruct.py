@@ -208,17 +208,23 @@ def reconstruct(model: onnx.ModelProto, layers: list[PrunableLayer], dense: dict
     def fit_layers(group, student: dict | None) -> None:
         """Statistics of `group`'s inputs over the samples (the dense model's, and the model with
         weights `student`'s where given), then each layer's kept weights solved."""
-        names = list(dict.fromkeys(node.input[0] for node, _ in group))
-        dense_session = session(with_outputs(model, names, only=True), "the dense model to capture layer inputs")
-        student_session = None if student is None else session(
+        # a layer that reads a graph input takes it from the samples: ORT 1.23 gives a graph input
+        # asked back as an output from reused memory (different values run to run)
+        wanted = list(dict.fromkeys(node.input[0] for node, _ in group))
+        names = [n for n in wanted if n not in calib]
+        dense_session = session(with_outputs(model, names, only=True), "the dense model to capture layer inputs") \
+            if names else None
+        student_session = None if student is None or not names else session(
             with_outputs(with_weights(model, student), names, only=True), "the pruned model to capture layer inputs")
         state = {node.name: _Layer(node, layer.shape, len(node.input) > 2 and node.input[2] in inits)
                  for node, layer in group}
         for start in range(0, len(rows), CHUNK):
             chunk = {k: v[start:start + CHUNK] for k, v in calib.items()}
-            ref = dict(zip(names, run_model(dense_session, chunk, input_names, rows_are_samples=True)))
-            got = ref if student_session is None else dict(zip(names, run_model(
-                student_session, chunk, input_names, rows_are_samples=True)))
+            given = {n: chunk[n] for n in wanted if n in chunk}
+            ref = {**given, **(dict(zip(names, run_model(dense_session, chunk, input_names, rows_are_samples=True)))
+                               if dense_session else {})}
+            got = ref if student_session is None else {**given, **dict(zip(names, run_model(
+                student_session, chunk, input_names, rows_are_samples=True)))}
             for node, layer in group:
                 x_ref = ref[node.input[0]].astype(np.float32)
                 x_in = got[node.input[0]].astype(np.float32) if student_session is not None else x_ref
