@@ -1,7 +1,7 @@
 """The batch size fits memory: a training step's memory grows with the batch, and a batch too big
 for the machine ends in the kernel's `Killed`, with nothing written or said (PP-OCRv4's recognizer
 takes about 200 MB per sample). Where a step could need a large share of what is free, its memory
-is measured at two small batches, and the batch is capped below what the machine has free.
+is measured at two small batches, and the batch is capped at 35% of what the machine has free.
 Linux only (/proc); elsewhere nothing is capped and no peak is reported.
 """
 from __future__ import annotations
