@@ -80,11 +80,14 @@ class _Layer:
             return win.transpose(0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial))
         return x
 
+    def lead(self, view: np.ndarray) -> int:
+        """How many leading axes of a view index rows (samples and positions)."""
+        return view.ndim - (len(self.shape) - 1 if self.node.op_type == "Conv" else 1)
+
     def columns(self, view: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Rows `rows` (flat over samples and positions) of the layer's columns as
         [groups, rows, cols + 1] (a trailing 1 for the bias)."""
-        lead = view.ndim - (1 + len(self.shape) - 2 if self.node.op_type == "Conv" else 1)
-        picked = view[np.unravel_index(rows, view.shape[:lead])]  # [rows, C, *K] or [rows, features]
+        picked = view[np.unravel_index(rows, view.shape[:self.lead(view)])]  # [rows, C, *K] or [rows, features]
         cols = picked.reshape(len(rows), self.groups, -1).transpose(1, 0, 2)
         ones = np.ones(cols.shape[:2] + (1,), cols.dtype)
         return np.concatenate([cols, ones], axis=2)
@@ -93,8 +96,7 @@ class _Layer:
         """Adds one chunk of samples (`chunks` of them in all) to the statistics: the Gram matrix of
         the inputs this layer gets, and its cross-product with the dense model's inputs."""
         v_in = self.views(x_in)
-        lead = v_in.ndim - (1 + len(self.shape) - 2 if self.node.op_type == "Conv" else 1)
-        total = int(np.prod(v_in.shape[:lead]))
+        total = int(np.prod(v_in.shape[:self.lead(v_in)]))
         cap = -(-max(MIN_ROWS, ROWS_PER_COLUMN * (self.cols + 1)) // chunks)
         rows = np.sort(rng.choice(total, cap, replace=False)) if total > cap else np.arange(total)
         a = self.columns(v_in, rows).astype(np.float64)  # float32 products overflow on large activations
