@@ -109,10 +109,14 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress, warnings):
     penalized_phase = cfg.pruning.method == "reweighted" and not easy
     norms = len(batchnorm.trainable_norms(original, stored))
 
+    stats_break = None  # what the dense model does with its BatchNorm statistics recomputed on these samples
+
     def form_at(batch):
         # BatchNorm: frozen statistics while the penalty shrinks weights (on batch statistics a filter's
         # scale is free, so the penalty could shrink it at no cost), the batch's for fine-tuning
-        return "frozen" if batch < batchnorm.MIN_BATCH else "switch" if penalized_phase and norms else "batch"
+        if batch < batchnorm.MIN_BATCH or stats_break:
+            return "frozen"
+        return "switch" if penalized_phase and norms else "batch"
 
     def step_graph(batch, original, shapes):
         expanded, notes = standins.apply(original, shapes)
@@ -137,7 +141,13 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress, warnings):
             warn(warnings, why)
             sched = dataclasses.replace(sched, batch_size=batch)
             original, shapes, folded = training_graph(view, data.inputs(data.train), batch, None, view_shapes)
+    held = held_out_rows(len(arrays[data.input_names[0]]), sched.batch_size, cfg.data.seed)
     on_batches = sched.batch_size >= batchnorm.MIN_BATCH
+    if norms and on_batches:
+        rows = held if held is not None else np.arange(min(len(arrays[data.input_names[0]]), HELD_OUT_MAX))
+        stats_break = _recalibration_breaks_task(loaded, data, rows, (original, stored, sched.batch_size,
+                                                                      cfg.data.seed))
+        on_batches = not stats_break
     form = form_at(sched.batch_size)
     graph, frozen, notes = step_graph(sched.batch_size, original, shapes)
     if measured:
@@ -150,7 +160,6 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress, warnings):
                      "samples, so the reweighted phase was skipped (λ = 0) and its epochs fine-tune instead "
                      "(--always-reweight runs it)")
 
-    held = held_out_rows(len(arrays[data.input_names[0]]), sched.batch_size, cfg.data.seed)
     keeper = None
     if held is not None and not quantizer:  # best fine-tuning epoch on samples training never sees
         keeper = BestOnHeldOut(HeldOut(loaded, data, held, (original, stored, sched.batch_size, cfg.data.seed)
@@ -211,6 +220,10 @@ def _end_to_end(loaded, data, plan, cfg, sched, rng, progress, warnings):
         notes.append(f"BatchNormalization×{norms} " + ("kept its running statistics in the reweighted phase and "
                      "fine-tuned" if form == "switch" else "trained") + " on batch statistics; running statistics "
                      "recomputed from the training samples afterwards")
+    elif norms and stats_break:
+        notes.append(f"BatchNormalization×{norms} trained with its running statistics frozen: recomputed on the "
+                     f"training samples, they change the dense model's outputs ({stats_break} on the held-out "
+                     "rows), so these samples do not stand for the data it was trained on")
     elif norms:
         notes.append(f"BatchNormalization×{norms} trained with its running statistics frozen (batches of "
                      f"{sched.batch_size} are under {batchnorm.MIN_BATCH} samples)")
@@ -233,6 +246,18 @@ def held_out_rows(n: int, batch: int, seed: int) -> np.ndarray | None:
 
 
 RECALIBRATE_ROWS = 256
+# the dense model with BatchNorm statistics recomputed on the user's samples must still do its task
+# (PP-OCRv4 rec: 4% of lines read the same, its statistics came from other data), else they stay frozen
+STATS_MIN_AGREEMENT, STATS_MAX_ERROR = 0.98, 0.05
+
+
+def _recalibration_breaks_task(loaded, data, rows: np.ndarray, norms) -> str | None:
+    """None where the dense model, its BatchNorm statistics recomputed on the training samples as
+    training on batch statistics would, still agrees with itself on `rows`; else how far it drifts."""
+    held = HeldOut(loaded, data, rows, norms)
+    value = held.score({})
+    kept = (-value[1] <= STATS_MAX_ERROR if held.unit == "relative error" else value[0] >= STATS_MIN_AGREEMENT)
+    return None if kept else held.show(value)
 
 
 class HeldOut:
