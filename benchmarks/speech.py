@@ -5,7 +5,11 @@ before them: [N, 576]); train and test come from different sentences.
 
     python benchmarks/speech.py out_dir [--seconds-train 60] [--seconds-test 20] [--seed 0]
 
-writes out_dir/speech_train.npz and out_dir/speech_test.npz (input `input`).
+writes out_dir/speech_train.npz and out_dir/speech_test.npz (input `input`), and the same windows
+as silero's per-window exports take them, each window its own sample from a zero state
+(out_dir/silero_train.npz, silero_test.npz: `input`, `state` [2, N, 128], `sr`):
+
+    onnxprune silero_vad_16k_op15.onnx --rate 0.5 --data out_dir/silero_train.npz --eval-data out_dir/silero_test.npz
 """
 from __future__ import annotations
 
@@ -78,7 +82,9 @@ def main() -> None:
     for split, pool, seconds in (("train", texts[:half], args.seconds_train), ("test", texts[half:], args.seconds_test)):
         x = windows(audio(pool, seconds, rng))
         np.savez(args.out / f"speech_{split}.npz", input=x)
-        print(f"{args.out / f'speech_{split}.npz'}: {len(x)} windows of {x.shape[1]} samples")
+        np.savez(args.out / f"silero_{split}.npz", input=x, state=np.zeros((2, len(x), 128), np.float32),
+                 sr=np.array(RATE, np.int64))
+        print(f"{args.out / f'speech_{split}.npz'}: {len(x)} windows of {x.shape[1]} samples (and silero_{split}.npz)")
 
 
 if __name__ == "__main__":

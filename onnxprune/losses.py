@@ -97,6 +97,66 @@ class MeanSquaredError(LossTerm):
         return b.node("ReduceMean", [sq], [f"{PREFIX}_mse{i}"], keepdims=0)
 
 
+@dataclass
+class SigmoidCrossEntropy(LossTerm):
+    """For an output made by a final Sigmoid (a speech probability, a mask): cross-entropy of the
+    pruned model's Bernoulli to the dense model's, on the logits under the Sigmoid,
+    mean(softplus(z) − p·z), whose gradient σ(z) − p does not vanish where the probability
+    saturates (squared error on the probability does: silero-vad's frames near 0 and 1)."""
+    what: ClassVar[str] = "cross-entropy to the dense model's sigmoid probabilities"
+
+    def build(self, b, i):  # the logits may differ from the output by a reshape: both are flattened
+        flat = b.const(f"{PREFIX}_flat{i}", np.array([-1], np.int64))
+        z = b.node("Reshape", [self.tensor, flat], [f"{PREFIX}_z{i}"])
+        p = b.node("Reshape", [self.target, flat], [f"{PREFIX}_p{i}"])
+        soft = b.node("Softplus", [z], [f"{PREFIX}_softplus{i}"])
+        pz = b.node("Mul", [p, z], [f"{PREFIX}_pz{i}"])
+        return b.node("ReduceMean", [b.node("Sub", [soft, pz], [f"{PREFIX}_bce{i}"])], [f"{PREFIX}_bce_mean{i}"],
+                      keepdims=0)
+
+
+@dataclass
+class ProbabilityCrossEntropy(LossTerm):
+    """For an output that averages sigmoid probabilities (silero-vad's ReduceMean over its
+    frames): the same cross-entropy on the probability q itself, mean(−p·log q − (1−p)·log(1−q)),
+    q kept inside (ε, 1−ε)."""
+    what: ClassVar[str] = "cross-entropy to the dense model's probabilities"
+    EPS: ClassVar[float] = 1e-6
+
+    def build(self, b, i):
+        lo = b.const(f"{PREFIX}_q_lo{i}", np.array(self.EPS, np.float32))
+        hi = b.const(f"{PREFIX}_q_hi{i}", np.array(1 - self.EPS, np.float32))
+        one = b.const(f"{PREFIX}_one{i}", np.array(1, np.float32))
+        q = b.node("Clip", [self.tensor, lo, hi], [f"{PREFIX}_q{i}"])
+        on = b.node("Mul", [self.target, b.node("Log", [q], [f"{PREFIX}_logq{i}"])], [f"{PREFIX}_plogq{i}"])
+        p_off = b.node("Sub", [one, self.target], [f"{PREFIX}_p_off{i}"])
+        q_off = b.node("Sub", [one, q], [f"{PREFIX}_q_off{i}"])
+        off = b.node("Mul", [p_off, b.node("Log", [q_off], [f"{PREFIX}_logq_off{i}"])], [f"{PREFIX}_plogq_off{i}"])
+        both = b.node("Add", [on, off], [f"{PREFIX}_ll{i}"])
+        return b.node("Neg", [b.node("ReduceMean", [both], [f"{PREFIX}_ll_mean{i}"], keepdims=0)],
+                      [f"{PREFIX}_pce{i}"])
+
+
+def averaged_sigmoid(model: onnx.ModelProto, output: str) -> bool:
+    """Whether `output` is a Sigmoid's probabilities averaged (ReduceMean) and reshaped."""
+    made = {o: n for n in model.graph.node for o in n.output}
+    node = made.get(output)
+    while node is not None and node.op_type in ("ReduceMean", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
+                                                 "Identity"):
+        node = made.get(node.input[0])
+    return node is not None and node.op_type == "Sigmoid"
+
+
+def sigmoid_logits(model: onnx.ModelProto, output: str) -> str | None:
+    """The tensor under the Sigmoid that makes `output`, through reshapes only (they keep the
+    order of elements); None where the output is not a sigmoid's."""
+    made = {o: n for n in model.graph.node for o in n.output}
+    node = made.get(output)
+    while node is not None and node.op_type in ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"):
+        node = made.get(node.input[0])
+    return node.input[0] if node is not None and node.op_type == "Sigmoid" else None
+
+
 def relative_scale(out: np.ndarray) -> np.ndarray:
     """Weights that make the squared error of `out` relative to its mean square, so the loss is
     on the scale of the reported relative error whatever the output's units, and λ means the
@@ -166,6 +226,12 @@ def loss_terms(model: onnx.ModelProto, selected: list[str], labels: np.ndarray |
         elif axis is not None and out.ndim > 2:  # per-position classes: [N, T, C] (CTC), [N, C, H, W]
             terms.append(KLDivergence(name, tensor, target, out.shape[1:], axis=axis))
             targets[target] = _as_probabilities(model, name, tensor, out)
+        elif sigmoid_logits(model, name):
+            terms.append(SigmoidCrossEntropy(name, sigmoid_logits(model, name), target, out.shape[1:]))
+            targets[target] = out.astype(np.float32)
+        elif averaged_sigmoid(model, name):
+            terms.append(ProbabilityCrossEntropy(name, name, target, out.shape[1:]))
+            targets[target] = out.astype(np.float32)
         else:
             terms.append(MeanSquaredError(name, name, target, out.shape[1:], scale=relative_scale(out)))
             targets[target] = out.astype(np.float32)

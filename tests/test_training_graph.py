@@ -104,3 +104,38 @@ def test_distill_weighs_the_kl_term_in_the_loss_itself(tmp_path):
         kl = -np.mean(np.sum(softmax(dense["y"]) * logp, 1))
         assert np.isclose(got[w], ce + w * kl, rtol=1e-5), (w, got[w], ce, kl)
     assert got[10.0] > got[1.0]
+
+
+def test_a_sigmoid_output_distills_by_cross_entropy_on_its_logits(tmp_path):
+    """An output made by a final Sigmoid (then reshaped, as silero-vad's is) trains on
+    mean(softplus(z) − p·z) over the logits z under it, checked on the graph's own loss value,
+    and its gradient σ(z) − p moves the pruned model toward the dense probabilities."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.losses import SigmoidCrossEntropy, loss_terms
+
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([-1], np.int64), "flat")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["z"], name="fc"),
+                           helper.make_node("Sigmoid", ["z"], ["s"], name="sig"),
+                           helper.make_node("Reshape", ["s", "flat"], ["p"], name="flatten")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, None)], [w, shape])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    dense = {"p": (1 / (1 + np.exp(-(x @ rng.standard_normal((4, 2)))))).astype(np.float32).reshape(-1)}
+    terms, targets = loss_terms(m, ["p"], None, dense)
+    assert isinstance(terms[0], SigmoidCrossEntropy) and terms[0].tensor == "z"
+    graph = build_training_graph(m, {"w": (4, 2)}, set(), terms, {})
+    feed = {"x": x, **targets}
+    tr = Trainer(graph, ["w"], [mask_name("w")], tmp_path, 1e-2, probe=feed)
+    z = (x @ tr.get("w")).reshape(-1)
+    want = np.mean(np.logaddexp(0, z) - dense["p"] * z)
+    assert np.isclose(float(_losses(tr, feed)[1]), want, rtol=1e-5)
+    before = np.abs(1 / (1 + np.exp(-z)) - dense["p"]).mean()
+    for _ in range(200):
+        tr.step(feed)
+    after = np.abs(1 / (1 + np.exp(-(x @ tr.get("w")).reshape(-1))) - dense["p"]).mean()
+    assert after < 0.5 * before, (before, after)
