@@ -395,11 +395,36 @@ def prepare(dense: ort.InferenceSession, model: onnx.ModelProto, data, eval_data
     dense = with_layout(dense, layout)
     dense_val = dict(zip(output_names, run_model(dense, val, names)))  # val is never empty (see _datasets)
     selected = _select_outputs(cfg.output_name, output_names, dense_val, LABELS in train, len(val[names[0]]))
+    if not fixed and _rows_interact(dense, val, names, selected):
+        warn(warnings, f"the rows of {names[0]} are not independent samples: the model's outputs for a row change "
+                       "with the rows run beside it (a sequence along the first axis, as in silero-vad's sequence "
+                       "export); training draws rows in shuffled batches, which breaks their order, and the scores "
+                       "depend on how rows are grouped: give one sample per row where the model has such an export")
     probe = feed(val, names, fixed or 1)
     classes = frozenset(class_outputs(model, {k: dense_val[k] for k in selected}))
     chosen = {k: dense_val[k] for k in selected}
     return Dataset(train, val, split_name, names, output_names, dense_val, selected, fixed, probe, layout, dense,
                    classes, tasks.kinds(model, chosen, classes))
+
+
+def _rows_interact(session, arrays: dict[str, np.ndarray], names: list[str], selected: list[str],
+                   rows: int = 8) -> bool:
+    """Whether the outputs for the second half of the first `rows` rows differ when the first half
+    runs beside them."""
+    rows = min(rows, len(arrays[names[0]]))
+    if rows < 4:
+        return False
+    half = rows // 2
+    together = run_model(session, {k: arrays[k][:rows] for k in names}, names, batch=rows)
+    alone = run_model(session, {k: arrays[k][half:rows] for k in names}, names, batch=half)
+    outs = [o.name for o in session.get_outputs()]
+    for name, a, b in zip(outs, together, alone):
+        if name not in selected or a.dtype.kind != "f" or a.shape[:1] != (rows,) or b.shape[:1] != (half,):
+            continue
+        tail = a[half:].astype(np.float64)
+        if np.abs(tail - b).max() > 1e-3 * (np.abs(tail).max() + 1e-6):
+            return True
+    return False
 
 
 def feed(arrays: dict[str, np.ndarray], names: list[str], batch: int) -> dict[str, np.ndarray]:

@@ -44,10 +44,11 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr: float, batch_size: int,
               rng: np.random.Generator, progress, every: int = 0, on_refresh=None, cosine: bool = False,
-              after_step=None, ckpt=None, after_epoch=None) -> Phase:
+              after_step=None, ckpt=None, after_epoch=None, lr_scale=None) -> Phase:
     """Train `phase.epochs` epochs; calls `on_refresh()` every `every` steps (and at step 0; what it
     returns goes into the phase's history),
-    `after_step(step)` after every optimizer step and `after_epoch(epoch)` after every epoch. `ckpt` (resume.Checkpoints): skip the
+    `after_step(step)` after every optimizer step and `after_epoch(epoch)` after every epoch;
+    `lr_scale()`: a factor on the learning rate, read at every step. `ckpt` (resume.Checkpoints): skip the
     epochs a checkpoint already holds, and save one after every epoch."""
     n = len(next(iter(arrays.values())))
     total = phase.epochs * steps_per_epoch(n, batch_size)
@@ -68,7 +69,8 @@ def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr:
                 if on_refresh and every and phase.steps % every == 0:
                     said = on_refresh()
                 # cosine decay lets fine-tuning settle into the masked minimum
-                trainer.set_learning_rate(lr * 0.5 * (1 + math.cos(math.pi * phase.steps / total)) if cosine else lr)
+                now = lr * (lr_scale() if lr_scale else 1.0)
+                trainer.set_learning_rate(now * 0.5 * (1 + math.cos(math.pi * phase.steps / total)) if cosine else now)
                 _, task, penalty = trainer.step({k: arrays[k][idx] for k in trainer.input_names})
                 if not (math.isfinite(task) and math.isfinite(penalty)):  # NaN weights follow: stop now
                     raise Diverged(phase.name, phase.steps + 1)
@@ -80,11 +82,11 @@ def run_phase(trainer: Trainer, arrays: dict[str, np.ndarray], phase: Phase, lr:
                 bar.update(1, task)
             log.info("%s: epoch %d/%d, step %d/%d, task loss %.4g, penalty %.4g", phase.name, epoch + 1,
                      phase.epochs, phase.steps, total, task, penalty)
+            if after_epoch:  # first: it may set the weights the checkpoint then holds
+                after_epoch(epoch + 1)
             if ckpt:
                 phase.seconds, phase.final_task_loss = time.perf_counter() - start, task
                 ckpt.save(trainer, phase, epoch + 1, rng)
-            if after_epoch:
-                after_epoch(epoch + 1)
     phase.seconds = time.perf_counter() - start
     if first < phase.epochs:
         phase.final_task_loss = task
@@ -155,7 +157,8 @@ def finetune(trainer: Trainer, arrays, masks: dict[str, np.ndarray], phase: Phas
         if keeper:
             keeper.start(trainer, resumed=bool(ckpt and ckpt.epochs_done(phase.name)))
         done = run_phase(trainer, arrays, phase, sched.finetune_lr, sched.batch_size, rng, progress, cosine=True,
-                         ckpt=ckpt, after_epoch=keeper.after_epoch if keeper else None)
+                         ckpt=ckpt, after_epoch=keeper.after_epoch if keeper else None,
+                         lr_scale=(lambda: keeper.scale) if keeper else None)
         if keeper:
             keeper.finish(trainer, done)
         return done

@@ -303,6 +303,9 @@ class HeldOut:
 
 
 KEEPER_FILE = "resume_best.npz"
+# an epoch that ends below fine-tuning's start (PP-OCRv4 rec from its refit: every epoch at
+# --finetune-lr did) goes back to the best weights, and the rest trains at this times the rate
+BACKOFF = 0.5
 
 
 class BestOnHeldOut:
@@ -314,6 +317,7 @@ class BestOnHeldOut:
         self.held, self.trainable, self.groups = held, trainable, groups
         self.best = self.first = None
         self.said, self.trainer, self.folder = "", None, None
+        self.scale, self.backoffs = 1.0, 0  # the learning rate's factor, and how often it was cut
 
     def _weights(self) -> dict[str, np.ndarray]:
         weights = {n: self.trainer.get(n) for n in self.trainable}
@@ -329,6 +333,7 @@ class BestOnHeldOut:
                 weights = {n: z[f"w{i}"] for i, n in enumerate(self.trainable)}
                 self.first = (tuple(z["first"]), 0, None)
                 self.best = (tuple(z["best"]), int(z["epoch"]), weights)
+                self.scale, self.backoffs = float(z["scale"]), int(z["backoffs"])
             return
         self.best = self.first = (self.held.score(self._weights()), 0, self._snapshot())
         self._save()
@@ -337,12 +342,18 @@ class BestOnHeldOut:
         s = self.held.score(self._weights())
         if s > self.best[0]:
             self.best = (s, epoch, self._snapshot())
-            self._save()
+        elif s < self.first[0]:  # fine-tuning is losing what it started with: back to the best, slower
+            for n, w in self.best[2].items():
+                self.trainer.set(n, w)
+            self.scale *= BACKOFF
+            self.backoffs += 1
+        self._save()
 
     def _save(self) -> None:
         if self.folder:
             (value, epoch, weights), first = self.best, self.first[0]
             np.savez(self.folder / KEEPER_FILE, best=np.array(value), first=np.array(first), epoch=np.array(epoch),
+                     scale=np.array(self.scale), backoffs=np.array(self.backoffs),
                      **{f"w{i}": weights[n] for i, n in enumerate(self.trainable)})
 
     def finish(self, trainer, phase) -> None:
@@ -353,6 +364,9 @@ class BestOnHeldOut:
         what = "its start" if epoch == 0 else f"epoch {epoch} of {phase.epochs}"
         self.said = (f"fine-tuning kept {what}, the best on {len(self.held.rows)} held-out training samples: "
                      f"{self.held.show(value)} (its start: {self.held.show(self.first[0])})")
+        if self.backoffs:
+            self.said += (f"; {self.backoffs} epoch(s) ended below the start: each went back to the best weights "
+                          f"and the learning rate was halved (to {self.scale:g}× --finetune-lr)")
 
 
 def _refit(loaded, data, plan, cfg, held: HeldOut | None, notes: list[str]):

@@ -396,3 +396,22 @@ def test_batchnorm_stays_frozen_where_recomputed_statistics_change_the_dense_mod
     written = {t.name: numpy_helper.to_array(t) for t in r.model.graph.initializer}
     np.testing.assert_array_equal(written["stem.bn.running_var"], before["stem.bn.running_var"])
     assert r.report["metric"]["extra"]["top1_agreement"] >= 0.95
+
+
+def test_rows_that_are_a_sequence_are_warned_about(tmp_path):
+    """A model that mixes rows along its first axis (here each row's output adds the rows before
+    it, as an LSTM over a sequence export's windows does) is warned about: shuffled training
+    batches break the order its rows carry. A row-wise model is not."""
+    import onnxprune
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    axis = numpy_helper.from_array(np.array(0, np.int64), "axis")
+    warned = {}
+    for name, tail in (("sequence", [helper.make_node("CumSum", ["h", "axis"], ["y"], name="over_rows")]),
+                       ("rows", [helper.make_node("Relu", ["h"], ["y"], name="relu")])):
+        path = _save_graph(tmp_path / f"{name}.onnx", [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"), *tail],
+                           [w, axis], 4, {"y": ["N", 3]})
+        r = onnxprune.prune(path, 0.5, method="magnitude", latency=False, synth_samples=64, simplify=False)
+        warned[name] = any("not independent samples" in m for m in r.report["warnings"])
+    assert warned == {"sequence": True, "rows": False}
