@@ -33,7 +33,9 @@ from .export import with_weights
 from .layers import PrunableLayer
 from .plumbing import initializer_map, session, with_outputs
 
-CHUNK = 16  # samples per capture: one chunk's activations of every layer are in memory at once
+CHUNK = 16  # samples per capture at most: one chunk's activations of every layer are in memory at once
+# and at most this many bytes of them (YOLOv8n's layer inputs at 1024×1024: 173 MB per page)
+CHUNK_BYTES = 1 << 30
 # rows (samples × positions) a layer's statistics draw over all chunks: enough for a Gram matrix of
 # its columns to be well estimated, few enough that a wide early layer is not a pass over every pixel
 ROWS_PER_COLUMN, MIN_ROWS = 32, 16384
@@ -220,7 +222,6 @@ def reconstruct(model: onnx.ModelProto, layers: list[PrunableLayer], dense: dict
     calib = {k: arrays[k][rows] for k in input_names}
     current = dict(weights)
     changed: dict[str, np.ndarray] = {}
-    chunks = -(-len(rows) // CHUNK)
 
     def fit_layers(group, student: dict | None) -> None:
         """Statistics of `group`'s inputs over the samples (the dense model's, and the model with
@@ -235,8 +236,13 @@ def reconstruct(model: onnx.ModelProto, layers: list[PrunableLayer], dense: dict
             with_outputs(with_weights(model, student), names, only=True), "the pruned model to capture layer inputs")
         state = {node.name: _Layer(node, layer.shape, len(node.input) > 2 and node.input[2] in inits)
                  for node, layer in group}
-        for start in range(0, len(rows), CHUNK):
-            chunk = {k: v[start:start + CHUNK] for k, v in calib.items()}
+        size = CHUNK
+        if dense_session:  # the bytes one sample's captures take decide the chunk
+            one = run_model(dense_session, {k: v[:1] for k, v in calib.items()}, input_names, rows_are_samples=True)
+            size = int(max(1, min(CHUNK, CHUNK_BYTES // max(sum(a.nbytes for a in one), 1))))
+        chunks = -(-len(rows) // size)
+        for start in range(0, len(rows), size):
+            chunk = {k: v[start:start + size] for k, v in calib.items()}
             given = {n: chunk[n] for n in wanted if n in chunk}
             ref = {**given, **(dict(zip(names, run_model(dense_session, chunk, input_names, rows_are_samples=True)))
                                if dense_session else {})}
