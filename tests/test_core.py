@@ -209,7 +209,7 @@ def test_one_shot_never_runs_the_training_data_and_large_synthetic_inputs_are_ca
 
     seen = []
     real = data_stage.run_model
-    monkeypatch.setattr(data_stage, "run_model", lambda s, a, names, *k: seen.append(len(a[names[0]])) or real(s, a, names, *k))
+    monkeypatch.setattr(data_stage, "run_model", lambda s, a, names, *k, **kw: seen.append(len(a[names[0]])) or real(s, a, names, *k, **kw))
     x = np.random.default_rng(0).standard_normal((200, 4)).astype(np.float32)
     onnxprune.prune(small_model(op_after="Relu"), 0.5, data={"x": x}, method="magnitude", latency=False)
     assert seen and max(seen) == 20  # the 10% held out, never the 180 training samples
