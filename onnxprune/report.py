@@ -23,7 +23,8 @@ from .plumbing import warn
 from .version import __version__
 
 
-METRIC_LABELS = {"top1_agreement": "top-1 agreement", "relative_error": "relative error"}
+METRIC_LABELS = {"top1_agreement": "top-1 agreement", "relative_error": "relative error",
+                 "by_threshold": "detections matched by score"}
 
 
 def build(cfg, loaded, dataset, plan, trained, rewritten, compressed, written, costs: dict, scores: dict,
@@ -99,6 +100,17 @@ def totals(rows: list[dict], all_params: tuple[int, int]) -> dict:
             "compression": params / max(kept, 1), "all_params": all_params[0], "all_params_kept": all_params[1]}
 
 
+def _extra(key: str, value) -> str:
+    """One of the headline's extra values as the table shows it."""
+    if isinstance(value, dict):  # a detector's sweep: {threshold: {matched, dense, share…}}
+        return "; ".join(f"score > {t}: {d['matched']} of {d['dense']}" + (f" ({_pct(d['share'])})" if d.get("share")
+                         is not None else "") if isinstance(d, dict) and "matched" in d else f"{t}: {d}"
+                         for t, d in value.items())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return _pct(value) if key == "top1_agreement" else f"{value:.4g}"
+
+
 def format_table(report: dict) -> str:
     rows = report["layers"]
     head = ("layer", "op", "shape written", "dense params", "kept", "sparsity")
@@ -129,7 +141,7 @@ def format_table(report: dict) -> str:
         out.append(f"{m['name']:<17} dense {show(m['dense'])}  ->  pruned {show(m['pruned'])}"
                    f"   (on {m['samples']} {m['split']} samples)")
         for k, v in m.get("extra", {}).items():
-            out.append(f"{METRIC_LABELS.get(k, k):<17} {_pct(v) if k == 'top1_agreement' else f'{v:.4g}'}")
+            out.append(f"{METRIC_LABELS.get(k, k):<17} {_extra(k, v)}")
     out += _compression_lines(report)
     sizes = report.get("file_size")
     if sizes and sizes.get("output"):

@@ -120,3 +120,22 @@ def test_a_large_task_drop_is_a_loud_warning_without_max_drop():
     drop = 100 * (1 - r.report["metric"]["pruned"])
     assert drop > 5  # 90% of a random head's weights cut: most lines read differently
     assert any("points of sequences read identically" in w for w in r.report["warnings"])
+
+
+def test_the_summary_shows_a_detectors_score_sweep():
+    """A detector's headline carries its threshold sweep (a dict): the printed summary shows it
+    as counts per threshold (it raised a TypeError after a run of YOLOv8n had finished)."""
+    import onnxprune
+    from conftest import small_model
+    from onnxprune import report
+
+    rng = np.random.default_rng(0)
+    dense = np.concatenate([rng.uniform(0, 640, (2, 4, 50)), 1 / (1 + np.exp(-rng.normal(-2, 3, (2, 3, 50))))],
+                           1).astype(np.float32)
+    pruned = dense.copy()
+    pruned[:, 4:] *= 0.5
+    r = onnxprune.prune(small_model(), 0.5, method="magnitude", latency=False, synth_samples=64)
+    r.report["metric"] = tasks.headline(tasks.DETECTIONS, dense, pruned, "pages", "output0")
+    table = report.format_table(r.report)
+    line = next(t for t in table.splitlines() if t.startswith("detections matched by score"))
+    assert "score > 0.25:" in line and " of " in line, line
