@@ -344,6 +344,8 @@ class _Lines:
     def __init__(self, total: int, label: str, parts: int = 10) -> None:
         self.total, self.label, self.parts = max(total, 1), label, parts
         self.done, self.start, self.shown = 0, time.monotonic(), 0
+        # a line as it starts: a search's first trial can take minutes before its first tenth
+        click.echo(f"{label}: started, {total} {'trials at most' if label == 'trials' else 'steps'}", err=True)
 
     def update(self, n: int, loss: float) -> None:
         self.done += n

@@ -110,6 +110,10 @@ def test_progress_off_a_terminal_is_periodic_lines(tmp_path):
     lines = [x for x in stderr.splitlines() if x.startswith(("reweighted: step", "fine-tune: step"))]
     assert 16 <= len(lines) <= 22 and all("loss" in x and x.endswith(" s") for x in lines)
     assert any("(100%)" in x for x in lines if x.startswith("fine-tune"))
+    # and a line as each phase starts, before its first tenth (a search's first trial takes minutes)
+    every = stderr.splitlines()
+    started = [x for x in every if x.startswith(("reweighted: started", "fine-tune: started"))]
+    assert len(started) == 2 and every.index(started[0]) < every.index(lines[0]), started
 
 
 def test_report_names_its_software_options_and_input_with_snake_case_keys_and_rounded_floats(tmp_path):
