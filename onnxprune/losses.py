@@ -137,24 +137,28 @@ class ProbabilityCrossEntropy(LossTerm):
                       [f"{PREFIX}_pce{i}"])
 
 
-def averaged_sigmoid(model: onnx.ModelProto, output: str) -> bool:
-    """Whether `output` is a Sigmoid's probabilities averaged (ReduceMean) and reshaped."""
+RESHAPES = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")  # they keep the order of elements
+
+
+def _sigmoid_under(model: onnx.ModelProto, output: str, through: tuple[str, ...]):
+    """The Sigmoid node that makes `output` through ops of `through` only, or None."""
     made = {o: n for n in model.graph.node for o in n.output}
     node = made.get(output)
-    while node is not None and node.op_type in ("ReduceMean", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
-                                                 "Identity"):
+    while node is not None and node.op_type in through:
         node = made.get(node.input[0])
-    return node is not None and node.op_type == "Sigmoid"
+    return node if node is not None and node.op_type == "Sigmoid" else None
+
+
+def averaged_sigmoid(model: onnx.ModelProto, output: str) -> bool:
+    """Whether `output` is a Sigmoid's probabilities averaged (ReduceMean) and reshaped."""
+    return _sigmoid_under(model, output, RESHAPES + ("ReduceMean",)) is not None
 
 
 def sigmoid_logits(model: onnx.ModelProto, output: str) -> str | None:
-    """The tensor under the Sigmoid that makes `output`, through reshapes only (they keep the
-    order of elements); None where the output is not a sigmoid's."""
-    made = {o: n for n in model.graph.node for o in n.output}
-    node = made.get(output)
-    while node is not None and node.op_type in ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"):
-        node = made.get(node.input[0])
-    return node.input[0] if node is not None and node.op_type == "Sigmoid" else None
+    """The tensor under the Sigmoid that makes `output` through reshapes only; None where the
+    output is not a sigmoid's."""
+    node = _sigmoid_under(model, output, RESHAPES)
+    return node.input[0] if node is not None else None
 
 
 def relative_scale(out: np.ndarray) -> np.ndarray:
@@ -226,8 +230,8 @@ def loss_terms(model: onnx.ModelProto, selected: list[str], labels: np.ndarray |
         elif axis is not None and out.ndim > 2:  # per-position classes: [N, T, C] (CTC), [N, C, H, W]
             terms.append(KLDivergence(name, tensor, target, out.shape[1:], axis=axis))
             targets[target] = _as_probabilities(model, name, tensor, out)
-        elif sigmoid_logits(model, name):
-            terms.append(SigmoidCrossEntropy(name, sigmoid_logits(model, name), target, out.shape[1:]))
+        elif logits := sigmoid_logits(model, name):
+            terms.append(SigmoidCrossEntropy(name, logits, target, out.shape[1:]))
             targets[target] = out.astype(np.float32)
         elif averaged_sigmoid(model, name):
             terms.append(ProbabilityCrossEntropy(name, name, target, out.shape[1:]))

@@ -102,13 +102,18 @@ def totals(rows: list[dict], all_params: tuple[int, int]) -> dict:
 
 def _extra(key: str, value) -> str:
     """One of the headline's extra values as the table shows it."""
-    if isinstance(value, dict):  # a detector's sweep: {threshold: {matched, dense, share…}}
-        return "; ".join(f"score > {t}: {d['matched']} of {d['dense']}" + (f" ({_pct(d['share'])})" if d.get("share")
-                         is not None else "") if isinstance(d, dict) and "matched" in d else f"{t}: {d}"
-                         for t, d in value.items())
+    if isinstance(value, dict):  # a detector's sweep: {threshold: {matched, dense, share}}
+        return "; ".join(_sweep_entry(t, d) for t, d in value.items())
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     return _pct(value) if key == "top1_agreement" else f"{value:.4g}"
+
+
+def _sweep_entry(threshold: str, d) -> str:
+    if not (isinstance(d, dict) and "matched" in d):
+        return f"{threshold}: {d}"
+    share = f" ({_pct(d['share'])})" if d.get("share") is not None else ""
+    return f"score > {threshold}: {d['matched']} of {d['dense']}{share}"
 
 
 def format_table(report: dict) -> str:
